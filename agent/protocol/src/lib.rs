@@ -1,0 +1,27 @@
+//! The contract between the shim (host) and cocoon-agent (guest).
+//!
+//! Both sides depend on this crate and nothing else defines the wire format.
+//! The ttrpc service itself arrives with the agent issue; what is fixed already
+//! is where the agent listens and how it announces itself on the console.
+
+/// Guest vsock port of the agent's ttrpc server.
+pub const AGENT_RPC_PORT: u32 = 1024;
+
+/// Guest vsock port on which process stdio streams are accepted.
+pub const AGENT_STDIO_PORT: u32 = 1025;
+
+/// The first line the agent prints on the guest console once it runs as PID 1.
+/// Tests and the shim's boot diagnostics look for it.
+pub fn version_banner(version: &str) -> String {
+    format!("cocoon-agent {version} started")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banner_names_agent_and_version() {
+        assert_eq!(version_banner("1.2.3"), "cocoon-agent 1.2.3 started");
+    }
+}

@@ -1,0 +1,70 @@
+#!/bin/busybox sh
+# /init of the KVM host VM that tests/kvm-host boots under QEMU's software
+# emulation. It loads the few modules needed to reach the machine's files,
+# builds a root from them (the machine's / read-only over 9p, made writable by
+# an overlay on tmpfs; the project checkout and the run directory shared
+# read-write), and hands over to /kvm-host/inner, which tests/kvm-host wrote.
+#
+# Its stdout is the serial console, which tests/kvm-host logs and watches:
+# "kvm-host: ready" means /dev/kvm works, "kvm-host: alive" is the heartbeat
+# that tells a busy host VM from a hung one.
+
+/bin/busybox mkdir -p /bin /proc /sys /dev
+/bin/busybox --install -s /bin
+export PATH=/bin
+
+say() { echo "kvm-host: $*"; }
+fail() {
+  say "host VM setup failed: $*"
+  poweroff -f
+  sleep 60
+}
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+while read -r module; do
+  insmod "/modules/$module" || fail "insmod $module"
+done </modules/order
+
+p9="trans=virtio,version=9p2000.L,msize=512000"
+mkdir -p /lower /scratch /root
+mount -t 9p -o "$p9,ro,cache=loose" hostroot /lower || fail "mounting the machine's root over 9p"
+mount -t tmpfs -o mode=0755 scratch /scratch
+mkdir -p /scratch/upper /scratch/work
+mount -t overlay -o lowerdir=/lower,upperdir=/scratch/upper,workdir=/scratch/work,redirect_dir=off,index=off,metacopy=off \
+  overlay /root || fail "mounting the copy-on-write root"
+
+mkdir -p /root/kvm-host
+mount -t 9p -o "$p9" run /root/kvm-host || fail "mounting the run directory"
+# CHECKOUT (the project's path) and MODULES (where this kernel's modules were
+# unpacked on the machine) come from the launcher.
+. /root/kvm-host/config
+mount -t 9p -o "$p9,cache=mmap" checkout "/root$CHECKOUT" || fail "mounting the checkout $CHECKOUT"
+
+kernel=$(uname -r)
+mkdir -p "/root/lib/modules/$kernel"
+mount -o bind "/root$MODULES" "/root/lib/modules/$kernel" || fail "mounting the modules of $kernel"
+
+mount -t proc proc /root/proc
+mount -t sysfs sysfs /root/sys
+mount -t cgroup2 cgroup2 /root/sys/fs/cgroup || fail "mounting cgroup2"
+mount -t devtmpfs devtmpfs /root/dev
+mkdir -p /root/dev/pts /root/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /root/dev/pts
+ln -sf pts/ptmx /root/dev/ptmx
+mount -t tmpfs -o mode=1777 shm /root/dev/shm
+mount -t tmpfs -o mode=1777 tmp /root/tmp
+mount -t tmpfs -o mode=0755 run /root/run
+
+# The command's output goes to the virtio console, which the launcher streams.
+for _ in $(seq 100); do [ -c /root/dev/hvc0 ] && break; sleep 0.1; done
+[ -c /root/dev/hvc0 ] || fail "no /dev/hvc0 for the command's output"
+
+(while sleep 10; do say "alive $(cut -d' ' -f1 /proc/uptime)"; done) &
+
+chroot /root /bin/bash /kvm-host/inner </dev/null >/root/dev/hvc0 2>&1
+sync
+poweroff -f
+sleep 60
