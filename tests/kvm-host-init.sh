@@ -36,17 +36,6 @@ mkdir -p /scratch/upper /scratch/work
 mount -t overlay -o lowerdir=/lower,upperdir=/scratch/upper,workdir=/scratch/work,redirect_dir=off,index=off,metacopy=off \
   overlay /root || fail "mounting the copy-on-write root"
 
-mkdir -p /root/kvm-host
-mount -t 9p -o "$p9" run /root/kvm-host || fail "mounting the run directory"
-# CHECKOUT (the project's path) and MODULES (where this kernel's modules were
-# unpacked on the machine) come from the launcher.
-. /root/kvm-host/config
-mount -t 9p -o "$p9,cache=mmap" checkout "/root$CHECKOUT" || fail "mounting the checkout $CHECKOUT"
-
-kernel=$(uname -r)
-mkdir -p "/root/lib/modules/$kernel"
-mount -o bind "/root$MODULES" "/root/lib/modules/$kernel" || fail "mounting the modules of $kernel"
-
 mount -t proc proc /root/proc
 mount -t sysfs sysfs /root/sys
 mount -t cgroup2 cgroup2 /root/sys/fs/cgroup || fail "mounting cgroup2"
@@ -57,6 +46,18 @@ ln -sf pts/ptmx /root/dev/ptmx
 mount -t tmpfs -o mode=1777 shm /root/dev/shm
 mount -t tmpfs -o mode=1777 tmp /root/tmp
 mount -t tmpfs -o mode=0755 run /root/run
+
+# Shares go on top of the fresh /tmp and /run: the checkout may live there.
+mkdir -p /root/kvm-host
+mount -t 9p -o "$p9" run /root/kvm-host || fail "mounting the run directory"
+# CHECKOUT (the project's path) and MODULES (where this kernel's modules were
+# unpacked on the machine) come from the launcher.
+. /root/kvm-host/config
+mkdir -p "/root$CHECKOUT"
+mount -t 9p -o "$p9,cache=mmap" checkout "/root$CHECKOUT" || fail "mounting the checkout $CHECKOUT"
+kernel=$(uname -r)
+mkdir -p "/root/lib/modules/$kernel"
+mount -o bind "/lower$MODULES" "/root/lib/modules/$kernel" || fail "mounting the modules of $kernel"
 
 # The command's output goes to the virtio console, which the launcher streams.
 for _ in $(seq 100); do [ -c /root/dev/hvc0 ] && break; sleep 0.1; done

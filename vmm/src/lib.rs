@@ -1,7 +1,18 @@
 //! cocoon-vmm: the KVM microVM monitor that runs one Cocoon sandbox.
 //!
-//! The machine model, boot path and virtio devices land with the cocoon-vmm
-//! issue; until then the library only carries what the binary reports.
+//! A VM is built from a [`vm::VmConfig`]: guest RAM ([`memory`], laid out as
+//! in [`layout`]), the kernel and initramfs ([`boot`]), legacy devices
+//! ([`devices`]) on the port and MMIO [`bus`]es, and one thread per vCPU
+//! ([`vcpu`]).
+
+pub mod boot;
+pub mod bus;
+pub mod devices;
+pub mod layout;
+pub mod memory;
+pub mod vcpu;
+pub mod virtio;
+pub mod vm;
 
 /// Version of this VMM, as reported by `cocoon-vmm --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

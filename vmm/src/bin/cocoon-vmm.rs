@@ -1,9 +1,109 @@
-//! `cocoon-vmm` command line.
+//! `cocoon-vmm`: boot a Linux guest in a KVM microVM.
 
-fn main() -> anyhow::Result<()> {
-    if std::env::args().skip(1).any(|arg| arg == "--version") {
-        println!("cocoon-vmm {}", cocoon_vmm::VERSION);
-        return Ok(());
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use cocoon_vmm::vm::{Vm, VmConfig, VmEvent};
+
+/// Kernel arguments every Cocoon guest needs: the console on COM1, a restart
+/// through the i8042 (which ends the VM), and an immediate restart on panic
+/// (which the VMM recognises on the console and reports as a failure).
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+#[derive(Parser, Debug)]
+#[command(name = "cocoon-vmm", version, about = "Boot a Linux guest in a KVM microVM", long_about = None)]
+struct Args {
+    /// Guest kernel: an ELF vmlinux or a bzImage.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initramfs (cpio, optionally compressed).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Extra kernel arguments, appended to "console=ttyS0 reboot=k panic=-1".
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory_mib: u64,
+    /// Where the guest console goes: a file path, "-" for stdout, or "none".
+    #[arg(long, default_value = "-")]
+    console: String,
+}
+
+fn console_sink(target: &str) -> anyhow::Result<Option<Box<dyn std::io::Write + Send>>> {
+    Ok(match target {
+        "none" => None,
+        "-" => Some(Box::new(std::io::stdout())),
+        path => Some(Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create console file {path}"))?,
+        )),
+    })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("COCOON_VMM_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("cocoon-vmm: {error:#}");
+            ExitCode::FAILURE
+        }
     }
-    anyhow::bail!("cocoon-vmm {} cannot boot guests yet", cocoon_vmm::VERSION)
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cmdline = [BASE_CMDLINE, args.cmdline.trim()]
+        .join(" ")
+        .trim()
+        .to_string();
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        console: console_sink(&args.console)?,
+    };
+    let mut vm = Vm::new(config)?;
+    let console = vm.console();
+    let stopper = vm.stopper();
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
+        .context("cannot install signal handlers")?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            let _ = stopper.send(VmEvent::Stop);
+        }
+    });
+
+    let event = vm.run()?;
+    let code = match event {
+        VmEvent::GuestReset if console.panicked() => {
+            eprintln!(
+                "cocoon-vmm: the guest kernel panicked; last console lines:\n{}",
+                console.tail(30)
+            );
+            ExitCode::FAILURE
+        }
+        VmEvent::GuestReset | VmEvent::Stop => ExitCode::SUCCESS,
+        VmEvent::VcpuFailed { vcpu, reason } => {
+            eprintln!(
+                "cocoon-vmm: vCPU {vcpu} stopped: {reason}; last console lines:\n{}",
+                console.tail(30)
+            );
+            ExitCode::FAILURE
+        }
+    };
+    // vCPU threads may still be in KVM_RUN: end the process with the VM alive.
+    std::io::Write::flush(&mut std::io::stdout()).ok();
+    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
 }

@@ -1,0 +1,46 @@
+//! COM1: a 16550A UART (vm-superio) on port 0x3f8 with a working IRQ 4, so
+//! the guest's interrupt-driven console never stalls.
+
+use vm_superio::{serial::NoEvents, Serial};
+
+use super::console_log::ConsoleWriter;
+use super::irq::IrqLine;
+use crate::bus::BusDevice;
+
+pub const COM1_PORT: u64 = 0x3f8;
+pub const COM1_PORTS: u64 = 8;
+
+pub struct SerialConsole {
+    uart: Serial<IrqLine, NoEvents, ConsoleWriter>,
+}
+
+impl SerialConsole {
+    pub fn new(irq: IrqLine, writer: ConsoleWriter) -> Self {
+        Self {
+            uart: Serial::new(irq, writer),
+        }
+    }
+
+    /// Feeds host input (e.g. a terminal) to the guest; returns how much fit.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+}
+
+impl BusDevice for SerialConsole {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if data.len() == 1 && offset < COM1_PORTS {
+            data[0] = self.uart.read(offset as u8);
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() == 1 && offset < COM1_PORTS {
+            if let Err(error) = self.uart.write(offset as u8, data[0]) {
+                tracing::debug!(%error, "serial write");
+            }
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Guest RAM: anonymous private mappings from vm-memory, split around the
+//! 32-bit MMIO gap.
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
+
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+/// The RAM ranges of a VM with `size` bytes of memory.
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
+    if size <= MMIO_GAP_START {
+        vec![(GuestAddress(0), size as usize)]
+    } else {
+        vec![
+            (GuestAddress(0), MMIO_GAP_START as usize),
+            (GuestAddress(MMIO_GAP_END), (size - MMIO_GAP_START) as usize),
+        ]
+    }
+}
+
+/// Maps `size` bytes of guest RAM.
+pub fn create_guest_memory(size: u64) -> Result<GuestMemory, vm_memory::mmap::FromRangesError> {
+    GuestMemoryMmap::from_ranges(&ram_ranges(size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_vm_is_one_range() {
+        assert_eq!(ram_ranges(512 << 20), vec![(GuestAddress(0), 512 << 20)]);
+    }
+
+    #[test]
+    fn large_vm_skips_the_mmio_gap() {
+        let ranges = ram_ranges(4 << 30);
+        assert_eq!(ranges.len(), 2);
+        assert_eq!(ranges[0], (GuestAddress(0), MMIO_GAP_START as usize));
+        assert_eq!(ranges[1].0, GuestAddress(MMIO_GAP_END));
+        assert_eq!(ranges[1].1 as u64 + MMIO_GAP_START, 4 << 30);
+    }
+}

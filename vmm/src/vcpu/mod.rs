@@ -1,0 +1,74 @@
+//! vCPU threads: each runs KVM_RUN in a loop and hands port I/O and MMIO exits
+//! to the buses. Anything that ends the guest is reported as a [`VmEvent`].
+
+pub mod setup;
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::bus::Bus;
+use crate::vm::VmEvent;
+
+pub struct Vcpu {
+    pub id: u8,
+    pub fd: VcpuFd,
+}
+
+/// The port I/O and MMIO address spaces every vCPU sees.
+pub struct Buses {
+    pub pio: Bus,
+    pub mmio: Bus,
+}
+
+impl Vcpu {
+    /// Runs the vCPU on a thread of its own until the guest stops it.
+    pub fn spawn(
+        mut self,
+        buses: Arc<Buses>,
+        events: Sender<VmEvent>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", self.id))
+            .spawn(move || {
+                let event = self.run(&buses);
+                let _ = events.send(event);
+            })
+    }
+
+    fn run(&mut self, buses: &Buses) -> VmEvent {
+        let id = self.id;
+        let failed = |reason: String| VmEvent::VcpuFailed { vcpu: id, reason };
+        loop {
+            match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => buses.pio.read(u64::from(port), data),
+                Ok(VcpuExit::IoOut(port, data)) => buses.pio.write(u64::from(port), data),
+                Ok(VcpuExit::MmioRead(address, data)) => buses.mmio.read(address, data),
+                Ok(VcpuExit::MmioWrite(address, data)) => buses.mmio.write(address, data),
+                // A triple fault: how `reboot=t` restarts, and how a wrecked
+                // guest dies. Either way the guest is gone.
+                Ok(VcpuExit::Shutdown) => return VmEvent::GuestReset,
+                Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    return match kind {
+                        kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN
+                        | kvm_bindings::KVM_SYSTEM_EVENT_RESET => VmEvent::GuestReset,
+                        other => failed(format!("unexpected system event {other}")),
+                    };
+                }
+                Ok(VcpuExit::Hlt) => return failed("halted with interrupts disabled".into()),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    return failed(format!(
+                        "KVM could not enter the guest (hardware reason {reason:#x}, cpu {cpu})"
+                    ))
+                }
+                Ok(VcpuExit::InternalError) => {
+                    return failed("KVM internal error (emulation failure)".into())
+                }
+                Ok(other) => return failed(format!("unexpected exit {other:?}")),
+                Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {}
+                Err(error) => return failed(format!("KVM_RUN failed: {error}")),
+            }
+        }
+    }
+}

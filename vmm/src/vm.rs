@@ -1,0 +1,231 @@
+//! A microVM: KVM VM with in-kernel irqchip and PIT, guest RAM, the kernel and
+//! initramfs loaded, legacy devices on the buses, one thread per vCPU.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{Address, GuestMemory as _, GuestMemoryRegion};
+
+use crate::boot::{self, long_mode, mptable, params};
+use crate::bus::Bus;
+use crate::devices::console_log::{ConsoleLog, ConsoleWriter};
+use crate::devices::i8042::{ResetController, I8042_PORT, I8042_PORTS};
+use crate::devices::irq::IrqLine;
+use crate::devices::serial::{SerialConsole, COM1_PORT, COM1_PORTS};
+use crate::layout::{self, MAX_VCPUS};
+use crate::memory::{self, GuestMemory};
+use crate::vcpu::{setup, Buses, Vcpu};
+
+/// What a VM is made of. Paths are checked when the VM is built.
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    /// Where the guest console goes; `None` keeps only the tail in memory.
+    pub console: Option<Box<dyn std::io::Write + Send>>,
+}
+
+/// Why the guest stopped, or why the VM could not go on.
+#[derive(Debug, Clone)]
+pub enum VmEvent {
+    /// The guest restarted or powered off: it is done.
+    GuestReset,
+    VcpuFailed {
+        vcpu: u8,
+        reason: String,
+    },
+    /// The host asked us to stop (SIGTERM/SIGINT).
+    Stop,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot use /dev/kvm: {0} (is KVM enabled and are you allowed to open /dev/kvm?)")]
+    Kvm(kvm_ioctls::Error),
+    #[error("KVM lacks {0:?}, which cocoon-vmm needs")]
+    MissingCapability(Cap),
+    #[error("{step}: {source}")]
+    KvmSetup {
+        step: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("{0} vCPUs requested; between 1 and {MAX_VCPUS} are supported")]
+    VcpuCount(u8),
+    #[error("{0} MiB of memory requested; at least 64 MiB are needed")]
+    MemorySize(u64),
+    #[error("cannot allocate {mib} MiB of guest memory: {source}")]
+    Memory {
+        mib: u64,
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error("kernel command line is {0} bytes; at most {max} fit", max = layout::CMDLINE_MAX_SIZE - 1)]
+    CmdlineTooLong(usize),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    VcpuSetup(#[from] setup::SetupError),
+    #[error("{0}")]
+    Bus(#[from] crate::bus::OverlapError),
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("cannot start a vCPU thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A built VM, ready to run.
+pub struct Vm {
+    _kvm: Kvm,
+    _vm: Arc<VmFd>,
+    _memory: GuestMemory,
+    vcpus: Vec<Vcpu>,
+    buses: Arc<Buses>,
+    events: (Sender<VmEvent>, Receiver<VmEvent>),
+    console: ConsoleLog,
+}
+
+fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::KvmSetup { step, source }
+}
+
+impl Vm {
+    pub fn new(mut config: VmConfig) -> Result<Self, VmError> {
+        if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+            return Err(VmError::VcpuCount(config.vcpus));
+        }
+        if config.memory_mib < 64 {
+            return Err(VmError::MemorySize(config.memory_mib));
+        }
+        if config.cmdline.len() >= layout::CMDLINE_MAX_SIZE {
+            return Err(VmError::CmdlineTooLong(config.cmdline.len()));
+        }
+        let kvm = Kvm::new().map_err(VmError::Kvm)?;
+        for cap in [
+            Cap::Irqchip,
+            Cap::Ioeventfd,
+            Cap::Irqfd,
+            Cap::UserMemory,
+            Cap::Pit2,
+            Cap::ExtCpuid,
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCapability(cap));
+            }
+        }
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_step("KVM_CREATE_VM"))?);
+        vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+            .map_err(kvm_step("KVM_SET_TSS_ADDR"))?;
+        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+            .map_err(kvm_step("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_step("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_step("KVM_CREATE_PIT2"))?;
+
+        let memory = memory::create_guest_memory(config.memory_mib << 20).map_err(|source| {
+            VmError::Memory {
+                mib: config.memory_mib,
+                source,
+            }
+        })?;
+        for (slot, region) in memory.iter().enumerate() {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `memory`, which the
+            // Vm keeps (and so outlives every vCPU that can access it).
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(kvm_step("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        let kernel = boot::load_kernel(&memory, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => {
+                let addr_max = kernel
+                    .result
+                    .setup_header
+                    .map(|header| header.initrd_addr_max);
+                Some(boot::load_initrd(&memory, path, addr_max)?)
+            }
+            None => None,
+        };
+        params::write_boot_params(&memory, &kernel, initrd.as_ref(), &config.cmdline)?;
+        mptable::write(&memory, config.vcpus).map_err(boot::BootError::from)?;
+        long_mode::write_tables(&memory)?;
+
+        let events = channel();
+        let console = ConsoleLog::default();
+        let serial_irq = IrqLine::new(vm.clone(), layout::SERIAL_IRQ);
+        let serial = SerialConsole::new(
+            serial_irq,
+            ConsoleWriter::new(config.console.take(), console.clone()),
+        );
+        let mut pio = Bus::default();
+        pio.insert(COM1_PORT, COM1_PORTS, Arc::new(Mutex::new(serial)))?;
+        let reset = ResetController::new(events.0.clone(), VmEvent::GuestReset);
+        pio.insert(I8042_PORT, I8042_PORTS, Arc::new(Mutex::new(reset)))?;
+        let buses = Arc::new(Buses {
+            pio,
+            mmio: Bus::default(),
+        });
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_step("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for id in 0..config.vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_step("KVM_CREATE_VCPU"))?;
+            setup::configure_common(&fd, id, &setup::cpuid_for(&supported, id, config.vcpus))?;
+            if id == 0 {
+                setup::configure_boot_processor(&fd, kernel.entry.raw_value())?;
+            }
+            vcpus.push(Vcpu { id, fd });
+        }
+
+        Ok(Self {
+            _kvm: kvm,
+            _vm: vm,
+            _memory: memory,
+            vcpus,
+            buses,
+            events,
+            console,
+        })
+    }
+
+    /// The guest console as seen so far.
+    pub fn console(&self) -> ConsoleLog {
+        self.console.clone()
+    }
+
+    /// A handle that can stop the VM from another thread (e.g. a signal handler).
+    pub fn stopper(&self) -> Sender<VmEvent> {
+        self.events.0.clone()
+    }
+
+    /// Starts the vCPUs and returns the first event that ends the VM. The vCPU
+    /// threads keep running; the caller ends the process while `self` (and so
+    /// guest memory) is still alive.
+    pub fn run(&mut self) -> Result<VmEvent, VmError> {
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            vcpu.spawn(self.buses.clone(), self.events.0.clone())
+                .map_err(VmError::Thread)?;
+        }
+        Ok(self.events.1.recv().unwrap_or(VmEvent::Stop))
+    }
+}
