@@ -58,7 +58,7 @@ unit-test:
 # crawl under emulation. Their KVM tests are #[ignore]d in unit-test, with the
 # reason, and run here with --ignored.
 kvm-test: guest
-	@bins=$$($(CARGO) test -p cocoon-tests --no-run --message-format=json \
+	@bins=$$($(CARGO) test --workspace --no-run --message-format=json \
 	    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p'); \
 	[ -n "$$bins" ] || { echo "kvm-test: no test binaries found" >&2; exit 1; }; \
 	tests/kvm-host --timeout 2400 -- tests/run-tests --ignored --test-threads=1 --nocapture -- $$bins

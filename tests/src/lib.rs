@@ -66,3 +66,89 @@ pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// An initramfs built from Debian's busybox-static whose /init mounts the
+/// usual file systems and runs `script` (busybox sh). Lets a test boot a guest
+/// that is not ours and ask it questions.
+pub fn busybox_initramfs(dir: &Path, script: &str) -> PathBuf {
+    let root = dir.join("initramfs-root");
+    std::fs::create_dir_all(root.join("bin")).expect("create initramfs root");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox (Debian busybox-static; make deps installs it)");
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox --install -s /bin\n\
+         mkdir -p /proc /sys /dev\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs devtmpfs /dev\n\
+         {script}\n"
+    );
+    let init_path = root.join("init");
+    std::fs::write(&init_path, init).expect("write /init");
+    std::fs::set_permissions(
+        &init_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod /init");
+    let image = dir.join("busybox-initramfs.img");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc -R 0:0 --quiet > '{}'",
+            root.display(),
+            image.display()
+        ))
+        .status()
+        .expect("cpio runs");
+    assert!(status.success(), "packing the busybox initramfs failed");
+    image
+}
+
+/// What a finished VMM run left: its exit status, the guest console and the
+/// VMM's own stderr.
+#[derive(Debug)]
+pub struct VmmRun {
+    pub status: Result<ExitStatus, String>,
+    pub console: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl VmmRun {
+    /// Panics with the console tail and stderr unless the VMM exited 0.
+    pub fn assert_success(&self) {
+        match &self.status {
+            Ok(status) if status.success() => {}
+            other => panic!(
+                "cocoon-vmm: {other:?}\nstderr:\n{}\nconsole tail:\n{}",
+                self.stderr,
+                tail(&self.console, 30)
+            ),
+        }
+    }
+}
+
+/// Runs `vmm` with `args` and its console in a file; waits at most `limit`.
+pub fn run_vmm(vmm: &Path, args: &[&str], limit: Duration) -> VmmRun {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let console_path = dir.path().join("console.log");
+    let stderr_path = dir.path().join("stderr.log");
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(vmm)
+        .args(args)
+        .arg("--console")
+        .arg(&console_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("cocoon-vmm starts");
+    let status = wait_or_kill(&mut child, limit);
+    VmmRun {
+        status,
+        console: std::fs::read_to_string(&console_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+        elapsed: started.elapsed(),
+    }
+}

@@ -2,13 +2,17 @@
 //! status and output, tells a timeout apart from a failure, and leaves no
 //! QEMU process or run directory behind.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use cocoon_tests::repo_root;
 
-fn kvm_host(args: &[&str]) -> Output {
+/// Runs the harness with its run directories under `scratch`, so this test
+/// can tell its own host VMs from anybody else's.
+fn kvm_host(scratch: &Path, args: &[&str]) -> Output {
     Command::new(repo_root().join("tests/kvm-host"))
         .args(args)
+        .env("TMPDIR", scratch)
         .current_dir(repo_root())
         .output()
         .expect("tests/kvm-host runs")
@@ -27,13 +31,14 @@ fn describe(output: &Output) -> String {
     )
 }
 
-/// QEMU processes started by a harness run (their command line names its run dir).
-fn leftover_host_vms() -> Vec<String> {
+/// QEMU processes whose command line names a run directory under `scratch`.
+fn leftover_host_vms(scratch: &Path) -> Vec<String> {
+    let scratch = scratch.to_string_lossy();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.starts_with("qemu-system") && cmdline.contains("/tmp/kvm-host.") {
+            if cmdline.starts_with("qemu-system") && cmdline.contains(&*scratch) {
                 found.push(cmdline);
             }
         }
@@ -43,7 +48,9 @@ fn leftover_host_vms() -> Vec<String> {
 
 #[test]
 fn kvm_host_runs_commands_with_real_kvm_and_cleans_up() {
-    let checked = kvm_host(&[
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let scratch = scratch.path();
+    let checked = kvm_host(scratch, &[
         "--",
         "sh",
         "-c",
@@ -57,23 +64,22 @@ fn kvm_host_runs_commands_with_real_kvm_and_cleans_up() {
         describe(&checked)
     );
 
-    let ok = kvm_host(&["--", "true"]);
+    let ok = kvm_host(scratch, &["--", "true"]);
     assert_eq!(code(&ok), Some(0), "{}", describe(&ok));
-    let failed = kvm_host(&["--", "false"]);
+    let failed = kvm_host(scratch, &["--", "false"]);
     assert_eq!(code(&failed), Some(1), "{}", describe(&failed));
 
-    let timed_out = kvm_host(&["--timeout", "3", "--", "sleep", "600"]);
+    let timed_out = kvm_host(scratch, &["--timeout", "3", "--", "sleep", "600"]);
     assert_eq!(code(&timed_out), Some(124), "{}", describe(&timed_out));
 
     assert_eq!(
-        leftover_host_vms(),
+        leftover_host_vms(scratch),
         Vec::<String>::new(),
         "host VMs left running"
     );
-    let leftover_dirs: Vec<_> = std::fs::read_dir("/tmp")
-        .expect("read /tmp")
+    let leftover_dirs: Vec<_> = std::fs::read_dir(scratch)
+        .expect("read the scratch directory")
         .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("kvm-host."))
         .map(|entry| entry.path())
         .collect();
     assert!(

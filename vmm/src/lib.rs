@@ -5,6 +5,7 @@
 //! ([`devices`]) on the port and MMIO [`bus`]es, and one thread per vCPU
 //! ([`vcpu`]).
 
+pub mod attach;
 pub mod boot;
 pub mod bus;
 pub mod devices;

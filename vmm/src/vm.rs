@@ -11,6 +11,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemory as _, GuestMemoryRegion};
 
+use crate::attach::VirtioAttacher;
 use crate::boot::{self, long_mode, mptable, params};
 use crate::bus::Bus;
 use crate::devices::console_log::{ConsoleLog, ConsoleWriter};
@@ -20,6 +21,7 @@ use crate::devices::serial::{SerialConsole, COM1_PORT, COM1_PORTS};
 use crate::layout::{self, MAX_VCPUS};
 use crate::memory::{self, GuestMemory};
 use crate::vcpu::{setup, Buses, Vcpu};
+use crate::virtio::rng::Rng;
 
 /// What a VM is made of. Paths are checked when the VM is built.
 pub struct VmConfig {
@@ -47,6 +49,12 @@ pub enum VmEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    #[error("cannot open {what} {path}: {source}")]
+    Input {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot use /dev/kvm: {0} (is KVM enabled and are you allowed to open /dev/kvm?)")]
     Kvm(kvm_ioctls::Error),
     #[error("KVM lacks {0:?}, which cocoon-vmm needs")]
@@ -73,6 +81,8 @@ pub enum VmError {
     VcpuSetup(#[from] setup::SetupError),
     #[error("{0}")]
     Bus(#[from] crate::bus::OverlapError),
+    #[error(transparent)]
+    Attach(#[from] crate::attach::AttachError),
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
     #[error("cannot start a vCPU thread: {0}")]
@@ -96,6 +106,21 @@ fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 impl Vm {
     pub fn new(mut config: VmConfig) -> Result<Self, VmError> {
+        // Inputs first: a wrong path is the most common mistake, and it
+        // deserves its own message before anything touches KVM.
+        let inputs = [
+            ("kernel", Some(&config.kernel)),
+            ("initramfs", config.initrd.as_ref()),
+        ];
+        for (what, path) in inputs {
+            if let Some(path) = path {
+                std::fs::File::open(path).map_err(|source| VmError::Input {
+                    what,
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            }
+        }
         if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
             return Err(VmError::VcpuCount(config.vcpus));
         }
@@ -162,7 +187,18 @@ impl Vm {
             }
             None => None,
         };
-        params::write_boot_params(&memory, &kernel, initrd.as_ref(), &config.cmdline)?;
+        // virtio devices first: their command line entries go to the kernel.
+        let mut mmio = Bus::default();
+        let mut virtio = VirtioAttacher::new(vm.clone(), memory.clone());
+        virtio.attach(Box::new(Rng::new()), &mut mmio)?;
+        let cmdline = std::iter::once(config.cmdline.as_str())
+            .chain(virtio.cmdline_entries().iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
+            return Err(VmError::CmdlineTooLong(cmdline.len()));
+        }
+        params::write_boot_params(&memory, &kernel, initrd.as_ref(), &cmdline)?;
         mptable::write(&memory, config.vcpus).map_err(boot::BootError::from)?;
         long_mode::write_tables(&memory)?;
 
@@ -177,10 +213,7 @@ impl Vm {
         pio.insert(COM1_PORT, COM1_PORTS, Arc::new(Mutex::new(serial)))?;
         let reset = ResetController::new(events.0.clone(), VmEvent::GuestReset);
         pio.insert(I8042_PORT, I8042_PORTS, Arc::new(Mutex::new(reset)))?;
-        let buses = Arc::new(Buses {
-            pio,
-            mmio: Bus::default(),
-        });
+        let buses = Arc::new(Buses { pio, mmio });
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

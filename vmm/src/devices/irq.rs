@@ -35,3 +35,9 @@ impl vm_superio::Trigger for IrqLine {
         IrqLine::trigger(self)
     }
 }
+
+impl crate::virtio::interrupt::InterruptLine for IrqLine {
+    fn trigger(&self) -> std::io::Result<()> {
+        IrqLine::trigger(self)
+    }
+}

@@ -1,9 +1,10 @@
 //! The interrupt line a virtio device shares with its transport.
 //!
 //! virtio-mmio has one interrupt per device plus an InterruptStatus word telling the
-//! driver why it fired. KVM sees only an eventfd (registered as an irqfd for the
-//! device's GSI); the status word lives here so that both the device worker threads
-//! (which set bits) and the transport (which lets the guest read and ack them) reach it.
+//! driver why it fired. The VM supplies the [`InterruptLine`] (an IOAPIC pin pulsed
+//! with KVM_IRQ_LINE); the status word lives here so that both the device worker
+//! threads (which set bits) and the transport (which lets the guest read and ack
+//! them) reach it.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -16,10 +17,21 @@ pub const INT_USED_RING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRI
 /// InterruptStatus bit: the device configuration (or status) changed.
 pub const INT_CONFIG_CHANGE: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
+/// Something that raises the device's interrupt in the guest.
+pub trait InterruptLine: Send + Sync {
+    fn trigger(&self) -> io::Result<()>;
+}
+
+/// An eventfd line: what KVM irqfds and the unit tests use.
+impl InterruptLine for EventFd {
+    fn trigger(&self) -> io::Result<()> {
+        self.write(1)
+    }
+}
+
 /// Interrupt state of one virtio device.
-#[derive(Debug)]
 pub struct VirtioInterrupt {
-    irq_event: EventFd,
+    line: Box<dyn InterruptLine>,
     status: AtomicU32,
     // Set by a device that met guest input it cannot recover from; the transport
     // reports it as DEVICE_NEEDS_RESET until the driver resets the device.
@@ -27,18 +39,13 @@ pub struct VirtioInterrupt {
 }
 
 impl VirtioInterrupt {
-    /// Wraps `irq_event`, which the VM registers as the KVM irqfd of the device's GSI.
-    pub fn new(irq_event: EventFd) -> Self {
+    /// Interrupt state raising `line`.
+    pub fn new(line: impl InterruptLine + 'static) -> Self {
         Self {
-            irq_event,
+            line: Box::new(line),
             status: AtomicU32::new(0),
             needs_reset: AtomicBool::new(false),
         }
-    }
-
-    /// The eventfd to register as irqfd.
-    pub fn irq_event(&self) -> &EventFd {
-        &self.irq_event
     }
 
     /// Tells the driver that buffers were added to a used ring.
@@ -82,10 +89,10 @@ impl VirtioInterrupt {
     }
 
     // Level-triggered semantics the usual way: set the bit first, then pulse the
-    // irqfd; the guest's handler reads InterruptStatus and acks what it handled.
+    // line; the guest's handler reads InterruptStatus and acks what it handled.
     fn raise(&self, bit: u32) -> io::Result<()> {
         self.status.fetch_or(bit, Ordering::SeqCst);
-        self.irq_event.write(1)
+        self.line.trigger()
     }
 }
 
@@ -95,13 +102,14 @@ mod tests {
 
     #[test]
     fn status_bits_set_and_ack() -> io::Result<()> {
-        let irq = VirtioInterrupt::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?);
+        let line = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?;
+        let irq = VirtioInterrupt::new(line.try_clone()?);
         assert_eq!(irq.status(), 0);
         irq.signal_used_queue()?;
         irq.signal_config_change();
         assert_eq!(irq.status(), INT_USED_RING | INT_CONFIG_CHANGE);
         // Both signals reached the eventfd.
-        assert_eq!(irq.irq_event().read()?, 2);
+        assert_eq!(line.read()?, 2);
         irq.ack(INT_USED_RING);
         assert_eq!(irq.status(), INT_CONFIG_CHANGE);
         irq.signal_needs_reset();

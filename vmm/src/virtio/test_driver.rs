@@ -33,20 +33,22 @@ pub(crate) struct Driver {
     pub(crate) transport: MmioTransport,
     pub(crate) mem: GuestMemory,
     pub(crate) interrupt: Arc<VirtioInterrupt>,
+    /// The eventfd behind `interrupt`: readable once an interrupt was raised.
+    pub(crate) irq: EventFd,
 }
 
 impl Driver {
     pub(crate) fn new(device: Box<dyn VirtioDevice>) -> Self {
         let mem = guest_memory();
-        let interrupt = Arc::new(VirtioInterrupt::new(
-            EventFd::new(EFD_NONBLOCK).expect("irq eventfd"),
-        ));
+        let irq = EventFd::new(EFD_NONBLOCK).expect("irq eventfd");
+        let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().expect("irq eventfd")));
         let transport =
             MmioTransport::new(device, mem.clone(), Arc::clone(&interrupt)).expect("transport");
         Self {
             transport,
             mem,
             interrupt,
+            irq,
         }
     }
 

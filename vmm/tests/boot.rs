@@ -1,0 +1,128 @@
+//! cocoon-vmm boots real Linux guests under real KVM (these tests run inside
+//! tests/kvm-host): our kernel in both formats, a foreign busybox initramfs,
+//! the requested vCPUs and memory, and a clear failure when the guest panics.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cocoon_tests::{build_output, busybox_initramfs, require_hardware_kvm, run_vmm, VmmRun};
+
+const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+
+fn boot(kernel: &Path, initrd: &Path, extra: &[&str]) -> VmmRun {
+    let kernel = kernel.to_str().expect("utf-8 path");
+    let initrd = initrd.to_str().expect("utf-8 path");
+    let mut args = vec!["--kernel", kernel, "--initrd", initrd];
+    args.extend_from_slice(extra);
+    run_vmm(Path::new(VMM), &args, BOOT_LIMIT)
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn vmlinux_and_bzimage_boot_a_foreign_initramfs() {
+    require_hardware_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = busybox_initramfs(dir.path(), "echo MARKER-$((6 * 7))\nreboot -f");
+    for kernel in ["vmlinux", "bzImage"] {
+        let run = boot(&build_output(kernel), &initrd, &[]);
+        run.assert_success();
+        assert!(
+            run.console.contains("MARKER-42"),
+            "{kernel}: marker missing; console:\n{}",
+            run.console
+        );
+        eprintln!("{kernel}: launch to VMM exit {:?}", run.elapsed);
+    }
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn guest_sees_the_requested_vcpus_memory_and_entropy() {
+    require_hardware_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let script = "echo CPUS=$(grep -c ^processor /proc/cpuinfo)\n\
+                  echo MEMKB=$(awk '/^MemTotal/ {print $2}' /proc/meminfo)\n\
+                  echo RNG=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)\n\
+                  echo ENTROPY=$(head -c 32 /dev/hwrng | od -An -tx1 | tr -d ' \\n')\n\
+                  reboot -f";
+    let initrd = busybox_initramfs(dir.path(), script);
+    let run = boot(
+        &build_output("vmlinux"),
+        &initrd,
+        &["--vcpus", "2", "--memory-mib", "512"],
+    );
+    run.assert_success();
+    let value = |key: &str| {
+        run.console
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} line; console:\n{}", run.console))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(value("CPUS="), "2");
+    let mem_kib: u64 = value("MEMKB=").parse().expect("MemTotal in kB");
+    // MemTotal is RAM minus what the kernel keeps for itself (code, tables).
+    assert!(
+        (480 * 1024..=512 * 1024).contains(&mem_kib),
+        "MemTotal {mem_kib} kB for a 512 MiB guest"
+    );
+    assert!(
+        value("RNG=").starts_with("virtio_rng"),
+        "hw_random backend: {}",
+        value("RNG=")
+    );
+    let entropy = value("ENTROPY=");
+    assert_eq!(entropy.len(), 64, "32 bytes from /dev/hwrng: {entropy}");
+    assert_ne!(entropy, "0".repeat(64));
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn a_panicking_guest_fails_the_vmm_with_the_console_tail() {
+    require_hardware_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    // /init exiting makes the kernel panic ("Attempted to kill init!").
+    let initrd = busybox_initramfs(dir.path(), "echo about to exit init\nexit 3");
+    let run = boot(&build_output("vmlinux"), &initrd, &[]);
+    let status = run.status.as_ref().expect("the VMM exits by itself");
+    assert!(
+        !status.success(),
+        "a guest panic must fail the VMM; stderr:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("panicked"),
+        "stderr names the panic:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Attempted to kill init"),
+        "stderr shows the console tail:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn our_guest_reaches_the_agent() {
+    require_hardware_kvm();
+    let run = boot(
+        &build_output("vmlinux"),
+        &build_output("initramfs.img"),
+        &["--cmdline", "quiet"],
+    );
+    run.assert_success();
+    let banner = cocoon_protocol::version_banner(env!("CARGO_PKG_VERSION"));
+    assert!(run.console.contains(&banner), "console:\n{}", run.console);
+    let reached = run
+        .console
+        .lines()
+        .find(|l| l.contains("reached /init"))
+        .unwrap_or("");
+    eprintln!(
+        "cocoon-vmm: launch to VMM exit {:?}; {reached}",
+        run.elapsed
+    );
+}

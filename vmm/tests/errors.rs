@@ -1,0 +1,47 @@
+//! Mistakes on the command line get a message naming what is wrong, fast,
+//! before any VM exists (no KVM needed).
+
+use std::process::Command;
+
+const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
+
+#[test]
+fn a_missing_kernel_is_named_in_the_error() {
+    let output = Command::new(VMM)
+        .args(["--kernel", "/no/such/vmlinux"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/no/such/vmlinux"), "stderr: {stderr}");
+}
+
+#[test]
+fn a_missing_initrd_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("vmlinux");
+    std::fs::write(&kernel, b"not a kernel").unwrap();
+    let output = Command::new(VMM)
+        .args([
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            "/no/such/initrd.img",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/no/such/initrd.img"), "stderr: {stderr}");
+}
+
+#[test]
+fn out_of_range_vcpus_are_refused() {
+    let output = Command::new(VMM)
+        .args(["--kernel", "/dev/null", "--vcpus", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("vCPUs"), "stderr: {stderr}");
+}
