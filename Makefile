@@ -15,7 +15,7 @@ DEBIAN_PACKAGES := \
 	linux-source-6.1 busybox-static e2fsprogs iproute2 libseccomp-dev \
 	qemu-system-x86 containerd runc
 
-.PHONY: all deps build agent kernel initramfs guest test lint unit-test kvm-test demo clean
+.PHONY: all deps build agent kernel initramfs guest test lint unit-test kvm-test bench demo clean
 
 all: build guest
 
@@ -56,12 +56,17 @@ unit-test:
 
 # Test binaries are built here and run inside the host VM: cargo itself would
 # crawl under emulation. Their KVM tests are #[ignore]d in unit-test, with the
-# reason, and run here with --ignored.
+# reason, and run here with --ignored. (Test executables live in deps/; the
+# binaries that integration tests use do not take test arguments.)
 kvm-test: guest
 	@bins=$$($(CARGO) test --workspace --no-run --message-format=json \
-	    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p'); \
+	    | sed -n 's/.*"executable":"\([^"]*\/deps\/[^"]*\)".*/\1/p'); \
 	[ -n "$$bins" ] || { echo "kvm-test: no test binaries found" >&2; exit 1; }; \
 	tests/kvm-host --timeout 2400 -- tests/run-tests --ignored --test-threads=1 --nocapture -- $$bins
+
+## bench: speed and memory as ratios against QEMU (and later runc), measured side by side.
+bench: all
+	tests/kvm-host --timeout 1800 -- target/release/cocoon-bench --vmm target/release/cocoon-vmm
 
 ## demo: boot the guest and show the agent's first words (a container once the shim lands).
 demo: deps all

@@ -21,6 +21,7 @@ use crate::devices::serial::{SerialConsole, COM1_PORT, COM1_PORTS};
 use crate::layout::{self, MAX_VCPUS};
 use crate::memory::{self, GuestMemory};
 use crate::vcpu::{setup, Buses, Vcpu};
+use crate::virtio::fs::Fs;
 use crate::virtio::rng::Rng;
 
 /// What a VM is made of. Paths are checked when the VM is built.
@@ -32,6 +33,8 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Where the guest console goes; `None` keeps only the tail in memory.
     pub console: Option<Box<dyn std::io::Write + Send>>,
+    /// Host directories shared with the guest over virtio-fs, by tag.
+    pub shares: Vec<(String, PathBuf)>,
 }
 
 /// Why the guest stopped, or why the VM could not go on.
@@ -83,6 +86,12 @@ pub enum VmError {
     Bus(#[from] crate::bus::OverlapError),
     #[error(transparent)]
     Attach(#[from] crate::attach::AttachError),
+    #[error("cannot share {dir} as {tag}: {source}")]
+    Share {
+        tag: String,
+        dir: String,
+        source: crate::virtio::fs::FsError,
+    },
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
     #[error("cannot start a vCPU thread: {0}")]
@@ -191,6 +200,14 @@ impl Vm {
         let mut mmio = Bus::default();
         let mut virtio = VirtioAttacher::new(vm.clone(), memory.clone());
         virtio.attach(Box::new(Rng::new()), &mut mmio)?;
+        for (tag, dir) in &config.shares {
+            let fs = Fs::new(tag, dir).map_err(|source| VmError::Share {
+                tag: tag.clone(),
+                dir: dir.display().to_string(),
+                source,
+            })?;
+            virtio.attach(Box::new(fs), &mut mmio)?;
+        }
         let cmdline = std::iter::once(config.cmdline.as_str())
             .chain(virtio.cmdline_entries().iter().map(String::as_str))
             .collect::<Vec<_>>()

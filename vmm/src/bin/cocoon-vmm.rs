@@ -33,6 +33,17 @@ struct Args {
     /// Where the guest console goes: a file path, "-" for stdout, or "none".
     #[arg(long, default_value = "-")]
     console: String,
+    /// Share a host directory with the guest over virtio-fs
+    /// (guest: mount -t virtiofs TAG /mnt). Repeatable.
+    #[arg(long = "share", value_name = "TAG=DIR", value_parser = parse_share)]
+    shares: Vec<(String, PathBuf)>,
+}
+
+fn parse_share(value: &str) -> Result<(String, PathBuf), String> {
+    match value.split_once('=') {
+        Some((tag, dir)) if !tag.is_empty() && !dir.is_empty() => Ok((tag.to_string(), dir.into())),
+        _ => Err(format!("expected TAG=DIR, got {value:?}")),
+    }
 }
 
 fn console_sink(target: &str) -> anyhow::Result<Option<Box<dyn std::io::Write + Send>>> {
@@ -73,6 +84,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         vcpus: args.vcpus,
         memory_mib: args.memory_mib,
         console: console_sink(&args.console)?,
+        shares: args.shares,
     };
     let mut vm = Vm::new(config)?;
     let console = vm.console();

@@ -5,6 +5,7 @@
 //! the device as needing reset) instead of panicking.
 
 pub mod config;
+pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 pub mod rng;
