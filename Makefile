@@ -33,8 +33,10 @@ deps:
 build:
 	$(CARGO) build --release --workspace
 
+# The agent and the static tool that test guests run (cocoon-guest-probe).
 agent:
-	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release -p cocoon-agent --target $(GUEST_TARGET)
+	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release --target $(GUEST_TARGET) \
+	    -p cocoon-agent -p cocoon-tests --bin cocoon-agent --bin cocoon-guest-probe
 
 kernel:
 	rootfs/kernel/build.sh $(GUEST)

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use wait_timeout::ChildExt;
 
+pub mod pattern;
+
 /// The project checkout.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -61,6 +63,35 @@ pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Result<ExitStatus, St
     }
 }
 
+/// The static guest-side test tool (`make` builds it).
+pub fn guest_probe() -> PathBuf {
+    let path = repo_root().join("target/x86_64-unknown-linux-gnu/release/cocoon-guest-probe");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make` first",
+        path.display()
+    );
+    path
+}
+
+/// Polls `path` until it contains `needle`, at most `limit`.
+pub fn wait_for_text(path: &Path, needle: &str, limit: Duration) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "{needle:?} did not appear within {limit:?}; last lines:\n{}",
+                tail(&text, 20)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The last `lines` lines of `text`, for failure messages.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
@@ -71,8 +102,19 @@ pub fn tail(text: &str, lines: usize) -> String {
 /// usual file systems and runs `script` (busybox sh). Lets a test boot a guest
 /// that is not ours and ask it questions.
 pub fn busybox_initramfs(dir: &Path, script: &str) -> PathBuf {
+    busybox_initramfs_with(dir, script, &[])
+}
+
+/// [`busybox_initramfs`] plus `extra` files: (host path, path in the guest).
+pub fn busybox_initramfs_with(dir: &Path, script: &str, extra: &[(&Path, &str)]) -> PathBuf {
     let root = dir.join("initramfs-root");
     std::fs::create_dir_all(root.join("bin")).expect("create initramfs root");
+    for (source, target) in extra {
+        let target = root.join(target.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().expect("a file path")).expect("create directory");
+        std::fs::copy(source, &target)
+            .unwrap_or_else(|e| panic!("copy {} into the initramfs: {e}", source.display()));
+    }
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
         .expect("/bin/busybox (Debian busybox-static; make deps installs it)");
     let init = format!(

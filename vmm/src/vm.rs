@@ -23,6 +23,7 @@ use crate::memory::{self, GuestMemory};
 use crate::vcpu::{setup, Buses, Vcpu};
 use crate::virtio::fs::Fs;
 use crate::virtio::rng::Rng;
+use crate::virtio::vsock::Vsock;
 
 /// What a VM is made of. Paths are checked when the VM is built.
 pub struct VmConfig {
@@ -35,6 +36,17 @@ pub struct VmConfig {
     pub console: Option<Box<dyn std::io::Write + Send>>,
     /// Host directories shared with the guest over virtio-fs, by tag.
     pub shares: Vec<(String, PathBuf)>,
+    /// virtio-vsock: the guest's CID and the host Unix socket for it.
+    pub vsock: Option<VsockConfig>,
+}
+
+/// A hybrid vsock device (Firecracker convention): host processes connect to
+/// `uds_path` and write `CONNECT <port>`; guest connections to host port P
+/// go to `<uds_path>_P`.
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
 }
 
 /// Why the guest stopped, or why the VM could not go on.
@@ -86,6 +98,11 @@ pub enum VmError {
     Bus(#[from] crate::bus::OverlapError),
     #[error(transparent)]
     Attach(#[from] crate::attach::AttachError),
+    #[error("cannot set up vsock on {path}: {source}")]
+    Vsock {
+        path: String,
+        source: crate::virtio::vsock::VsockError,
+    },
     #[error("cannot share {dir} as {tag}: {source}")]
     Share {
         tag: String,
@@ -200,6 +217,14 @@ impl Vm {
         let mut mmio = Bus::default();
         let mut virtio = VirtioAttacher::new(vm.clone(), memory.clone());
         virtio.attach(Box::new(Rng::new()), &mut mmio)?;
+        if let Some(vsock) = &config.vsock {
+            let device =
+                Vsock::new(vsock.guest_cid, &vsock.uds_path).map_err(|source| VmError::Vsock {
+                    path: vsock.uds_path.display().to_string(),
+                    source,
+                })?;
+            virtio.attach(Box::new(device), &mut mmio)?;
+        }
         for (tag, dir) in &config.shares {
             let fs = Fs::new(tag, dir).map_err(|source| VmError::Share {
                 tag: tag.clone(),

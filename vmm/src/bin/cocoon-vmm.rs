@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use cocoon_vmm::vm::{Vm, VmConfig, VmEvent};
+use cocoon_vmm::vm::{Vm, VmConfig, VmEvent, VsockConfig};
 
 /// Kernel arguments every Cocoon guest needs: the console on COM1, a restart
 /// through the i8042 (which ends the VM), and an immediate restart on panic
@@ -37,6 +37,14 @@ struct Args {
     /// (guest: mount -t virtiofs TAG /mnt). Repeatable.
     #[arg(long = "share", value_name = "TAG=DIR", value_parser = parse_share)]
     shares: Vec<(String, PathBuf)>,
+    /// Unix socket of the hybrid vsock device: connect and write
+    /// "CONNECT <port>\n" to reach a guest port; guest connections to host
+    /// port P go to "<PATH>_P".
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock CID (with --vsock-uds).
+    #[arg(long, default_value_t = 3, requires = "vsock_uds")]
+    vsock_cid: u64,
 }
 
 fn parse_share(value: &str) -> Result<(String, PathBuf), String> {
@@ -85,6 +93,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         memory_mib: args.memory_mib,
         console: console_sink(&args.console)?,
         shares: args.shares,
+        vsock: args.vsock_uds.map(|uds_path| VsockConfig {
+            guest_cid: args.vsock_cid,
+            uds_path,
+        }),
     };
     let mut vm = Vm::new(config)?;
     let console = vm.console();

@@ -9,6 +9,7 @@ pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 
 #[cfg(test)]
 mod test_driver;

@@ -1,0 +1,155 @@
+//! `cocoon-guest-probe`: a static test tool that runs inside test guests
+//! (busybox has no AF_VSOCK) to move data over vsock and report what it saw.
+//!
+//!   cocoon-guest-probe listen PORT CONNECTIONS
+//!       accept CONNECTIONS streams on vsock PORT (concurrently); on each,
+//!       read to EOF, then answer "<bytes> <checksum>\n" and close.
+//!   cocoon-guest-probe send PORT BYTES [CONNECTIONS]
+//!       dial the host (CID 2) on PORT CONNECTIONS times in parallel; each
+//!       sends BYTES of the test pattern, half-closes, and prints the reply.
+//!
+//! Prints "PROBE-READY" once listening, "PROBE-DONE" at the end.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use cocoon_tests::pattern::{checksum_stream, PatternReader};
+
+const HOST_CID: u32 = 2;
+
+fn vsock_address(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
+    let mut address: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    address.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    address.svm_cid = cid;
+    address.svm_port = port;
+    address
+}
+
+fn vsock_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn check(result: libc::c_int) -> std::io::Result<()> {
+    if result < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// vsock streams behave like Unix streams for read/write/shutdown.
+fn stream(fd: OwnedFd) -> UnixStream {
+    UnixStream::from(fd)
+}
+
+fn listen(port: u32, connections: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let socket = vsock_socket()?;
+    let address = vsock_address(libc::VMADDR_CID_ANY, port);
+    let size = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: address is a valid sockaddr_vm of `size` bytes.
+    check(unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&address as *const libc::sockaddr_vm).cast(),
+            size,
+        )
+    })?;
+    // SAFETY: plain listen(2) on our socket.
+    check(unsafe { libc::listen(socket.as_raw_fd(), 128) })?;
+    println!("PROBE-READY");
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        // SAFETY: accept4 on our listening socket, peer address not wanted.
+        let fd = unsafe {
+            libc::accept4(
+                socket.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        check(fd)?;
+        // SAFETY: fd is a fresh descriptor from accept4.
+        let mut connection = stream(unsafe { OwnedFd::from_raw_fd(fd) });
+        workers.push(std::thread::spawn(move || -> std::io::Result<()> {
+            let (bytes, sum) = checksum_stream(&mut connection)?;
+            connection.write_all(format!("{bytes} {sum:016x}\n").as_bytes())?;
+            Ok(())
+        }));
+    }
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| std::io::Error::other("worker panicked"))??;
+    }
+    println!("PROBE-DONE");
+    Ok(())
+}
+
+fn send(port: u32, bytes: u64, connections: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let workers: Vec<_> = (0..connections)
+        .map(|index| {
+            std::thread::spawn(move || -> std::io::Result<String> {
+                let socket = vsock_socket()?;
+                let address = vsock_address(HOST_CID, port);
+                let size = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+                // SAFETY: address is a valid sockaddr_vm of `size` bytes.
+                check(unsafe {
+                    libc::connect(
+                        socket.as_raw_fd(),
+                        (&address as *const libc::sockaddr_vm).cast(),
+                        size,
+                    )
+                })?;
+                let mut connection = stream(socket);
+                std::io::copy(&mut PatternReader::new(bytes), &mut connection)?;
+                connection.shutdown(std::net::Shutdown::Write)?;
+                let mut reply = String::new();
+                BufReader::new(&mut connection).read_line(&mut reply)?;
+                Ok(format!("SENT {index} {bytes} REPLY {}", reply.trim()))
+            })
+        })
+        .collect();
+    for worker in workers {
+        println!(
+            "{}",
+            worker
+                .join()
+                .map_err(|_| std::io::Error::other("sender panicked"))??
+        );
+    }
+    println!("PROBE-DONE");
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize| args.get(i).and_then(|v| v.parse::<u64>().ok());
+    let result = match (args.first().map(String::as_str), number(1), number(2)) {
+        (Some("listen"), Some(port), Some(count)) => listen(port as u32, count as usize),
+        (Some("send"), Some(port), Some(bytes)) => {
+            send(port as u32, bytes, number(3).unwrap_or(1) as usize)
+        }
+        _ => {
+            eprintln!(
+                "usage: cocoon-guest-probe listen PORT CONNECTIONS | send PORT BYTES [CONNECTIONS]"
+            );
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = result {
+        println!("PROBE-ERROR {error}");
+        std::process::exit(1);
+    }
+    let _ = std::io::stdout().flush();
+}

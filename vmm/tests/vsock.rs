@@ -1,0 +1,160 @@
+//! Hybrid vsock under real KVM, both ways, in the Firecracker convention:
+//! the host dials a guest port through `CONNECT <port>` on the VMM's socket,
+//! the guest dials host port P and lands on `<socket>_P`. 256 MiB each way
+//! with a checksum, and 50 concurrent connections each way.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cocoon_tests::pattern::{checksum_stream, pattern_checksum, PatternReader};
+use cocoon_tests::{
+    build_output, busybox_initramfs_with, guest_probe, require_hardware_kvm, tail, wait_for_text,
+    wait_or_kill,
+};
+
+const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
+const BIG: u64 = 256 << 20;
+const SMALL: u64 = 1 << 20;
+const CONCURRENT: usize = 50;
+const GUEST_PORT: u32 = 5000;
+const HOST_PORT_BIG: u32 = 6000;
+const HOST_PORT_MANY: u32 = 6001;
+
+/// Host side of guest-initiated connections: answers each with
+/// "<bytes> <checksum>" like the guest probe does.
+fn serve_checksums(listener: UnixListener, connections: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let handlers: Vec<_> = (0..connections)
+            .map(|_| {
+                let (mut stream, _) = listener.accept().expect("accept a guest connection");
+                std::thread::spawn(move || {
+                    let (bytes, sum) = checksum_stream(&mut stream).expect("read guest data");
+                    stream
+                        .write_all(format!("{bytes} {sum:016x}\n").as_bytes())
+                        .expect("reply");
+                })
+            })
+            .collect();
+        for handler in handlers {
+            handler.join().expect("handler");
+        }
+    })
+}
+
+/// Dials guest `port` through the hybrid socket, sends `bytes` of the pattern
+/// and returns the guest's "<bytes> <checksum>" reply.
+fn send_to_guest(uds: &Path, port: u32, bytes: u64) -> String {
+    let mut stream = UnixStream::connect(uds).expect("connect to the VMM's vsock socket");
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut ok = String::new();
+    reader.read_line(&mut ok).unwrap();
+    assert!(ok.starts_with("OK "), "handshake answer: {ok:?}");
+    std::io::copy(&mut PatternReader::new(bytes), &mut stream).expect("send to the guest");
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    reader.read_line(&mut reply).unwrap();
+    reply.trim().to_string()
+}
+
+fn expected(bytes: u64) -> String {
+    format!("{bytes} {:016x}", pattern_checksum(bytes))
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn vsock_moves_data_both_ways_with_many_connections() {
+    require_hardware_kvm();
+    let scratch = tempfile::tempdir().unwrap();
+    let uds: PathBuf = scratch.path().join("vsock.sock");
+    let big_listener = UnixListener::bind(format!("{}_{HOST_PORT_BIG}", uds.display())).unwrap();
+    let many_listener = UnixListener::bind(format!("{}_{HOST_PORT_MANY}", uds.display())).unwrap();
+    let big_server = serve_checksums(big_listener, 1);
+    let many_server = serve_checksums(many_listener, CONCURRENT);
+
+    let script = format!(
+        "probe listen {GUEST_PORT} {} &\n\
+         listener=$!\n\
+         probe send {HOST_PORT_BIG} {BIG}\n\
+         probe send {HOST_PORT_MANY} {SMALL} {CONCURRENT}\n\
+         wait $listener\n\
+         echo VSOCK-GUEST-DONE\n\
+         reboot -f",
+        1 + CONCURRENT
+    );
+    let initrd = busybox_initramfs_with(scratch.path(), &script, &[(&guest_probe(), "/bin/probe")]);
+    let console = scratch.path().join("console.log");
+    let kernel = build_output("vmlinux");
+    let mut vmm = Command::new(VMM)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--memory-mib", "512", "--vcpus", "2", "--vsock-cid", "3"])
+        .arg("--vsock-uds")
+        .arg(&uds)
+        .arg("--console")
+        .arg(&console)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("cocoon-vmm starts");
+
+    if let Err(error) = wait_for_text(&console, "PROBE-READY", Duration::from_secs(120)) {
+        let _ = vmm.kill();
+        panic!("guest listener: {error}");
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(
+        send_to_guest(&uds, GUEST_PORT, BIG),
+        expected(BIG),
+        "256 MiB host -> guest"
+    );
+    let host_to_guest = started.elapsed();
+    let senders: Vec<_> = (0..CONCURRENT)
+        .map(|_| {
+            let uds = uds.clone();
+            std::thread::spawn(move || send_to_guest(&uds, GUEST_PORT, SMALL))
+        })
+        .collect();
+    for sender in senders {
+        assert_eq!(
+            sender.join().unwrap(),
+            expected(SMALL),
+            "1 MiB host -> guest"
+        );
+    }
+
+    let status = wait_or_kill(&mut vmm, Duration::from_secs(300));
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(
+        matches!(status, Ok(s) if s.success()),
+        "VMM: {status:?}; console:\n{}",
+        tail(&text, 30)
+    );
+    big_server.join().unwrap();
+    many_server.join().unwrap();
+    let replies: Vec<&str> = text.lines().filter(|l| l.contains("SENT")).collect();
+    assert_eq!(
+        replies.len(),
+        1 + CONCURRENT,
+        "guest senders: {replies:?}\n{}",
+        tail(&text, 30)
+    );
+    let big_reply = format!("SENT 0 {BIG} REPLY {}", expected(BIG));
+    assert!(
+        replies.iter().any(|l| l.contains(&big_reply)),
+        "256 MiB guest -> host: {replies:?}"
+    );
+    let small_ok = replies
+        .iter()
+        .filter(|l| l.contains(&format!("REPLY {}", expected(SMALL))))
+        .count();
+    assert_eq!(small_ok, CONCURRENT, "1 MiB guest -> host: {replies:?}");
+    assert!(text.contains("VSOCK-GUEST-DONE"));
+    eprintln!("vsock: 256 MiB host -> guest in {host_to_guest:?}");
+}
