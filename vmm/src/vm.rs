@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
@@ -124,6 +125,7 @@ pub struct Vm {
     buses: Arc<Buses>,
     events: (Sender<VmEvent>, Receiver<VmEvent>),
     console: ConsoleLog,
+    serial: Arc<Mutex<SerialConsole>>,
 }
 
 fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -251,8 +253,9 @@ impl Vm {
             serial_irq,
             ConsoleWriter::new(config.console.take(), console.clone()),
         );
+        let serial = Arc::new(Mutex::new(serial));
         let mut pio = Bus::default();
-        pio.insert(COM1_PORT, COM1_PORTS, Arc::new(Mutex::new(serial)))?;
+        pio.insert(COM1_PORT, COM1_PORTS, serial.clone())?;
         let reset = ResetController::new(events.0.clone(), VmEvent::GuestReset);
         pio.insert(I8042_PORT, I8042_PORTS, Arc::new(Mutex::new(reset)))?;
         let buses = Arc::new(Buses { pio, mmio });
@@ -280,6 +283,7 @@ impl Vm {
             buses,
             events,
             console,
+            serial,
         })
     }
 
@@ -293,14 +297,29 @@ impl Vm {
         self.events.0.clone()
     }
 
-    /// Starts the vCPUs and returns the first event that ends the VM. The vCPU
-    /// threads keep running; the caller ends the process while `self` (and so
-    /// guest memory) is still alive.
-    pub fn run(&mut self) -> Result<VmEvent, VmError> {
+    /// Starts the vCPUs. They keep running until the process ends: the
+    /// caller exits while `self` (and so guest memory) is still alive.
+    pub fn start(&mut self) -> Result<(), VmError> {
         for vcpu in std::mem::take(&mut self.vcpus) {
             vcpu.spawn(self.buses.clone(), self.events.0.clone())
                 .map_err(VmError::Thread)?;
         }
-        Ok(self.events.1.recv().unwrap_or(VmEvent::Stop))
+        Ok(())
+    }
+
+    /// The next event that ends (or asks to end) the VM; `None` when
+    /// `timeout` passed first.
+    pub fn next_event(&self, timeout: Option<Duration>) -> Option<VmEvent> {
+        match timeout {
+            Some(timeout) => self.events.1.recv_timeout(timeout).ok(),
+            None => Some(self.events.1.recv().unwrap_or(VmEvent::Stop)),
+        }
+    }
+
+    /// Asks the guest to shut down in an orderly way: the request goes to the
+    /// guest's console input, where cocoon-agent (PID 1) listens for it.
+    pub fn request_guest_shutdown(&self) {
+        let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        serial.enqueue_input(cocoon_protocol::GUEST_SHUTDOWN_REQUEST);
     }
 }

@@ -10,6 +10,11 @@ pub const AGENT_RPC_PORT: u32 = 1024;
 /// Guest vsock port on which process stdio streams are accepted.
 pub const AGENT_STDIO_PORT: u32 = 1025;
 
+/// What cocoon-vmm writes to the guest's console input (the agent's stdin)
+/// to ask for an orderly shutdown, e.g. on SIGTERM. An escape sequence no
+/// keyboard produces, ended by a newline so a line-buffered reader sees it.
+pub const GUEST_SHUTDOWN_REQUEST: &[u8] = b"\x1b]cocoon;shutdown\x07\n";
+
 /// The first line the agent prints on the guest console once it runs as PID 1.
 /// Tests and the shim's boot diagnostics look for it.
 pub fn version_banner(version: &str) -> String {

@@ -42,6 +42,10 @@ struct Args {
     /// port P go to "<PATH>_P".
     #[arg(long, value_name = "PATH")]
     vsock_uds: Option<PathBuf>,
+    /// Seconds the guest gets to shut down after SIGTERM/SIGINT before the
+    /// VM is stopped anyway.
+    #[arg(long, default_value_t = 5)]
+    shutdown_timeout: u64,
     /// The guest's vsock CID (with --vsock-uds).
     #[arg(long, default_value_t = 3, requires = "vsock_uds")]
     vsock_cid: u64,
@@ -109,7 +113,22 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     });
 
-    let event = vm.run()?;
+    vm.start()?;
+    let mut event = vm.next_event(None).unwrap_or(VmEvent::Stop);
+    if matches!(event, VmEvent::Stop) {
+        // Give the guest a chance to stop its workloads; a second signal or
+        // the timeout ends the VM regardless.
+        let timeout = std::time::Duration::from_secs(args.shutdown_timeout);
+        eprintln!("cocoon-vmm: asking the guest to shut down (at most {timeout:?})");
+        vm.request_guest_shutdown();
+        event = match vm.next_event(Some(timeout)) {
+            Some(VmEvent::Stop) | None => {
+                eprintln!("cocoon-vmm: the guest did not shut down; stopping it");
+                VmEvent::Stop
+            }
+            Some(other) => other,
+        };
+    }
     let code = match event {
         VmEvent::GuestReset if console.panicked() => {
             eprintln!(
