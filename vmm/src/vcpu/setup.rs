@@ -46,6 +46,7 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 
@@ -60,7 +61,10 @@ pub fn cpuid_for(supported: &CpuId, id: u8, count: u8) -> CpuId {
             LEAF_FEATURES => {
                 entry.ebx =
                     (entry.ebx & 0x0000_ffff) | (u32::from(count) << 16) | (u32::from(id) << 24);
-                entry.ecx |= ECX_HYPERVISOR;
+                // KVM emulates the TSC-deadline timer in the in-kernel LAPIC
+                // but leaves advertising it to us. Without it the guest
+                // calibrates the LAPIC timer at boot, which is slow.
+                entry.ecx |= ECX_HYPERVISOR | ECX_TSC_DEADLINE;
                 if count > 1 {
                     entry.edx |= EDX_HTT;
                 } else {
