@@ -76,3 +76,48 @@ fn sigterm_stops_a_guest_that_ignores_it() {
         "stopped after {elapsed:?}"
     );
 }
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn a_killed_vmm_leaves_only_its_socket_and_the_next_start_reuses_the_path() {
+    require_hardware_kvm();
+    let scratch = tempfile::tempdir().unwrap();
+    let initrd = busybox_initramfs(scratch.path(), "echo READY\nexec sleep 3600");
+    let uds = scratch.path().join("vsock.sock");
+    let start = |console: &Path| {
+        Command::new(VMM)
+            .arg("--kernel")
+            .arg(build_output("vmlinux"))
+            .arg("--initrd")
+            .arg(&initrd)
+            .arg("--vsock-uds")
+            .arg(&uds)
+            .arg("--console")
+            .arg(console)
+            .args(["--shutdown-timeout", "1"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first_console = scratch.path().join("first.log");
+    let mut first = start(&first_console);
+    wait_for_text(&first_console, "READY", Duration::from_secs(120)).unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        uds.exists(),
+        "the socket file of a killed VMM stays until the next start"
+    );
+
+    let second_console = scratch.path().join("second.log");
+    let mut second = start(&second_console);
+    let came_up = wait_for_text(&second_console, "READY", Duration::from_secs(120));
+    let _ = second.kill();
+    let output = second.wait_with_output().unwrap();
+    assert!(
+        came_up.is_ok(),
+        "a VMM on the stale socket path did not start: {came_up:?}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
