@@ -87,7 +87,7 @@ pub enum VmError {
     #[error("cannot allocate {mib} MiB of guest memory: {source}")]
     Memory {
         mib: u64,
-        source: vm_memory::mmap::FromRangesError,
+        source: crate::memory::MemoryError,
     },
     #[error("kernel command line is {0} bytes; at most {max} fit", max = layout::CMDLINE_MAX_SIZE - 1)]
     CmdlineTooLong(usize),

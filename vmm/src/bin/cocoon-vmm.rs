@@ -85,6 +85,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let launched = std::time::Instant::now();
     let cmdline = [BASE_CMDLINE, args.cmdline.trim()]
         .join(" ")
         .trim()
@@ -114,6 +115,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     });
 
     vm.start()?;
+    tracing::info!(
+        after_ms = launched.elapsed().as_millis() as u64,
+        "vCPUs started"
+    );
     let mut event = vm.next_event(None).unwrap_or(VmEvent::Stop);
     if matches!(event, VmEvent::Stop) {
         // Give the guest a chance to stop its workloads; a second signal or
