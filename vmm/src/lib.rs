@@ -11,6 +11,7 @@ pub mod bus;
 pub mod devices;
 pub mod layout;
 pub mod memory;
+pub mod thread;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

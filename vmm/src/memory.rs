@@ -98,7 +98,7 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemory as _, GuestMemoryRegion};
+    use vm_memory::{Bytes, GuestMemory as _};
 
     #[test]
     fn small_vm_is_one_range() {

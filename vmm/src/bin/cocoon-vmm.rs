@@ -108,11 +108,13 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stopper = vm.stopper();
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .context("cannot install signal handlers")?;
-    std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            let _ = stopper.send(VmEvent::Stop);
-        }
-    });
+    cocoon_vmm::thread::builder("signals")
+        .spawn(move || {
+            for _ in signals.forever() {
+                let _ = stopper.send(VmEvent::Stop);
+            }
+        })
+        .context("cannot start the signal thread")?;
 
     vm.start()?;
     tracing::info!(

@@ -29,12 +29,10 @@ impl Vcpu {
         buses: Arc<Buses>,
         events: Sender<VmEvent>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name(format!("vcpu{}", self.id))
-            .spawn(move || {
-                let event = self.run(&buses);
-                let _ = events.send(event);
-            })
+        crate::thread::builder(format!("vcpu{}", self.id)).spawn(move || {
+            let event = self.run(&buses);
+            let _ = events.send(event);
+        })
     }
 
     fn run(&mut self, buses: &Buses) -> VmEvent {

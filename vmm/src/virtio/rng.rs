@@ -131,8 +131,7 @@ impl VirtioDevice for Rng {
             buf: vec![0; MAX_REQUEST_BYTES],
             warn_limit: WarnLimiter::default(),
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-rng".into())
+        let thread = crate::thread::builder("virtio-rng")
             .spawn(move || worker.run())
             .map_err(ActivateError::Worker)?;
         self.worker = Some(WorkerHandle { stop, thread });

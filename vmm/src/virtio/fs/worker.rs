@@ -119,12 +119,10 @@ impl WorkerPool {
         for (i, epoll) in epolls.into_iter().enumerate() {
             let shared = Arc::clone(&pool.shared);
             let thread_tx = exit_tx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("virtio-fs-{i}"))
-                .spawn(move || {
-                    shared.run(&epoll);
-                    drop(thread_tx);
-                });
+            let spawned = crate::thread::builder(format!("virtio-fs-{i}")).spawn(move || {
+                shared.run(&epoll);
+                drop(thread_tx);
+            });
             match spawned {
                 Ok(thread) => pool.threads.push(thread),
                 Err(e) => {

@@ -256,8 +256,7 @@ impl VirtioDevice for Vsock {
             broken: false,
             warn_limit: WarnLimiter::default(),
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-vsock".into())
+        let thread = crate::thread::builder("virtio-vsock")
             .spawn(move || worker.run())
             .map_err(ActivateError::Worker)?;
         self.worker = Some(WorkerHandle { stop, thread });
