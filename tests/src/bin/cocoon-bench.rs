@@ -30,8 +30,18 @@ fn main() {
     let runs: usize = value("--runs").and_then(|v| v.parse().ok()).unwrap_or(7);
     require_hardware_kvm();
 
-    let kernel = build_output("vmlinux");
-    let initramfs = build_output("initramfs.img");
+    // Both VMMs read their inputs from local storage, as on a real node:
+    // the checkout is a 9p share in the KVM host VM and would be re-read at
+    // every launch of cocoon-vmm (QEMU comes from the cached root).
+    let local = tempfile::tempdir().expect("temporary directory");
+    let copy = |path: &Path| {
+        let target = local.path().join(path.file_name().expect("a file"));
+        std::fs::copy(path, &target).expect("copy to local storage");
+        target
+    };
+    let vmm = copy(&vmm);
+    let kernel = copy(&build_output("vmlinux"));
+    let initramfs = copy(&build_output("initramfs.img"));
     let banner = cocoon_protocol::version_banner(env!("CARGO_PKG_VERSION"));
 
     let mut cocoon = Vec::new();
@@ -47,7 +57,9 @@ fn main() {
     let qemu_ms = median_ms(&mut qemu);
     let overhead_kib = idle_overhead_kib(&vmm, &kernel);
 
-    println!("launch → guest /init, median of {runs} (same kernel + initramfs, {GUEST_MEMORY_MIB} MiB, 1 vCPU):");
+    println!(
+        "launch → guest /init, median of {runs} (same kernel + initramfs, {GUEST_MEMORY_MIB} MiB, 1 vCPU, inputs on tmpfs):"
+    );
     println!("  cocoon-vmm             {cocoon_ms:8.1} ms");
     println!("  qemu -M microvm        {qemu_ms:8.1} ms");
     println!(
