@@ -15,7 +15,7 @@ DEBIAN_PACKAGES := \
 	linux-source-6.1 busybox-static e2fsprogs iproute2 libseccomp-dev \
 	qemu-system-x86 containerd runc
 
-.PHONY: all deps build agent kernel initramfs guest test lint unit-test kvm-test bench demo clean
+.PHONY: all deps build agent kernel initramfs guest test lint unit-test kvm-test bench demo clean fuzz
 
 all: build guest
 
@@ -77,3 +77,24 @@ demo: deps all
 clean:
 	$(CARGO) clean
 	rm -rf build
+
+## fuzz: run every fuzz target (fuzz/, cargo-fuzz) for FUZZ_SECONDS each; a crash or hang fails.
+# Stable Rust: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z flags (AddressSanitizer).
+# Seeds are committed in fuzz/seeds/; fuzz/corpus/ (what the fuzzer adds) and
+# fuzz/artifacts/ (crashing inputs) are not.
+FUZZ_SECONDS ?= 30
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+
+fuzz:
+	@$(CARGO) fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)' \
+	    || $(CARGO) install --locked cargo-fuzz@$(CARGO_FUZZ_VERSION)
+	$(CARGO_FUZZ) build
+	@targets=$$($(CARGO) fuzz list) && [ -n "$$targets" ] || { echo "fuzz: no fuzz targets" >&2; exit 1; }; \
+	for t in $$targets; do \
+	    mkdir -p fuzz/corpus/$$t; \
+	    if [ -d fuzz/seeds/$$t ]; then cp fuzz/seeds/$$t/* fuzz/corpus/$$t/; fi; \
+	    echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	    $(CARGO_FUZZ) run $$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
+	        || { echo "fuzz: $$t failed; the input is in fuzz/artifacts/$$t/" >&2; exit 1; }; \
+	done

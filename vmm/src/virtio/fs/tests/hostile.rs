@@ -321,3 +321,45 @@ fn corrupt_ring_needs_reset_then_recovers() {
     g.init();
     still_serves(&mut g);
 }
+
+// Found by fuzzing (fuzz/seeds/fs_request/known-opath-read-closes-fd): an
+// O_PATH handle made fuse-backend-rs close an fd it still owned on READ.
+#[test]
+fn o_path_opens_are_refused() {
+    use fuse_backend_rs::abi::fuse_abi::{OpenIn, OpenOut};
+    let mut g = ready_guest();
+    let node = g.entry(ROOT_ID, "f").nodeid;
+    let open = OpenIn {
+        flags: (libc::O_PATH | libc::O_RDONLY) as u32,
+        fuse_flags: 0,
+    };
+    let used = g.call(
+        Opcode::Open,
+        node,
+        &[open.as_slice()],
+        size_of::<OpenOut>() as u32,
+    );
+    assert_eq!(used.header().error, -libc::EINVAL, "{used:?}");
+    still_serves(&mut g);
+}
+
+// Found by fuzzing (fuzz/seeds/fs_request/known-xattr-4g): the guest's buffer
+// size was allocated up front, up to 4 GiB.
+#[test]
+fn huge_xattr_buffers_are_refused() {
+    use fuse_backend_rs::abi::fuse_abi::GetxattrIn;
+    let mut g = ready_guest();
+    for (opcode, named) in [(Opcode::Getxattr, true), (Opcode::Listxattr, false)] {
+        let request = GetxattrIn {
+            size: u32::MAX,
+            padding: 0,
+        };
+        let mut args = request.as_slice().to_vec();
+        if named {
+            args.extend_from_slice(&cstr("user.a"));
+        }
+        let used = g.call(opcode, ROOT_ID, &[&args], 64);
+        assert_eq!(used.header().error, -libc::E2BIG, "{opcode:?}: {used:?}");
+    }
+    still_serves(&mut g);
+}
