@@ -15,7 +15,7 @@ DEBIAN_PACKAGES := \
 	linux-source-6.1 busybox-static e2fsprogs iproute2 libseccomp-dev \
 	qemu-system-x86 containerd runc
 
-.PHONY: all deps build agent kernel initramfs guest test lint unit-test kvm-test bench demo clean fuzz
+.PHONY: all deps build agent kernel initramfs guest test lint unit-test kvm-test bench demo clean fuzz fuzz-smoke
 
 all: build guest
 
@@ -46,8 +46,9 @@ initramfs: agent
 
 guest: kernel initramfs
 
-## test: everything CI checks. Tests that need KVM run in one host VM (tests/kvm-host).
-test: deps all lint unit-test kvm-test
+## test: everything CI checks. Tests that need KVM run in one host VM (tests/kvm-host);
+## every fuzz target gets a short run (its seeds include past crashes).
+test: deps all lint unit-test kvm-test fuzz-smoke
 
 lint:
 	$(CARGO) fmt --all --check
@@ -85,6 +86,9 @@ clean:
 FUZZ_SECONDS ?= 30
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=10
 
 fuzz:
 	@$(CARGO) fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)' \
