@@ -45,6 +45,7 @@ fn guest_sees_the_requested_vcpus_memory_and_entropy() {
                   echo MEMKB=$(awk '/^MemTotal/ {print $2}' /proc/meminfo)\n\
                   echo RNG=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)\n\
                   echo ENTROPY=$(head -c 32 /dev/hwrng | od -An -tx1 | tr -d ' \\n')\n\
+                  echo FLAGS=$(grep -m1 ^flags /proc/cpuinfo | cut -d: -f2)\n\
                   reboot -f";
     let initrd = busybox_initramfs(dir.path(), script);
     let run = boot(
@@ -76,6 +77,17 @@ fn guest_sees_the_requested_vcpus_memory_and_entropy() {
     let entropy = value("ENTROPY=");
     assert_eq!(entropy.len(), 64, "32 bytes from /dev/hwrng: {entropy}");
     assert_ne!(entropy, "0".repeat(64));
+    let flags: Vec<String> = value("FLAGS=")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    for hidden in ["vmx", "svm", "perfctr_core", "pdcm"] {
+        assert!(
+            !flags.iter().any(|f| f == hidden),
+            "the guest sees {hidden}: {flags:?}"
+        );
+    }
+    assert!(flags.iter().any(|f| f == "hypervisor"), "{flags:?}");
 }
 
 #[test]

@@ -48,11 +48,21 @@ const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_VMX: u32 = 1 << 5;
+const ECX_PDCM: u32 = 1 << 15;
 const EDX_HTT: u32 = 1 << 28;
+const LEAF_PERFMON: u32 = 0xa;
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
+const EXT_ECX_SVM: u32 = 1 << 2;
+const EXT_ECX_PERFCTR_CORE: u32 = 1 << 23;
+const EXT_ECX_PERFCTR_NB: u32 = 1 << 24;
+const EXT_ECX_PERFCTR_LLC: u32 = 1 << 28;
 
 /// The CPUID KVM supports, adjusted for vCPU `id` of `count`: its APIC ID,
 /// a flat topology (one thread per core, all cores in one package) and the
-/// hypervisor bit.
+/// hypervisor bit; and without what a sandbox must not see: hardware
+/// virtualization (no nested VMs inside a sandbox) and performance counters
+/// (a side channel, and state we do not save).
 pub fn cpuid_for(supported: &CpuId, id: u8, count: u8) -> CpuId {
     let mut cpuid = supported.clone();
     let core_bits = u32::BITS - (u32::from(count).saturating_sub(1)).leading_zeros();
@@ -65,6 +75,7 @@ pub fn cpuid_for(supported: &CpuId, id: u8, count: u8) -> CpuId {
                 // but leaves advertising it to us. Without it the guest
                 // calibrates the LAPIC timer at boot, which is slow.
                 entry.ecx |= ECX_HYPERVISOR | ECX_TSC_DEADLINE;
+                entry.ecx &= !(ECX_VMX | ECX_PDCM);
                 if count > 1 {
                     entry.edx |= EDX_HTT;
                 } else {
@@ -82,6 +93,15 @@ pub fn cpuid_for(supported: &CpuId, id: u8, count: u8) -> CpuId {
                 entry.ebx = ebx;
                 entry.ecx = (level_type << 8) | (entry.index & 0xff);
                 entry.edx = u32::from(id);
+            }
+            LEAF_PERFMON => {
+                (entry.eax, entry.ebx, entry.ecx, entry.edx) = (0, 0, 0, 0);
+            }
+            LEAF_EXT_FEATURES => {
+                entry.ecx &= !(EXT_ECX_SVM
+                    | EXT_ECX_PERFCTR_CORE
+                    | EXT_ECX_PERFCTR_NB
+                    | EXT_ECX_PERFCTR_LLC);
             }
             _ => {}
         }
@@ -192,6 +212,7 @@ mod tests {
             kvm_cpuid_entry2 {
                 function: LEAF_FEATURES,
                 ebx: 0xff00_0800,
+                ecx: ECX_VMX,
                 ..Default::default()
             },
             kvm_cpuid_entry2 {
@@ -204,6 +225,16 @@ mod tests {
                 index: 1,
                 ..Default::default()
             },
+            kvm_cpuid_entry2 {
+                function: LEAF_PERFMON,
+                eax: 0x0704_0102,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: LEAF_EXT_FEATURES,
+                ecx: EXT_ECX_SVM | EXT_ECX_PERFCTR_CORE | 1,
+                ..Default::default()
+            },
         ])
         .unwrap();
         let cpuid = cpuid_for(&supported, 3, 4);
@@ -213,6 +244,9 @@ mod tests {
         assert_eq!(entries[0].ebx & 0xffff, 0x0800, "CLFLUSH size kept");
         assert_ne!(entries[0].ecx & ECX_HYPERVISOR, 0);
         assert_eq!(entries[1].edx, 3);
+        assert_eq!(entries[0].ecx & ECX_VMX, 0, "no VMX in a sandbox");
+        assert_eq!(entries[3].eax, 0, "no architectural PMU");
+        assert_eq!(entries[4].ecx, 1, "no SVM or core perf counters, LAHF kept");
         assert_eq!(
             (entries[2].eax, entries[2].ebx, entries[2].ecx >> 8),
             (2, 4, 2)
