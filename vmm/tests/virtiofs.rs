@@ -6,7 +6,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use cocoon_tests::{build_output, busybox_initramfs, require_hardware_kvm, run_vmm};
+use cocoon_tests::{
+    build_output, busybox_initramfs_with, guest_probe, require_hardware_kvm, run_vmm,
+};
 
 const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
 
@@ -28,11 +30,16 @@ fn guest_uses_a_shared_directory_like_a_root_file_system() {
                   chmod 0640 /mnt/from-guest.txt\n\
                   touch /mnt/gone && rm /mnt/gone\n\
                   dd if=/dev/zero of=/mnt/big bs=1M count=64 2>/dev/null\n\
+                  chown 1234:2345 /mnt/from-guest.txt\n\
+                  echo 0123456789 > /mnt/mapped && probe mmap-write /mnt/mapped MAPPED\n\
+                  probe xattr /mnt/from-guest.txt trusted.cocoon guest-value\n\
                   echo \"BIG-SIZE: $(stat -c %s /mnt/big)\"\n\
                   sync\n\
                   umount /mnt && echo FS-DONE\n\
                   reboot -f";
-    let initrd = busybox_initramfs(scratch.path(), script);
+    // trusted.* rather than user.*: the share sits on /tmp, a tmpfs, which
+    // (before Linux 6.6) keeps no user.* attributes.
+    let initrd = busybox_initramfs_with(scratch.path(), script, &[(&guest_probe(), "/bin/probe")]);
     let share_arg = format!("shared={}", share.display());
     let kernel = build_output("vmlinux");
     let run = run_vmm(
@@ -61,6 +68,8 @@ fn guest_uses_a_shared_directory_like_a_root_file_system() {
     );
     assert!(console.contains("BIG-SIZE: 67108864"), "{console}");
     assert!(console.contains("FS-DONE"), "{console}");
+    assert!(console.contains("MMAP-WRITTEN"), "{console}");
+    assert!(console.contains("XATTR guest-value"), "{console}");
 
     assert_eq!(
         std::fs::read_to_string(share.join("from-guest.txt")).unwrap(),
@@ -78,9 +87,38 @@ fn guest_uses_a_shared_directory_like_a_root_file_system() {
     let meta = std::fs::metadata(share.join("from-guest.txt")).unwrap();
     assert_eq!(meta.nlink(), 2, "hard link");
     assert_eq!(meta.permissions().mode() & 0o7777, 0o640, "chmod");
+    assert_eq!((meta.uid(), meta.gid()), (1234, 2345), "chown");
+    assert_eq!(
+        std::fs::read_to_string(share.join("mapped")).unwrap(),
+        "MAPPED6789\n",
+        "mmap write"
+    );
+    assert_eq!(
+        host_xattr(&share.join("from-guest.txt"), "trusted.cocoon"),
+        "guest-value"
+    );
     assert!(!share.join("gone").exists(), "unlink");
     assert_eq!(
         std::fs::metadata(share.join("big")).unwrap().len(),
         64 << 20
     );
+}
+
+/// An extended attribute as the host sees it.
+fn host_xattr(path: &Path, name: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated strings; the buffer is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(n >= 0, "getxattr: {}", std::io::Error::last_os_error());
+    String::from_utf8_lossy(&buf[..n as usize]).into_owned()
 }

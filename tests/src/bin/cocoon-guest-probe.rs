@@ -8,6 +8,11 @@
 //!       dial the host (CID 2) on PORT CONNECTIONS times in parallel; each
 //!       sends BYTES of the test pattern, half-closes, and prints the reply.
 //!
+//!   cocoon-guest-probe mmap-write FILE TEXT
+//!       map FILE shared, write TEXT at its start through the mapping, msync.
+//!   cocoon-guest-probe xattr FILE NAME VALUE
+//!       set the extended attribute, read it back, print "XATTR <value>".
+//!
 //! Prints "PROBE-READY" once listening, "PROBE-DONE" at the end.
 
 use std::io::{BufRead, BufReader, Write};
@@ -132,10 +137,77 @@ fn send(port: u32, bytes: u64, connections: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+fn mmap_write(path: &str, text: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let len = text.len();
+    if file.metadata()?.len() < len as u64 {
+        file.set_len(len as u64)?;
+    }
+    // SAFETY: a fresh shared mapping of `len` bytes of an open file; checked below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the mapping is `len` bytes long and writable; it is unmapped right after.
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), map.cast::<u8>(), len);
+        check(libc::msync(map, len, libc::MS_SYNC))?;
+        check(libc::munmap(map, len))?;
+    }
+    println!("MMAP-WRITTEN");
+    Ok(())
+}
+
+fn xattr(path: &str, name: &str, value: &str) -> std::io::Result<()> {
+    let c = |s: &str| std::ffi::CString::new(s).map_err(std::io::Error::other);
+    let (path, name) = (c(path)?, c(name)?);
+    // SAFETY: NUL-terminated path and name, value pointer and length match.
+    check(unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: the buffer is writable for its whole length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    println!("XATTR {}", String::from_utf8_lossy(&buf[..n as usize]));
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize| args.get(i).and_then(|v| v.parse::<u64>().ok());
+    let text = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let result = match (args.first().map(String::as_str), number(1), number(2)) {
+        (Some("mmap-write"), _, _) => mmap_write(text(1), text(2)),
+        (Some("xattr"), _, _) => xattr(text(1), text(2), text(3)),
         (Some("listen"), Some(port), Some(count)) => listen(port as u32, count as usize),
         (Some("send"), Some(port), Some(bytes)) => {
             send(port as u32, bytes, number(3).unwrap_or(1) as usize)
