@@ -158,6 +158,11 @@ impl Vm {
         if config.cmdline.len() >= layout::CMDLINE_MAX_SIZE {
             return Err(VmError::CmdlineTooLong(config.cmdline.len()));
         }
+        let building = std::time::Instant::now();
+        tracing::debug!(
+            after_us = building.elapsed().as_micros() as u64,
+            "opening KVM"
+        );
         let kvm = Kvm::new().map_err(VmError::Kvm)?;
         for cap in [
             Cap::Irqchip,
@@ -184,6 +189,10 @@ impl Vm {
         };
         vm.create_pit2(pit).map_err(kvm_step("KVM_CREATE_PIT2"))?;
 
+        tracing::debug!(
+            after_us = building.elapsed().as_micros() as u64,
+            "KVM VM created"
+        );
         let memory = memory::create_guest_memory(config.memory_mib << 20).map_err(|source| {
             VmError::Memory {
                 mib: config.memory_mib,
@@ -204,6 +213,10 @@ impl Vm {
                 .map_err(kvm_step("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
+        tracing::debug!(
+            after_us = building.elapsed().as_micros() as u64,
+            "guest memory mapped"
+        );
         let kernel = boot::load_kernel(&memory, &config.kernel)?;
         let initrd = match &config.initrd {
             Some(path) => {
@@ -242,6 +255,10 @@ impl Vm {
         if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
             return Err(VmError::CmdlineTooLong(cmdline.len()));
         }
+        tracing::debug!(
+            after_us = building.elapsed().as_micros() as u64,
+            "kernel, initramfs and devices ready"
+        );
         params::write_boot_params(&memory, &kernel, initrd.as_ref(), &cmdline)?;
         mptable::write(&memory, config.vcpus).map_err(boot::BootError::from)?;
         long_mode::write_tables(&memory)?;
@@ -260,6 +277,10 @@ impl Vm {
         pio.insert(I8042_PORT, I8042_PORTS, Arc::new(Mutex::new(reset)))?;
         let buses = Arc::new(Buses { pio, mmio });
 
+        tracing::debug!(
+            after_us = building.elapsed().as_micros() as u64,
+            "boot tables written"
+        );
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_step("KVM_GET_SUPPORTED_CPUID"))?;
@@ -275,6 +296,10 @@ impl Vm {
             vcpus.push(Vcpu { id, fd });
         }
 
+        tracing::debug!(
+            after_us = building.elapsed().as_micros() as u64,
+            "vCPUs configured"
+        );
         Ok(Self {
             _kvm: kvm,
             _vm: vm,
