@@ -63,6 +63,11 @@ mount -o bind "/lower$MODULES" "/root/lib/modules/$kernel" || fail "mounting the
 for _ in $(seq 100); do [ -c /root/dev/hvc0 ] && break; sleep 0.1; done
 [ -c /root/dev/hvc0 ] || fail "no /dev/hvc0 for the command's output"
 
+# Page faults still get huge pages, but khugepaged never collapses pages of a
+# running nested guest's memory behind KVM's back: the emulated host VM was
+# seen to lock up some 25-35 s after boot, when khugepaged starts its scans.
+echo 86400000 >/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs 2>/dev/null
+
 (while sleep 10; do say "alive $(cut -d' ' -f1 /proc/uptime)"; done) &
 
 chroot /root /bin/bash /kvm-host/inner </dev/null >/root/dev/hvc0 2>&1
