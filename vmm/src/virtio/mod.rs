@@ -10,6 +10,7 @@ pub mod interrupt;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;
+mod worker_thread;
 
 #[cfg(test)]
 mod test_driver;

@@ -7,7 +7,6 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use tracing::error;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -17,6 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::interrupt::VirtioInterrupt;
 use super::warn_limit::{limited, WarnLimiter};
+use super::worker_thread::WorkerThread;
 use super::{
     ActivateError, GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_ID_RNG,
     VIRTIO_RING_F_EVENT_IDX,
@@ -35,13 +35,8 @@ const AVAIL_FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
 #[derive(Default)]
 pub struct Rng {
     acked_features: u64,
-    worker: Option<WorkerHandle>,
+    worker: Option<WorkerThread>,
     warn_limit: WarnLimiter,
-}
-
-struct WorkerHandle {
-    stop: EventFd,
-    thread: JoinHandle<()>,
 }
 
 impl Rng {
@@ -51,16 +46,8 @@ impl Rng {
     }
 
     fn stop_worker(&mut self) {
-        let Some(worker) = self.worker.take() else {
-            return;
-        };
-        if let Err(e) = worker.stop.write(1) {
-            // Joining would hang forever; leave the thread to die with the process.
-            error!(error = %e, "virtio-rng: cannot stop worker, detaching it");
-            return;
-        }
-        if worker.thread.join().is_err() {
-            error!("virtio-rng: worker thread panicked");
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
         }
     }
 }
@@ -131,10 +118,8 @@ impl VirtioDevice for Rng {
             buf: vec![0; MAX_REQUEST_BYTES],
             warn_limit: WarnLimiter::default(),
         };
-        let thread = crate::thread::builder("virtio-rng")
-            .spawn(move || worker.run())
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(WorkerHandle { stop, thread });
+        let thread = WorkerThread::spawn("virtio-rng", stop, move || worker.run());
+        self.worker = Some(thread.map_err(ActivateError::Worker)?);
         Ok(())
     }
 

@@ -12,7 +12,6 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tracing::{error, info};
@@ -27,6 +26,7 @@ use super::unix_backend::{bind_listener, ListenError};
 use crate::virtio::config::read_config_bytes;
 use crate::virtio::interrupt::VirtioInterrupt;
 use crate::virtio::warn_limit::{limited, WarnLimiter};
+use crate::virtio::worker_thread::WorkerThread;
 use crate::virtio::{
     ActivateError, GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_ID_VSOCK,
 };
@@ -66,13 +66,8 @@ pub struct Vsock {
     acked_features: u64,
     max_connections: usize,
     live: Arc<AtomicUsize>,
-    worker: Option<WorkerHandle>,
+    worker: Option<WorkerThread>,
     warn_limit: WarnLimiter,
-}
-
-struct WorkerHandle {
-    stop: EventFd,
-    thread: JoinHandle<()>,
 }
 
 impl Vsock {
@@ -127,16 +122,8 @@ impl Vsock {
     }
 
     fn stop_worker(&mut self) {
-        let Some(worker) = self.worker.take() else {
-            return;
-        };
-        if let Err(e) = worker.stop.write(1) {
-            // Joining would hang forever; leave the thread to die with the process.
-            error!(error = %e, "virtio-vsock: cannot stop worker, detaching it");
-            return;
-        }
-        if worker.thread.join().is_err() {
-            error!("virtio-vsock: worker thread panicked");
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
         }
     }
 }
@@ -256,10 +243,8 @@ impl VirtioDevice for Vsock {
             broken: false,
             warn_limit: WarnLimiter::default(),
         };
-        let thread = crate::thread::builder("virtio-vsock")
-            .spawn(move || worker.run())
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(WorkerHandle { stop, thread });
+        let thread = WorkerThread::spawn("virtio-vsock", stop, move || worker.run());
+        self.worker = Some(thread.map_err(ActivateError::Worker)?);
         Ok(())
     }
 
