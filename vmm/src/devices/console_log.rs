@@ -12,6 +12,8 @@ const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
 #[derive(Default)]
 struct State {
     tail: VecDeque<u8>,
+    /// How much of PANIC_MARKER the latest bytes spell out.
+    matched: usize,
     panicked: bool,
 }
 
@@ -27,15 +29,20 @@ impl ConsoleLog {
         state.tail.extend(bytes);
         let excess = state.tail.len().saturating_sub(TAIL_BYTES);
         state.tail.drain(..excess);
-        if !state.panicked {
-            // The serial device writes a byte at a time: look only at the
-            // window that the new bytes can complete.
-            let window = bytes.len() + PANIC_MARKER.len() - 1;
-            let start = state.tail.len().saturating_sub(window);
-            let recent: Vec<u8> = state.tail.range(start..).copied().collect();
-            state.panicked = recent
-                .windows(PANIC_MARKER.len())
-                .any(|w| w == PANIC_MARKER);
+        // The serial device hands us one byte per guest exit: match the
+        // marker incrementally, with no allocation or rescanning. Restarting
+        // at the first byte on a mismatch is exact because no proper prefix
+        // of the marker is also a suffix of it.
+        for byte in bytes {
+            if state.panicked {
+                break;
+            }
+            state.matched = if *byte == PANIC_MARKER[state.matched] {
+                state.matched + 1
+            } else {
+                usize::from(*byte == PANIC_MARKER[0])
+            };
+            state.panicked = state.matched == PANIC_MARKER.len();
         }
     }
 
@@ -102,7 +109,7 @@ mod tests {
         }
         assert!(log.tail(2).ends_with("line 1998\nline 1999"));
         assert!(!log.panicked());
-        writer.write_all(b"[ 1.0] Kernel pan").unwrap();
+        writer.write_all(b"[ 1.0] KKernel pan").unwrap();
         writer
             .write_all(b"ic - not syncing: Attempted to kill init!\r\n")
             .unwrap();

@@ -267,16 +267,10 @@ impl Muxer {
             limited!(self.host_log, warn, error = %e, "virtio-vsock: cannot use host socket");
             return;
         }
-        let token = self.alloc_token();
         // Registering reports data that is already there, so nothing is missed.
-        if let Err(e) = self.epoll.ctl(
-            ControlOperation::Add,
-            stream.as_raw_fd(),
-            EpollEvent::new(host_interest(false), token),
-        ) {
-            limited!(self.host_log, warn, error = %e, "virtio-vsock: cannot watch host socket");
+        let Some(token) = self.watch_host_socket(stream.as_raw_fd()) else {
             return;
-        }
+        };
         self.handshakes.insert(
             token,
             Handshake {
@@ -359,16 +353,10 @@ impl Muxer {
                 return;
             }
         };
-        let token = self.alloc_token();
-        if let Err(e) = self.epoll.ctl(
-            ControlOperation::Add,
-            stream.as_raw_fd(),
-            EpollEvent::new(host_interest(false), token),
-        ) {
-            limited!(self.host_log, warn, error = %e, "virtio-vsock: cannot watch host socket");
+        let Some(token) = self.watch_host_socket(stream.as_raw_fd()) else {
             self.queue_rst(key);
             return;
-        }
+        };
         debug!(
             local_port = key.local_port,
             peer_port = key.peer_port,
@@ -520,6 +508,20 @@ impl Muxer {
             flags: 0,
             buf_alloc: BUF_ALLOC,
             fwd_cnt: 0,
+        }
+    }
+
+    /// Adds a host socket to the epoll set under a fresh token; `None` (and
+    /// a rate-limited warning) when the kernel refuses.
+    fn watch_host_socket(&mut self, fd: std::os::fd::RawFd) -> Option<u64> {
+        let token = self.alloc_token();
+        let event = EpollEvent::new(host_interest(false), token);
+        match self.epoll.ctl(ControlOperation::Add, fd, event) {
+            Ok(()) => Some(token),
+            Err(e) => {
+                limited!(self.host_log, warn, error = %e, "virtio-vsock: cannot watch host socket");
+                None
+            }
         }
     }
 
