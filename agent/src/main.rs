@@ -1,19 +1,53 @@
 //! cocoon-agent: PID 1 of every Cocoon guest.
 //!
-//! At this stage the agent only proves the guest pipeline end to end: it mounts
-//! /proc, announces itself on the console and restarts the machine, which every
-//! Cocoon VMM treats as "the guest has shut down".
+//! It sets the guest up (file systems, cgroups, loopback), serves the agent
+//! API (ttrpc on vsock port 1024) and the process stdio streams (port 1025),
+//! runs containers with libcontainer, reaps every process that ends, and
+//! ends the VM when asked (Shutdown call, or the VMM's request on the
+//! console). The same binary is also the libcontainer helper (`helper.rs`).
+
+mod cgroup;
+mod console;
+mod containers;
+mod error;
+mod events;
+mod helper;
+mod init;
+mod mounts;
+mod pty;
+mod reaper;
+mod service;
+mod spec;
+mod stdio;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use nix::mount::{mount, MsFlags};
+use cocoon_protocol::{AGENT_RPC_PORT, AGENT_STDIO_PORT};
 use nix::sys::reboot::{reboot, RebootMode};
+use tokio::sync::Notify;
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+use crate::containers::Containers;
+use crate::events::Events;
+use crate::reaper::Reaper;
+use crate::service::AgentService;
+use crate::stdio::StreamBroker;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long containers get to stop when the guest shuts down.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() {
-    if std::env::args().skip(1).any(|arg| arg == "--version") {
-        println!("cocoon-agent {VERSION}");
-        return;
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--version") => {
+            println!("cocoon-agent {VERSION}");
+            return;
+        }
+        Some(helper::HELPER_ARG) => std::process::exit(helper::main(&args[2..])),
+        _ => {}
     }
     if std::process::id() != 1 {
         eprintln!(
@@ -23,29 +57,88 @@ fn main() {
         );
         std::process::exit(2);
     }
-    if let Err(error) = init() {
+    if let Err(error) = run() {
         eprintln!("cocoon-agent: {error:#}");
     }
     shut_down();
 }
 
-fn init() -> anyhow::Result<()> {
-    std::fs::create_dir_all("/proc").context("creating /proc")?;
-    mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .context("mounting /proc")?;
+fn run() -> anyhow::Result<()> {
+    init::mount_file_systems()?;
+    init::start_logging();
     println!("{}", cocoon_protocol::version_banner(VERSION));
-    // How long the kernel took to reach us: the figure boot work is judged by.
-    if let Ok(uptime) = std::fs::read_to_string("/proc/uptime") {
-        let seconds = uptime.split_whitespace().next().unwrap_or("?");
-        println!("cocoon-agent: guest kernel reached /init after {seconds} s");
+    println!(
+        "cocoon-agent: guest kernel reached /init after {:.3} s",
+        init::uptime_ms() as f64 / 1000.0
+    );
+    if let Err(error) = init::enable_cgroup_controllers() {
+        tracing::warn!("{error:#}");
     }
+    init::set_hostname("cocoon")?;
+    init::bring_up_loopback()?;
+    quiet_console_echo();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(256 * 1024)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
+    let reaper = Reaper::start().context("watching SIGCHLD")?;
+    let broker = StreamBroker::default();
+    let events = Events::default();
+    let containers = Containers::new(reaper, broker.clone(), events.clone());
+    let shutdown = Arc::new(Notify::new());
+    console::watch_for_shutdown_request(shutdown.clone());
+
+    tokio::spawn(async move {
+        if let Err(error) = broker.serve(AGENT_STDIO_PORT).await {
+            tracing::error!("stdio stream port {AGENT_STDIO_PORT}: {error}");
+        }
+    });
+    let service = AgentService {
+        containers: containers.clone(),
+        events,
+        shutdown: shutdown.clone(),
+    };
+    let mut server = ttrpc::r#async::Server::new()
+        .bind(&format!("vsock://-1:{AGENT_RPC_PORT}"))
+        .context("listening on the agent port")?
+        .register_service(cocoon_protocol::api::agent_ttrpc::create_agent(Arc::new(service)));
+    server.start().await.context("starting the ttrpc server")?;
+    tracing::info!("serving the agent API on vsock port {AGENT_RPC_PORT}");
+
+    shutdown.notified().await;
+    tracing::info!("shutting down");
+    let stopping = async {
+        for id in containers.ids() {
+            if let Err(error) = containers.remove(&id, true).await {
+                tracing::warn!("stopping {id}: {error}");
+            }
+        }
+    };
+    if tokio::time::timeout(STOP_TIMEOUT, stopping).await.is_err() {
+        tracing::warn!("containers did not stop within {STOP_TIMEOUT:?}");
+    }
+    // Let the Shutdown call's reply leave before the VM goes away.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     Ok(())
+}
+
+/// The console echoes input by default, which would print the VMM's
+/// shutdown request back on the console.
+fn quiet_console_echo() {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    if let Ok(mut settings) = tcgetattr(&stdin) {
+        settings.local_flags.remove(LocalFlags::ECHO);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &settings);
+    }
 }
 
 /// Ends the VM. A restart rather than a power-off: a microVM has no ACPI to

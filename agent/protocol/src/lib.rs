@@ -1,8 +1,25 @@
 //! The contract between the shim (host) and cocoon-agent (guest).
 //!
-//! Both sides depend on this crate and nothing else defines the wire format.
-//! The ttrpc service itself arrives with the agent issue; what is fixed already
-//! is where the agent listens and how it announces itself on the console.
+//! Both sides depend on this crate and nothing else defines the wire format:
+//! the ttrpc API generated from `proto/agent.proto` ([`api`]), the header of
+//! stdio stream connections ([`stream`]), the ports, the console banner and
+//! the shutdown request. The host-side client lives here too ([`client`]).
+
+pub mod client;
+pub mod hybrid_vsock;
+pub mod stream;
+
+/// The agent API generated from `proto/agent.proto`.
+pub mod api {
+    #[allow(clippy::all, clippy::undocumented_unsafe_blocks, missing_docs, unused, nonstandard_style)]
+    pub mod agent {
+        include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+    }
+    #[allow(clippy::all, clippy::undocumented_unsafe_blocks, missing_docs, unused, nonstandard_style)]
+    pub mod agent_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+    }
+}
 
 /// Guest vsock port of the agent's ttrpc server.
 pub const AGENT_RPC_PORT: u32 = 1024;

@@ -1,0 +1,128 @@
+//! PID 1 duties: the file systems every guest needs, cgroup controllers for
+//! the containers, hostname, loopback, and the console log.
+
+use std::path::Path;
+
+use anyhow::Context;
+use cocoon_protocol::api::agent::SetupNetworkRequest;
+use nix::mount::{mount, MsFlags};
+
+use crate::error::{AgentError, Result};
+
+/// The kernel command-line word that makes the agent log verbosely.
+const DEBUG_FLAG: &str = "cocoon.debug";
+
+pub fn mount_file_systems() -> anyhow::Result<()> {
+    let common = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let table: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
+        ("proc", "/proc", "proc", common, None),
+        ("sysfs", "/sys", "sysfs", common, None),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
+        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620,gid=5")),
+        ("shm", "/dev/shm", "tmpfs", common, Some("mode=1777")),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", common, Some("nsdelegate")),
+        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
+        ("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+    ];
+    for (source, target, fstype, flags, data) in table {
+        std::fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
+        mount(Some(source), target, Some(fstype), flags, data).with_context(|| format!("mounting {fstype} on {target}"))?;
+    }
+    // /dev/ptmx must be the devpts instance's, for ptys opened in the guest.
+    let _ = std::fs::remove_file("/dev/ptmx");
+    std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx").context("linking /dev/ptmx")?;
+    Ok(())
+}
+
+/// Hands every controller the kernel has down to the containers' cgroups.
+pub fn enable_cgroup_controllers() -> anyhow::Result<()> {
+    let root = Path::new("/sys/fs/cgroup");
+    let available = std::fs::read_to_string(root.join("cgroup.controllers")).context("reading cgroup.controllers")?;
+    let wanted: Vec<String> = available.split_whitespace().map(|c| format!("+{c}")).collect();
+    std::fs::write(root.join("cgroup.subtree_control"), wanted.join(" "))
+        .with_context(|| format!("enabling cgroup controllers {available:?}"))
+}
+
+pub fn set_hostname(name: &str) -> Result<()> {
+    nix::unistd::sethostname(name).map_err(|e| AgentError::InvalidArgument(format!("hostname {name:?}: {e}")))
+}
+
+/// Brings up the loopback interface (SIOCSIFFLAGS with IFF_UP).
+pub fn bring_up_loopback() -> anyhow::Result<()> {
+    let socket = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("opening a socket for interface set-up")?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    request.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads one ifreq from the pointer, valid for the
+    // call; the socket is open.
+    let result = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&socket), libc::SIOCSIFFLAGS, &request) };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error()).context("bringing up lo");
+    }
+    Ok(())
+}
+
+/// Guest network set-up from the shim. Hostname and DNS now; interfaces and
+/// routes arrive with pod networking.
+pub fn setup_network(request: &SetupNetworkRequest) -> Result<()> {
+    if !request.interfaces.is_empty() || !request.routes.is_empty() {
+        return Err(AgentError::FailedPrecondition(
+            "this agent cannot configure network interfaces or routes yet".into(),
+        ));
+    }
+    if !request.hostname.is_empty() {
+        set_hostname(&request.hostname)?;
+    }
+    if let Some(dns) = request.dns.as_ref() {
+        let mut text = String::new();
+        for server in &dns.nameservers {
+            text.push_str(&format!("nameserver {server}\n"));
+        }
+        if !dns.searches.is_empty() {
+            text.push_str(&format!("search {}\n", dns.searches.join(" ")));
+        }
+        if !dns.options.is_empty() {
+            text.push_str(&format!("options {}\n", dns.options.join(" ")));
+        }
+        std::fs::create_dir_all("/run/cocoon").map_err(|e| AgentError::internal("creating /run/cocoon", e))?;
+        std::fs::write("/run/cocoon/resolv.conf", text).map_err(|e| AgentError::internal("writing resolv.conf", e))?;
+    }
+    Ok(())
+}
+
+/// Whether the kernel command line asks for verbose logs.
+pub fn debug_requested() -> bool {
+    std::fs::read_to_string("/proc/cmdline").is_ok_and(|cmdline| cmdline.split_whitespace().any(|word| word == DEBUG_FLAG))
+}
+
+/// Logs go to the console (stderr): warnings only unless asked for more.
+pub fn start_logging() {
+    let level = if debug_requested() {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::WARN
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+pub fn uptime_ms() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|seconds| (seconds * 1000.0) as u64)
+        .unwrap_or(0)
+}
