@@ -50,6 +50,7 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("usage: cocoon-agent {HELPER_ARG} JOB_JSON OUTCOME_FILE");
         return 2;
     };
+    log_to_console_when_debugging();
     let outcome = match serde_json::from_str::<Job>(job) {
         Ok(job) => run(job),
         Err(error) => Outcome::Failed {
@@ -65,6 +66,22 @@ pub fn main(args: &[String]) -> i32 {
         return 1;
     }
     i32::from(failed)
+}
+
+/// The helper's stdio belongs to the container; with `cocoon.debug` its
+/// logs (and libcontainer's) go to the guest console instead.
+fn log_to_console_when_debugging() {
+    if !crate::init::debug_requested() {
+        return;
+    }
+    if let Ok(console) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(std::sync::Mutex::new(console))
+            .with_target(false)
+            .without_time()
+            .init();
+    }
 }
 
 fn run(job: Job) -> Outcome {

@@ -12,6 +12,38 @@ use crate::error::{AgentError, Result};
 /// The kernel command-line word that makes the agent log verbosely.
 const DEBUG_FLAG: &str = "cocoon.debug";
 
+/// Set in the environment of the agent once it runs from its tmpfs root.
+const SWITCHED_ROOT: &str = "COCOON_SWITCHED_ROOT";
+
+/// Moves the agent from the initramfs onto a tmpfs root and re-executes it
+/// there, unless that has happened already.
+///
+/// The kernel's initial root file system can never be pivoted away from, and
+/// libcontainer pivot_roots into every container; chroot instead would be
+/// escapable. So, like switch_root(8): copy /init onto a fresh tmpfs, delete
+/// it from the initramfs (freeing its memory), make the tmpfs the root and
+/// exec /init again (still PID 1).
+pub fn leave_initramfs() -> anyhow::Result<()> {
+    if std::env::var_os(SWITCHED_ROOT).is_some() {
+        return Ok(());
+    }
+    let new_root = Path::new("/root-tmpfs");
+    std::fs::create_dir_all(new_root).context("creating the new root")?;
+    mount(Some("tmpfs"), new_root, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0755"))
+        .context("mounting the new root")?;
+    std::fs::copy("/init", new_root.join("init")).context("copying /init to the new root")?;
+    std::fs::remove_file("/init").context("removing /init from the initramfs")?;
+    nix::unistd::chdir(new_root).context("entering the new root")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).context("moving the new root to /")?;
+    nix::unistd::chroot(".").context("chroot to the new root")?;
+    nix::unistd::chdir("/").context("chdir /")?;
+    for dir in ["dev", "proc", "sys", "run", "tmp"] {
+        std::fs::create_dir_all(Path::new("/").join(dir)).with_context(|| format!("creating /{dir}"))?;
+    }
+    let error = std::os::unix::process::CommandExt::exec(std::process::Command::new("/init").env(SWITCHED_ROOT, "1"));
+    Err(error).context("re-executing /init from the new root")
+}
+
 pub fn mount_file_systems() -> anyhow::Result<()> {
     let common = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let table: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [

@@ -64,6 +64,7 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
+    init::leave_initramfs()?;
     init::mount_file_systems()?;
     init::start_logging();
     println!("{}", cocoon_protocol::version_banner(VERSION));

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use wait_timeout::ChildExt;
 
+pub mod oci;
 pub mod pattern;
+pub mod sandbox;
 
 /// The project checkout.
 pub fn repo_root() -> PathBuf {

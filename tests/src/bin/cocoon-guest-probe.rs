@@ -13,6 +13,11 @@
 //!   cocoon-guest-probe xattr FILE NAME VALUE
 //!       set the extended attribute, read it back, print "XATTR <value>".
 //!
+//!   cocoon-guest-probe pattern BYTES
+//!       write BYTES of the test pattern to stdout (and nothing else).
+//!   cocoon-guest-probe alloc MIB
+//!       allocate MIB MiB and touch every page, then print "ALLOCATED".
+//!
 //! Prints "PROBE-READY" once listening, "PROBE-DONE" at the end.
 
 use std::io::{BufRead, BufReader, Write};
@@ -201,6 +206,26 @@ fn xattr(path: &str, name: &str, value: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+fn pattern(bytes: u64) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    std::io::copy(&mut PatternReader::new(bytes), &mut stdout)?;
+    stdout.flush()
+}
+
+/// Touches every page so the memory is really charged to the cgroup.
+fn alloc(mib: u64) -> std::io::Result<()> {
+    let mut chunks = Vec::new();
+    for _ in 0..mib {
+        let mut chunk = vec![0u8; 1 << 20];
+        for page in chunk.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        chunks.push(chunk);
+    }
+    println!("ALLOCATED {} MiB", chunks.len());
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize| args.get(i).and_then(|v| v.parse::<u64>().ok());
@@ -208,6 +233,8 @@ fn main() {
     let result = match (args.first().map(String::as_str), number(1), number(2)) {
         (Some("mmap-write"), _, _) => mmap_write(text(1), text(2)),
         (Some("xattr"), _, _) => xattr(text(1), text(2), text(3)),
+        (Some("pattern"), Some(bytes), _) => pattern(bytes),
+        (Some("alloc"), Some(mib), _) => alloc(mib),
         (Some("listen"), Some(port), Some(count)) => listen(port as u32, count as usize),
         (Some("send"), Some(port), Some(bytes)) => {
             send(port as u32, bytes, number(3).unwrap_or(1) as usize)

@@ -1,0 +1,151 @@
+//! A real guest for agent tests: cocoon-vmm booting the built kernel and the
+//! agent's initramfs, with a shared directory and the hybrid vsock socket,
+//! and a busybox root file system to run containers from.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cocoon_protocol::client::Agent;
+
+use crate::{build_output, guest_probe, repo_root, tail};
+
+/// The virtio-fs tag of the sandbox share.
+pub const SHARE_TAG: &str = "cocoon";
+/// Where tests mount the share in the guest.
+pub const GUEST_SHARE: &str = "/run/cocoon/share";
+
+/// How long a guest may take to answer its first health call in the
+/// emulated host VM.
+const BOOT_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+    vmm: std::sync::Mutex<Child>,
+    pub share: PathBuf,
+    pub vsock: PathBuf,
+    console: PathBuf,
+}
+
+impl Sandbox {
+    /// Boots a guest with `memory_mib` of RAM and an empty share.
+    pub fn boot(memory_mib: u32) -> Self {
+        let vmm = repo_root().join("target/release/cocoon-vmm");
+        assert!(vmm.is_file(), "{} is missing: run `make` first", vmm.display());
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let share = dir.path().join("share");
+        std::fs::create_dir(&share).expect("share directory");
+        let vsock = dir.path().join("vsock.sock");
+        let console = dir.path().join("console.log");
+        let child = Command::new(vmm)
+            .arg("--kernel")
+            .arg(build_output("vmlinux"))
+            .arg("--initrd")
+            .arg(build_output("initramfs.img"))
+            .args(["--memory-mib", &memory_mib.to_string(), "--vcpus", "1"])
+            .arg("--share")
+            .arg(format!("{SHARE_TAG}={}", share.display()))
+            .arg("--vsock-uds")
+            .arg(&vsock)
+            .args(["--vsock-cid", "3"])
+            .arg("--console")
+            .arg(&console)
+            .args(debug_cmdline())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("vmm.log")).expect("vmm log"))
+            .spawn()
+            .expect("cocoon-vmm starts");
+        Sandbox {
+            dir,
+            vmm: std::sync::Mutex::new(child),
+            share,
+            vsock,
+            console,
+        }
+    }
+
+    /// Connects to the agent and mounts the share at [`GUEST_SHARE`].
+    pub async fn agent(&self) -> Agent {
+        let started = std::time::Instant::now();
+        let agent = loop {
+            match Agent::connect(&self.vsock, Duration::from_secs(1)).await {
+                Ok(agent) => break agent,
+                Err(error) if started.elapsed() > BOOT_DEADLINE => panic!("{error}\n{}", self.diagnostics()),
+                Err(_) => {}
+            }
+            // A VMM that died will not start answering: say why at once.
+            if let Ok(Some(status)) = self.vmm.lock().unwrap().try_wait() {
+                panic!("cocoon-vmm exited ({status}) before the agent answered\n{}", self.diagnostics());
+            }
+        };
+        let mut mount = cocoon_protocol::api::agent::MountRequest::new();
+        mount.source = SHARE_TAG.into();
+        mount.fstype = "virtiofs".into();
+        mount.target = GUEST_SHARE.into();
+        if let Err(error) = agent.rpc().mount(crate::sandbox::deadline(), &mount).await {
+            panic!("mounting the share: {error}\n{}", self.diagnostics());
+        }
+        agent
+    }
+
+    /// Console tail and VMM log, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let console = std::fs::read_to_string(&self.console).unwrap_or_default();
+        let vmm = std::fs::read_to_string(self.dir.path().join("vmm.log")).unwrap_or_default();
+        format!("--- guest console (tail) ---\n{}\n--- cocoon-vmm ---\n{}", tail(&console, 40), tail(&vmm, 20))
+    }
+
+    /// Lays out a busybox root file system for container `name` in the share
+    /// and returns its path as the guest sees it.
+    pub fn busybox_rootfs(&self, name: &str) -> String {
+        busybox_rootfs(&self.share.join(name).join("rootfs"));
+        format!("{GUEST_SHARE}/{name}/rootfs")
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let vmm = self.vmm.get_mut().unwrap_or_else(|p| p.into_inner());
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+    }
+}
+
+/// `COCOON_TEST_GUEST_DEBUG=1` makes the agent log verbosely on the console.
+fn debug_cmdline() -> Vec<&'static str> {
+    match std::env::var_os("COCOON_TEST_GUEST_DEBUG") {
+        Some(_) => vec!["--cmdline", "cocoon.debug"],
+        None => Vec::new(),
+    }
+}
+
+/// A ttrpc deadline generous enough for the emulated host VM.
+pub fn deadline() -> ttrpc::context::Context {
+    cocoon_protocol::client::deadline(Duration::from_secs(30))
+}
+
+/// busybox-static with every applet linked, the guest probe as
+/// /bin/probe, and the passwd/group files of a minimal image.
+pub fn busybox_rootfs(root: &Path) {
+    for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/user"] {
+        std::fs::create_dir_all(root.join(dir)).expect("rootfs directory");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
+    std::fs::copy(guest_probe(), root.join("bin/probe")).expect("copy the guest probe");
+    let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = root.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).expect("applet link");
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )
+    .expect("passwd");
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).expect("chmod /tmp");
+}
