@@ -30,6 +30,9 @@ fn main() {
 /// which `include!` rejects; the including module carries the allows instead.
 fn strip_inner_attributes(path: &Path) {
     let text = std::fs::read_to_string(path).expect("reading generated code");
-    let kept: Vec<&str> = text.lines().filter(|line| !line.starts_with("#!") && !line.starts_with("//!")).collect();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with("#!") && !line.starts_with("//!"))
+        .collect();
     std::fs::write(path, kept.join("\n")).expect("writing generated code");
 }

@@ -49,26 +49,33 @@ impl ContainerCgroup {
         Path::new(CGROUP_ROOT).join(cgroup_path(&self.container_id).trim_start_matches('/'))
     }
 
+    /// Reads the cgroup's statistics files. Read directly rather than through
+    /// libcgroups, whose v2 stats insist on hugetlb and PSI support that a
+    /// microVM kernel need not have.
     pub fn stats(&self) -> Result<StatsResponse, CgroupError> {
-        let stats = self.manager.stats().map_err(|e| self.error(e))?;
+        let dir = self.dir();
+        if !dir.is_dir() {
+            return Err(self.error(format!("{} does not exist", dir.display())));
+        }
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
         let mut response = StatsResponse::new();
 
+        let cpu_stat = KeyValues(read("cpu.stat"));
         let mut cpu = CpuStats::new();
-        // libcgroups reports cpu.stat in nanoseconds.
-        cpu.usage_usec = stats.cpu.usage.usage_total / 1000;
-        cpu.user_usec = stats.cpu.usage.usage_user / 1000;
-        cpu.system_usec = stats.cpu.usage.usage_kernel / 1000;
-        cpu.nr_periods = stats.cpu.throttling.periods;
-        cpu.nr_throttled = stats.cpu.throttling.throttled_periods;
-        cpu.throttled_usec = stats.cpu.throttling.throttled_time / 1000;
+        cpu.usage_usec = cpu_stat.get("usage_usec");
+        cpu.user_usec = cpu_stat.get("user_usec");
+        cpu.system_usec = cpu_stat.get("system_usec");
+        cpu.nr_periods = cpu_stat.get("nr_periods");
+        cpu.nr_throttled = cpu_stat.get("nr_throttled");
+        cpu.throttled_usec = cpu_stat.get("throttled_usec");
         response.cpu = Some(cpu).into();
 
         let mut memory = MemoryStats::new();
-        memory.usage = stats.memory.memory.usage;
-        memory.limit = no_limit_as_zero(stats.memory.memory.limit);
-        memory.swap_usage = stats.memory.memswap.usage;
-        memory.swap_limit = no_limit_as_zero(stats.memory.memswap.limit);
-        memory.stat = stats.memory.stats.into_iter().collect();
+        memory.usage = single_value(&read("memory.current"));
+        memory.limit = single_value(&read("memory.max"));
+        memory.swap_usage = single_value(&read("memory.swap.current"));
+        memory.swap_limit = single_value(&read("memory.swap.max"));
+        memory.stat = KeyValues(read("memory.stat")).all();
         let events = self.memory_events();
         memory.events_low = events.get("low");
         memory.events_high = events.get("high");
@@ -78,11 +85,11 @@ impl ContainerCgroup {
         response.memory = Some(memory).into();
 
         let mut pids = PidsStats::new();
-        pids.current = stats.pids.current;
-        pids.limit = no_limit_as_zero(stats.pids.limit);
+        pids.current = single_value(&read("pids.current"));
+        pids.limit = single_value(&read("pids.max"));
         response.pids = Some(pids).into();
 
-        response.io = io_entries(&std::fs::read_to_string(self.dir().join("io.stat")).unwrap_or_default());
+        response.io = io_entries(&read("io.stat"));
         Ok(response)
     }
 
@@ -119,20 +126,24 @@ impl ContainerCgroup {
     }
 }
 
-/// cgroup files say "max" for no limit, which libcgroups turns into u64::MAX;
-/// the API says 0.
-fn no_limit_as_zero(value: u64) -> u64 {
-    if value == u64::MAX {
-        0
-    } else {
-        value
-    }
+/// A one-value cgroup file ("123\n"); "max" (no limit) and absent files
+/// are 0, as the API says.
+fn single_value(text: &str) -> u64 {
+    text.trim().parse().unwrap_or(0)
 }
 
 /// A flat-keyed cgroup file ("key value" per line).
 struct KeyValues(String);
 
 impl KeyValues {
+    fn all(&self) -> std::collections::HashMap<String, u64> {
+        self.0
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .filter_map(|(name, value)| Some((name.to_owned(), value.trim().parse().ok()?)))
+            .collect()
+    }
+
     fn get(&self, key: &str) -> u64 {
         self.0
             .lines()
@@ -177,7 +188,8 @@ mod tests {
 
     #[test]
     fn memory_events_are_read_by_key() {
-        let events = KeyValues("low 0\nhigh 3\nmax 7\noom 2\noom_kill 1\noom_group_kill 0\n".into());
+        let events =
+            KeyValues("low 0\nhigh 3\nmax 7\noom 2\noom_kill 1\noom_group_kill 0\n".into());
         assert_eq!(events.get("oom_kill"), 1);
         assert_eq!(events.get("max"), 7);
         assert_eq!(events.get("missing"), 0);
@@ -185,7 +197,8 @@ mod tests {
 
     #[test]
     fn io_stat_lines_become_entries() {
-        let entries = io_entries("254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\nbogus\n");
+        let entries =
+            io_entries("254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\nbogus\n");
         assert_eq!(entries.len(), 1);
         assert_eq!((entries[0].major, entries[0].minor), (254, 0));
         assert_eq!((entries[0].rbytes, entries[0].wbytes), (4096, 8192));
@@ -194,7 +207,15 @@ mod tests {
 
     #[test]
     fn max_means_no_limit() {
-        assert_eq!(no_limit_as_zero(u64::MAX), 0);
-        assert_eq!(no_limit_as_zero(32 << 20), 32 << 20);
+        assert_eq!(single_value("max\n"), 0);
+        assert_eq!(single_value("33554432\n"), 32 << 20);
+        assert_eq!(single_value(""), 0);
+    }
+
+    #[test]
+    fn memory_stat_keys_are_all_kept() {
+        let stat = KeyValues("anon 4096\nfile 8192\nbroken\n".into()).all();
+        assert_eq!(stat.len(), 2);
+        assert_eq!(stat["file"], 8192);
     }
 }

@@ -33,7 +33,9 @@ pub fn watch_for_shutdown_request(shutdown: Arc<Notify>) {
 /// A console in canonical mode may deliver the request after other input on
 /// the same line, and with the newline turned into "\r\n".
 fn is_shutdown_request(line: &[u8]) -> bool {
-    let request = GUEST_SHUTDOWN_REQUEST.strip_suffix(b"\n").unwrap_or(GUEST_SHUTDOWN_REQUEST);
+    let request = GUEST_SHUTDOWN_REQUEST
+        .strip_suffix(b"\n")
+        .unwrap_or(GUEST_SHUTDOWN_REQUEST);
     line.windows(request.len()).any(|window| window == request)
 }
 

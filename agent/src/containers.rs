@@ -74,7 +74,13 @@ impl Containers {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub async fn create(&self, id: &str, spec_json: &[u8], rootfs: &str, stdio: &Stdio) -> Result<u32> {
+    pub async fn create(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        rootfs: &str,
+        stdio: &Stdio,
+    ) -> Result<u32> {
         check_id("container id", id)?;
         let rootfs = PathBuf::from(rootfs);
         if !rootfs.is_absolute() {
@@ -92,7 +98,9 @@ impl Containers {
         {
             let table = self.lock();
             if table.contains_key(id) || bundle.exists() {
-                return Err(AgentError::AlreadyExists(format!("container {id} already exists")));
+                return Err(AgentError::AlreadyExists(format!(
+                    "container {id} already exists"
+                )));
             }
         }
         let placement = Placement {
@@ -101,7 +109,8 @@ impl Containers {
             terminal: stdio.terminal,
         };
         let spec = spec::translate_spec(spec_json, &placement)?;
-        std::fs::create_dir_all(&bundle).map_err(|e| AgentError::internal("creating the bundle", e))?;
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| AgentError::internal("creating the bundle", e))?;
         let result = async {
             std::fs::write(bundle.join("config.json"), spec)
                 .map_err(|e| AgentError::internal("writing config.json", e))?;
@@ -145,7 +154,13 @@ impl Containers {
         Ok(pid as u32)
     }
 
-    pub async fn exec(&self, id: &str, exec_id: &str, process_json: &[u8], stdio: &Stdio) -> Result<u32> {
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process_json: &[u8],
+        stdio: &Stdio,
+    ) -> Result<u32> {
         check_id("exec id", exec_id)?;
         let (bundle, rootfs) = {
             let table = self.lock();
@@ -153,7 +168,9 @@ impl Containers {
                 .get(id)
                 .ok_or_else(|| AgentError::NotFound(format!("container {id} not found")))?;
             if container.processes.contains_key(exec_id) {
-                return Err(AgentError::AlreadyExists(format!("exec {exec_id} already exists in {id}")));
+                return Err(AgentError::AlreadyExists(format!(
+                    "exec {exec_id} already exists in {id}"
+                )));
             }
             (container.bundle.clone(), container.rootfs.clone())
         };
@@ -164,7 +181,8 @@ impl Containers {
         };
         let process = spec::translate_process(process_json, &placement)?;
         let process_path = bundle.join(format!("exec-{exec_id}.json"));
-        std::fs::write(&process_path, process).map_err(|e| AgentError::internal("writing the exec process", e))?;
+        std::fs::write(&process_path, process)
+            .map_err(|e| AgentError::internal("writing the exec process", e))?;
         let job = |console_socket| Job::Exec {
             container_id: id.into(),
             process_json: process_path.clone(),
@@ -196,19 +214,23 @@ impl Containers {
         wanted: &Stdio,
         job: impl FnOnce(Option<PathBuf>) -> Job,
     ) -> Result<(i32, Process)> {
-        let mut stdio = ProcessStdio::new(wanted).map_err(|e| AgentError::internal("creating stdio pipes", e))?;
+        let mut stdio = ProcessStdio::new(wanted)
+            .map_err(|e| AgentError::internal("creating stdio pipes", e))?;
         let name = if exec_id.is_empty() { "init" } else { exec_id };
         let console = if wanted.terminal {
             let path = bundle.join(format!("{name}.console"));
             let _ = std::fs::remove_file(&path);
-            let listener = UnixListener::bind(&path).map_err(|e| AgentError::internal("binding the console socket", e))?;
+            let listener = UnixListener::bind(&path)
+                .map_err(|e| AgentError::internal("binding the console socket", e))?;
             Some((path, listener))
         } else {
             None
         };
         let outcome_path = bundle.join(format!("{name}.outcome"));
         let job = job(console.as_ref().map(|(path, _)| path.clone()));
-        let oom_kills_before = ContainerCgroup::of(id).map(|cgroup| cgroup.oom_kills()).unwrap_or(0);
+        let oom_kills_before = ContainerCgroup::of(id)
+            .map(|cgroup| cgroup.oom_kills())
+            .unwrap_or(0);
 
         let started = Instant::now();
         let outcome = self.run_helper(&job, &outcome_path, &mut stdio).await;
@@ -222,12 +244,18 @@ impl Containers {
 
         let mut tty = None;
         if let Some((path, listener)) = console {
-            let received = tokio::task::spawn_blocking(move || crate::pty::receive_master(&listener, TTY_TIMEOUT))
-                .await
-                .map_err(|e| AgentError::internal("receiving the terminal", e))?;
+            let received = tokio::task::spawn_blocking(move || {
+                crate::pty::receive_master(&listener, TTY_TIMEOUT)
+            })
+            .await
+            .map_err(|e| AgentError::internal("receiving the terminal", e))?;
             let _ = std::fs::remove_file(path);
             let master = received.map_err(|e| AgentError::internal("receiving the terminal", e))?;
-            tty = Some(master.try_clone().map_err(|e| AgentError::internal("duplicating the terminal", e))?);
+            tty = Some(
+                master
+                    .try_clone()
+                    .map_err(|e| AgentError::internal("duplicating the terminal", e))?,
+            );
             stdio.attach_tty(master);
         }
         let stdin_closer = stdio.stdin_closer();
@@ -239,16 +267,28 @@ impl Containers {
         let (container_id, exec_id) = (id.to_owned(), exec_id.to_owned());
         tokio::spawn(async move {
             let Ok(code) = claim.await else { return };
-            let oom_kills = ContainerCgroup::of(&container_id).map(|c| c.oom_kills()).unwrap_or(0);
+            let oom_kills = ContainerCgroup::of(&container_id)
+                .map(|c| c.oom_kills())
+                .unwrap_or(0);
             let mut exit = ProcessExit::new();
             exit.pid = pid as u32;
             exit.exit_status = code.0;
             exit.exited_at_unix_nanos = unix_nanos();
             exit.oom_killed = oom_kills > oom_kills_before;
             if exit.oom_killed {
-                events.publish(event_for(event::Kind::OOM_KILLED, &container_id, &exec_id, None));
+                events.publish(event_for(
+                    event::Kind::OOM_KILLED,
+                    &container_id,
+                    &exec_id,
+                    None,
+                ));
             }
-            events.publish(event_for(event::Kind::PROCESS_EXITED, &container_id, &exec_id, Some(exit.clone())));
+            events.publish(event_for(
+                event::Kind::PROCESS_EXITED,
+                &container_id,
+                &exec_id,
+                Some(exit.clone()),
+            ));
             let _ = exit_sender.send(Some(exit));
         });
         Ok((
@@ -263,8 +303,14 @@ impl Containers {
     }
 
     /// Runs the libcontainer helper and reads what it reports.
-    async fn run_helper(&self, job: &Job, outcome_path: &Path, stdio: &mut ProcessStdio) -> Result<Outcome> {
-        let job_json = serde_json::to_string(job).map_err(|e| AgentError::internal("encoding the job", e))?;
+    async fn run_helper(
+        &self,
+        job: &Job,
+        outcome_path: &Path,
+        stdio: &mut ProcessStdio,
+    ) -> Result<Outcome> {
+        let job_json =
+            serde_json::to_string(job).map_err(|e| AgentError::internal("encoding the job", e))?;
         let started = Instant::now();
         let child = Command::new("/proc/self/exe")
             .arg(helper::HELPER_ARG)
@@ -272,10 +318,22 @@ impl Containers {
             .arg(outcome_path)
             .env_clear()
             .env("HOME", "/")
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(std::mem::replace(&mut stdio.stdin, std::process::Stdio::null()))
-            .stdout(std::mem::replace(&mut stdio.stdout, std::process::Stdio::null()))
-            .stderr(std::mem::replace(&mut stdio.stderr, std::process::Stdio::null()))
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .stdin(std::mem::replace(
+                &mut stdio.stdin,
+                std::process::Stdio::null(),
+            ))
+            .stdout(std::mem::replace(
+                &mut stdio.stdout,
+                std::process::Stdio::null(),
+            ))
+            .stderr(std::mem::replace(
+                &mut stdio.stderr,
+                std::process::Stdio::null(),
+            ))
             .spawn()
             .map_err(|e| AgentError::internal("starting the libcontainer helper", e))?;
         // The reaper collects the helper; std's Child never waits for it.
@@ -285,7 +343,8 @@ impl Containers {
             .await
             .map_err(|_| AgentError::Internal("the reaper stopped".into()))?;
         match std::fs::read(outcome_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AgentError::internal("reading the helper's outcome", e)),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| AgentError::internal("reading the helper's outcome", e)),
             Err(_) => Err(AgentError::Internal(format!(
                 "the libcontainer helper ended with status {} and no outcome",
                 code.0
@@ -298,10 +357,9 @@ impl Containers {
         let container = table
             .get(id)
             .ok_or_else(|| AgentError::NotFound(format!("container {id} not found")))?;
-        let process = container
-            .processes
-            .get(exec_id)
-            .ok_or_else(|| AgentError::NotFound(format!("process {exec_id:?} not found in container {id}")))?;
+        let process = container.processes.get(exec_id).ok_or_else(|| {
+            AgentError::NotFound(format!("process {exec_id:?} not found in container {id}"))
+        })?;
         Ok(f(process))
     }
 
@@ -326,9 +384,12 @@ impl Containers {
             return Ok(());
         }
         if exited {
-            return Err(AgentError::NotFound(format!("process {pid} has already exited")));
+            return Err(AgentError::NotFound(format!(
+                "process {pid} has already exited"
+            )));
         }
-        kill(Pid::from_raw(pid), signal).map_err(|e| AgentError::internal(&format!("signalling {pid}"), e))
+        kill(Pid::from_raw(pid), signal)
+            .map_err(|e| AgentError::internal(&format!("signalling {pid}"), e))
     }
 
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ProcessExit> {
@@ -337,16 +398,22 @@ impl Containers {
             .wait_for(Option::is_some)
             .await
             .map_err(|_| AgentError::Internal("the exit watcher stopped".into()))?;
-        exit.clone().ok_or_else(|| AgentError::Internal("no exit".into()))
+        exit.clone()
+            .ok_or_else(|| AgentError::Internal("no exit".into()))
     }
 
     pub fn resize(&self, id: &str, exec_id: &str, rows: u32, columns: u32) -> Result<()> {
         let tty = self.process(id, exec_id, |p| p.tty.as_ref().map(OwnedFd::try_clone))?;
         let tty = tty
-            .ok_or_else(|| AgentError::FailedPrecondition(format!("process {exec_id:?} of {id} has no terminal")))?
+            .ok_or_else(|| {
+                AgentError::FailedPrecondition(format!(
+                    "process {exec_id:?} of {id} has no terminal"
+                ))
+            })?
             .map_err(|e| AgentError::internal("duplicating the terminal", e))?;
         let clamp = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
-        crate::pty::resize(&tty, clamp(rows), clamp(columns)).map_err(|e| AgentError::internal("resizing the terminal", e))
+        crate::pty::resize(&tty, clamp(rows), clamp(columns))
+            .map_err(|e| AgentError::internal("resizing the terminal", e))
     }
 
     pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
@@ -361,13 +428,23 @@ impl Containers {
     pub async fn pause(&self, id: &str) -> Result<()> {
         self.pid(id, "")?;
         let id = id.to_owned();
-        blocking(move || load(&id)?.pause().map_err(|e| AgentError::FailedPrecondition(format!("pausing {id}: {e}")))).await
+        blocking(move || {
+            load(&id)?
+                .pause()
+                .map_err(|e| AgentError::FailedPrecondition(format!("pausing {id}: {e}")))
+        })
+        .await
     }
 
     pub async fn resume(&self, id: &str) -> Result<()> {
         self.pid(id, "")?;
         let id = id.to_owned();
-        blocking(move || load(&id)?.resume().map_err(|e| AgentError::FailedPrecondition(format!("resuming {id}: {e}")))).await
+        blocking(move || {
+            load(&id)?
+                .resume()
+                .map_err(|e| AgentError::FailedPrecondition(format!("resuming {id}: {e}")))
+        })
+        .await
     }
 
     pub fn cgroup(&self, id: &str) -> Result<ContainerCgroup> {
@@ -381,7 +458,12 @@ impl Containers {
         let table = self.lock();
         let started: HashMap<i32, &str> = table
             .get(id)
-            .map(|c| c.processes.iter().map(|(exec, p)| (p.pid, exec.as_str())).collect())
+            .map(|c| {
+                c.processes
+                    .iter()
+                    .map(|(exec, p)| (p.pid, exec.as_str()))
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(pids
             .into_iter()
@@ -398,7 +480,9 @@ impl Containers {
             let init = container.processes.get("").map(|p| p.exit.clone());
             (init, container.bundle.clone())
         };
-        let running = init_exit.as_ref().is_some_and(|exit| exit.borrow().is_none());
+        let running = init_exit
+            .as_ref()
+            .is_some_and(|exit| exit.borrow().is_none());
         if running && !force {
             return Err(AgentError::FailedPrecondition(format!(
                 "container {id} is still running: kill it first, or remove it with force"
@@ -410,7 +494,12 @@ impl Containers {
             }
             // A frozen cgroup would keep the killed processes from dying.
             let thaw_id = id.to_owned();
-            let _ = blocking(move || load(&thaw_id)?.resume().map_err(|e| AgentError::internal("thawing", e))).await;
+            let _ = blocking(move || {
+                load(&thaw_id)?
+                    .resume()
+                    .map_err(|e| AgentError::internal("thawing", e))
+            })
+            .await;
             if let Some(mut exit) = init_exit {
                 let _ = tokio::time::timeout(KILL_GRACE, exit.wait_for(Option::is_some)).await;
             }
@@ -462,7 +551,9 @@ fn load(id: &str) -> Result<LibContainer> {
         .map_err(|e| AgentError::NotFound(format!("container {id} has no runtime state: {e}")))
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| AgentError::internal("runtime task", e))?
@@ -475,7 +566,12 @@ fn unix_nanos() -> u64 {
         .unwrap_or(0)
 }
 
-fn event_for(kind: event::Kind, container_id: &str, exec_id: &str, exit: Option<ProcessExit>) -> Event {
+fn event_for(
+    kind: event::Kind,
+    container_id: &str,
+    exec_id: &str,
+    exit: Option<ProcessExit>,
+) -> Event {
     let mut event = Event::new();
     event.kind = kind.into();
     event.container_id = container_id.into();

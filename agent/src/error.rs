@@ -48,7 +48,9 @@ impl From<crate::spec::SpecError> for AgentError {
 impl From<crate::cgroup::CgroupError> for AgentError {
     fn from(error: crate::cgroup::CgroupError) -> Self {
         match error {
-            crate::cgroup::CgroupError::InvalidResources(_) => AgentError::InvalidArgument(error.to_string()),
+            crate::cgroup::CgroupError::InvalidResources(_) => {
+                AgentError::InvalidArgument(error.to_string())
+            }
             crate::cgroup::CgroupError::Manager { .. } => AgentError::Internal(error.to_string()),
         }
     }

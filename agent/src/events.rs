@@ -30,7 +30,12 @@ impl Events {
     pub async fn next(&self) -> Event {
         loop {
             let waiting = self.arrived.notified();
-            if let Some(event) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+            if let Some(event) = self
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front()
+            {
                 return event;
             }
             waiting.await;

@@ -29,18 +29,28 @@ pub fn leave_initramfs() -> anyhow::Result<()> {
     }
     let new_root = Path::new("/root-tmpfs");
     std::fs::create_dir_all(new_root).context("creating the new root")?;
-    mount(Some("tmpfs"), new_root, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0755"))
-        .context("mounting the new root")?;
+    mount(
+        Some("tmpfs"),
+        new_root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )
+    .context("mounting the new root")?;
     std::fs::copy("/init", new_root.join("init")).context("copying /init to the new root")?;
     std::fs::remove_file("/init").context("removing /init from the initramfs")?;
     nix::unistd::chdir(new_root).context("entering the new root")?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).context("moving the new root to /")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("moving the new root to /")?;
     nix::unistd::chroot(".").context("chroot to the new root")?;
     nix::unistd::chdir("/").context("chdir /")?;
     for dir in ["dev", "proc", "sys", "run", "tmp"] {
-        std::fs::create_dir_all(Path::new("/").join(dir)).with_context(|| format!("creating /{dir}"))?;
+        std::fs::create_dir_all(Path::new("/").join(dir))
+            .with_context(|| format!("creating /{dir}"))?;
     }
-    let error = std::os::unix::process::CommandExt::exec(std::process::Command::new("/init").env(SWITCHED_ROOT, "1"));
+    let error = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new("/init").env(SWITCHED_ROOT, "1"),
+    );
     Err(error).context("re-executing /init from the new root")
 }
 
@@ -49,16 +59,47 @@ pub fn mount_file_systems() -> anyhow::Result<()> {
     let table: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
         ("proc", "/proc", "proc", common, None),
         ("sysfs", "/sys", "sysfs", common, None),
-        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
-        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620,gid=5")),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        ),
         ("shm", "/dev/shm", "tmpfs", common, Some("mode=1777")),
-        ("cgroup2", "/sys/fs/cgroup", "cgroup2", common, Some("nsdelegate")),
-        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
-        ("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            common,
+            Some("nsdelegate"),
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
     ];
     for (source, target, fstype, flags, data) in table {
         std::fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
-        mount(Some(source), target, Some(fstype), flags, data).with_context(|| format!("mounting {fstype} on {target}"))?;
+        mount(Some(source), target, Some(fstype), flags, data)
+            .with_context(|| format!("mounting {fstype} on {target}"))?;
     }
     // /dev/ptmx must be the devpts instance's, for ptys opened in the guest.
     let _ = std::fs::remove_file("/dev/ptmx");
@@ -69,14 +110,19 @@ pub fn mount_file_systems() -> anyhow::Result<()> {
 /// Hands every controller the kernel has down to the containers' cgroups.
 pub fn enable_cgroup_controllers() -> anyhow::Result<()> {
     let root = Path::new("/sys/fs/cgroup");
-    let available = std::fs::read_to_string(root.join("cgroup.controllers")).context("reading cgroup.controllers")?;
-    let wanted: Vec<String> = available.split_whitespace().map(|c| format!("+{c}")).collect();
+    let available = std::fs::read_to_string(root.join("cgroup.controllers"))
+        .context("reading cgroup.controllers")?;
+    let wanted: Vec<String> = available
+        .split_whitespace()
+        .map(|c| format!("+{c}"))
+        .collect();
     std::fs::write(root.join("cgroup.subtree_control"), wanted.join(" "))
         .with_context(|| format!("enabling cgroup controllers {available:?}"))
 }
 
 pub fn set_hostname(name: &str) -> Result<()> {
-    nix::unistd::sethostname(name).map_err(|e| AgentError::InvalidArgument(format!("hostname {name:?}: {e}")))
+    nix::unistd::sethostname(name)
+        .map_err(|e| AgentError::InvalidArgument(format!("hostname {name:?}: {e}")))
 }
 
 /// Brings up the loopback interface (SIOCSIFFLAGS with IFF_UP).
@@ -93,10 +139,17 @@ pub fn bring_up_loopback() -> anyhow::Result<()> {
     for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
         *slot = *byte as libc::c_char;
     }
-    request.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+    request.ifr_ifru.ifru_flags =
+        (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
     // SAFETY: SIOCSIFFLAGS reads one ifreq from the pointer, valid for the
     // call; the socket is open.
-    let result = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&socket), libc::SIOCSIFFLAGS, &request) };
+    let result = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SIOCSIFFLAGS,
+            &request,
+        )
+    };
     if result != 0 {
         return Err(std::io::Error::last_os_error()).context("bringing up lo");
     }
@@ -125,15 +178,18 @@ pub fn setup_network(request: &SetupNetworkRequest) -> Result<()> {
         if !dns.options.is_empty() {
             text.push_str(&format!("options {}\n", dns.options.join(" ")));
         }
-        std::fs::create_dir_all("/run/cocoon").map_err(|e| AgentError::internal("creating /run/cocoon", e))?;
-        std::fs::write("/run/cocoon/resolv.conf", text).map_err(|e| AgentError::internal("writing resolv.conf", e))?;
+        std::fs::create_dir_all("/run/cocoon")
+            .map_err(|e| AgentError::internal("creating /run/cocoon", e))?;
+        std::fs::write("/run/cocoon/resolv.conf", text)
+            .map_err(|e| AgentError::internal("writing resolv.conf", e))?;
     }
     Ok(())
 }
 
 /// Whether the kernel command line asks for verbose logs.
 pub fn debug_requested() -> bool {
-    std::fs::read_to_string("/proc/cmdline").is_ok_and(|cmdline| cmdline.split_whitespace().any(|word| word == DEBUG_FLAG))
+    std::fs::read_to_string("/proc/cmdline")
+        .is_ok_and(|cmdline| cmdline.split_whitespace().any(|word| word == DEBUG_FLAG))
 }
 
 /// Logs go to the console (stderr): warnings only unless asked for more.

@@ -6,20 +6,6 @@
 //! ends the VM when asked (Shutdown call, or the VMM's request on the
 //! console). The same binary is also the libcontainer helper (`helper.rs`).
 
-mod cgroup;
-mod console;
-mod containers;
-mod error;
-mod events;
-mod helper;
-mod init;
-mod mounts;
-mod pty;
-mod reaper;
-mod service;
-mod spec;
-mod stdio;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,13 +14,12 @@ use cocoon_protocol::{AGENT_RPC_PORT, AGENT_STDIO_PORT};
 use nix::sys::reboot::{reboot, RebootMode};
 use tokio::sync::Notify;
 
-use crate::containers::Containers;
-use crate::events::Events;
-use crate::reaper::Reaper;
-use crate::service::AgentService;
-use crate::stdio::StreamBroker;
-
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+use cocoon_agent::containers::Containers;
+use cocoon_agent::events::Events;
+use cocoon_agent::reaper::Reaper;
+use cocoon_agent::service::AgentService;
+use cocoon_agent::stdio::StreamBroker;
+use cocoon_agent::{console, helper, init, VERSION};
 
 /// How long containers get to stop when the guest shuts down.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -110,7 +95,9 @@ async fn serve() -> anyhow::Result<()> {
     let mut server = ttrpc::r#async::Server::new()
         .bind(&format!("vsock://-1:{AGENT_RPC_PORT}"))
         .context("listening on the agent port")?
-        .register_service(cocoon_protocol::api::agent_ttrpc::create_agent(Arc::new(service)));
+        .register_service(cocoon_protocol::api::agent_ttrpc::create_agent(Arc::new(
+            service,
+        )));
     server.start().await.context("starting the ttrpc server")?;
     tracing::info!("serving the agent API on vsock port {AGENT_RPC_PORT}");
 

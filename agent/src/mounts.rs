@@ -10,14 +10,20 @@ use crate::error::{AgentError, Result};
 
 pub fn mount(request: &MountRequest) -> Result<()> {
     let target = Path::new(&request.target);
-    if !target.is_absolute() || target.components().any(|c| c == std::path::Component::ParentDir) {
+    if !target.is_absolute()
+        || target
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
         return Err(AgentError::InvalidArgument(format!(
             "mount target {:?} must be an absolute path without ..",
             request.target
         )));
     }
     if request.fstype.is_empty() || request.source.is_empty() {
-        return Err(AgentError::InvalidArgument("mount needs a source and a file-system type".into()));
+        return Err(AgentError::InvalidArgument(
+            "mount needs a source and a file-system type".into(),
+        ));
     }
     let (flags, data) = parse_options(&request.options);
     std::fs::create_dir_all(target)
@@ -84,7 +90,10 @@ mod tests {
             request.source = "share".into();
             request.fstype = "virtiofs".into();
             request.target = target.into();
-            assert!(matches!(mount(&request), Err(AgentError::InvalidArgument(_))), "{target}");
+            assert!(
+                matches!(mount(&request), Err(AgentError::InvalidArgument(_))),
+                "{target}"
+            );
         }
     }
 }

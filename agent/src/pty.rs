@@ -60,7 +60,9 @@ pub fn receive_master(listener: &UnixListener, timeout: Duration) -> io::Result<
             }
         }
     }
-    Err(io::Error::other("the console socket message carried no terminal"))
+    Err(io::Error::other(
+        "the console socket message carried no terminal",
+    ))
 }
 
 /// Sets the terminal's window size (what `stty size` in the container shows).
@@ -89,26 +91,38 @@ pub struct PtyMaster {
 impl PtyMaster {
     pub fn new(master: OwnedFd) -> io::Result<Self> {
         let flags = OFlag::from_bits_truncate(fcntl(master.as_raw_fd(), FcntlArg::F_GETFL)?);
-        fcntl(master.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        fcntl(
+            master.as_raw_fd(),
+            FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
+        )?;
         // SAFETY: `master` is an open descriptor that the AsyncFd owns from
         // here on, so it stays open and unchanged for the AsyncFd's lifetime.
-        let fd = unsafe { AsyncFd::register(master) }.map_err(|e| io::Error::other(e.to_string()))?;
+        let fd =
+            unsafe { AsyncFd::register(master) }.map_err(|e| io::Error::other(e.to_string()))?;
         Ok(PtyMaster { fd })
     }
 }
 
 impl AsyncRead for PtyMaster {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| nix::unistd::read(fd.as_raw_fd(), unfilled).map_err(io::Error::from)) {
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.as_raw_fd(), unfilled).map_err(io::Error::from))
+            {
                 Ok(Ok(read)) => {
                     buf.advance(read);
                     return Poll::Ready(Ok(()));
                 }
                 // EIO: every slave side is closed, i.e. the process ended.
-                Ok(Err(error)) if error.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
+                Ok(Err(error)) if error.raw_os_error() == Some(libc::EIO) => {
+                    return Poll::Ready(Ok(()))
+                }
                 Ok(Err(error)) => return Poll::Ready(Err(error)),
                 Err(_would_block) => continue,
             }
@@ -117,10 +131,15 @@ impl AsyncRead for PtyMaster {
 }
 
 impl AsyncWrite for PtyMaster {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
+            {
                 Ok(result) => return Poll::Ready(result),
                 Err(_would_block) => continue,
             }

@@ -67,7 +67,8 @@ impl Reaper {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Ok(status) => {
-                    let (Some(pid), Some(code)) = (status.pid(), ExitCode::from_wait_status(status))
+                    let (Some(pid), Some(code)) =
+                        (status.pid(), ExitCode::from_wait_status(status))
                     else {
                         continue;
                     };
@@ -122,7 +123,9 @@ impl Reaper {
 /// The table stays consistent even if a holder panicked: every update is a
 /// single map operation.
 fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
-    table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -44,28 +44,60 @@ impl agent_ttrpc::Agent for AgentService {
         done(crate::init::setup_network(&request).map(|()| Empty::new()))
     }
 
-    async fn create_container(&self, _: &TtrpcContext, request: CreateContainerRequest) -> Reply<ProcessStarted> {
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        request: CreateContainerRequest,
+    ) -> Reply<ProcessStarted> {
         let stdio = request.stdio.clone().unwrap_or_default();
         let created = self
             .containers
-            .create(&request.container_id, &request.oci_spec_json, &request.rootfs, &stdio)
+            .create(
+                &request.container_id,
+                &request.oci_spec_json,
+                &request.rootfs,
+                &stdio,
+            )
             .await;
         done(created.map(started))
     }
 
-    async fn start_container(&self, _: &TtrpcContext, request: ContainerRequest) -> Reply<ProcessStarted> {
-        done(self.containers.start(&request.container_id).await.map(started))
+    async fn start_container(
+        &self,
+        _: &TtrpcContext,
+        request: ContainerRequest,
+    ) -> Reply<ProcessStarted> {
+        done(
+            self.containers
+                .start(&request.container_id)
+                .await
+                .map(started),
+        )
     }
 
     async fn pause_container(&self, _: &TtrpcContext, request: ContainerRequest) -> Reply<Empty> {
-        done(self.containers.pause(&request.container_id).await.map(|()| Empty::new()))
+        done(
+            self.containers
+                .pause(&request.container_id)
+                .await
+                .map(|()| Empty::new()),
+        )
     }
 
     async fn resume_container(&self, _: &TtrpcContext, request: ContainerRequest) -> Reply<Empty> {
-        done(self.containers.resume(&request.container_id).await.map(|()| Empty::new()))
+        done(
+            self.containers
+                .resume(&request.container_id)
+                .await
+                .map(|()| Empty::new()),
+        )
     }
 
-    async fn update_resources(&self, _: &TtrpcContext, request: UpdateResourcesRequest) -> Reply<Empty> {
+    async fn update_resources(
+        &self,
+        _: &TtrpcContext,
+        request: UpdateResourcesRequest,
+    ) -> Reply<Empty> {
         let updated = self
             .containers
             .cgroup(&request.container_id)
@@ -81,23 +113,35 @@ impl agent_ttrpc::Agent for AgentService {
         )
     }
 
-    async fn list_processes(&self, _: &TtrpcContext, request: ContainerRequest) -> Reply<ListProcessesResponse> {
-        done(self.containers.processes(&request.container_id).map(|processes| {
-            let mut response = ListProcessesResponse::new();
-            response.processes = processes
-                .into_iter()
-                .map(|(pid, exec_id)| {
-                    let mut info = ProcessInfo::new();
-                    info.pid = pid as u32;
-                    info.exec_id = exec_id;
-                    info
-                })
-                .collect();
-            response
-        }))
+    async fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        request: ContainerRequest,
+    ) -> Reply<ListProcessesResponse> {
+        done(
+            self.containers
+                .processes(&request.container_id)
+                .map(|processes| {
+                    let mut response = ListProcessesResponse::new();
+                    response.processes = processes
+                        .into_iter()
+                        .map(|(pid, exec_id)| {
+                            let mut info = ProcessInfo::new();
+                            info.pid = pid as u32;
+                            info.exec_id = exec_id;
+                            info
+                        })
+                        .collect();
+                    response
+                }),
+        )
     }
 
-    async fn remove_container(&self, _: &TtrpcContext, request: RemoveContainerRequest) -> Reply<Empty> {
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        request: RemoveContainerRequest,
+    ) -> Reply<Empty> {
         done(
             self.containers
                 .remove(&request.container_id, request.force)
@@ -106,31 +150,58 @@ impl agent_ttrpc::Agent for AgentService {
         )
     }
 
-    async fn exec_process(&self, _: &TtrpcContext, request: ExecProcessRequest) -> Reply<ProcessStarted> {
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        request: ExecProcessRequest,
+    ) -> Reply<ProcessStarted> {
         let stdio = request.stdio.clone().unwrap_or_default();
         let started_exec = self
             .containers
-            .exec(&request.container_id, &request.exec_id, &request.oci_process_json, &stdio)
+            .exec(
+                &request.container_id,
+                &request.exec_id,
+                &request.oci_process_json,
+                &stdio,
+            )
             .await;
         done(started_exec.map(started))
     }
 
-    async fn signal_process(&self, _: &TtrpcContext, request: SignalProcessRequest) -> Reply<Empty> {
+    async fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        request: SignalProcessRequest,
+    ) -> Reply<Empty> {
         done(
             self.containers
-                .signal(&request.container_id, &request.exec_id, request.signal, request.all)
+                .signal(
+                    &request.container_id,
+                    &request.exec_id,
+                    request.signal,
+                    request.all,
+                )
                 .map(|()| Empty::new()),
         )
     }
 
     async fn wait_process(&self, _: &TtrpcContext, request: ProcessRequest) -> Reply<ProcessExit> {
-        done(self.containers.wait(&request.container_id, &request.exec_id).await)
+        done(
+            self.containers
+                .wait(&request.container_id, &request.exec_id)
+                .await,
+        )
     }
 
     async fn resize_tty(&self, _: &TtrpcContext, request: ResizeTtyRequest) -> Reply<Empty> {
         done(
             self.containers
-                .resize(&request.container_id, &request.exec_id, request.rows, request.columns)
+                .resize(
+                    &request.container_id,
+                    &request.exec_id,
+                    request.rows,
+                    request.columns,
+                )
                 .map(|()| Empty::new()),
         )
     }

@@ -50,7 +50,10 @@ pub fn translate_spec(spec_json: &[u8], placement: &Placement) -> Result<Vec<u8>
         json!({ "path": placement.rootfs, "readonly": readonly }),
     );
     if object.remove("hooks").is_some() {
-        tracing::info!("{}: hooks name host binaries; not run in the guest", placement.container_id);
+        tracing::info!(
+            "{}: hooks name host binaries; not run in the guest",
+            placement.container_id
+        );
     }
 
     let linux = object
@@ -58,7 +61,10 @@ pub fn translate_spec(spec_json: &[u8], placement: &Placement) -> Result<Vec<u8>
         .or_insert_with(|| json!({}))
         .as_object_mut()
         .ok_or_else(|| SpecError::Invalid("\"linux\" is not an object".into()))?;
-    linux.insert("cgroupsPath".into(), json!(cgroup_path(placement.container_id)));
+    linux.insert(
+        "cgroupsPath".into(),
+        json!(cgroup_path(placement.container_id)),
+    );
     linux.remove("mountLabel");
     if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
         // A host namespace path cannot be joined from inside the VM: the
@@ -131,7 +137,9 @@ fn home_in_passwd(passwd: &str, uid: u64) -> Option<String> {
     passwd.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
         match fields.as_slice() {
-            [_, _, entry_uid, _, _, home, ..] if entry_uid.parse() == Ok(uid) && !home.is_empty() => {
+            [_, _, entry_uid, _, _, home, ..]
+                if entry_uid.parse() == Ok(uid) && !home.is_empty() =>
+            {
                 Some((*home).to_owned())
             }
             _ => None,
@@ -184,7 +192,10 @@ mod tests {
     #[test]
     fn root_and_cgroup_point_into_the_guest() {
         let spec = translate(&host_spec(), Path::new("/run/cocoon/share/c1/rootfs"));
-        assert_eq!(spec["root"], json!({ "path": "/run/cocoon/share/c1/rootfs", "readonly": true }));
+        assert_eq!(
+            spec["root"],
+            json!({ "path": "/run/cocoon/share/c1/rootfs", "readonly": true })
+        );
         assert_eq!(spec["linux"]["cgroupsPath"], "/cocoon/c1");
     }
 
@@ -221,7 +232,10 @@ mod tests {
         let mut nobody = host_spec();
         nobody["process"]["user"]["uid"] = json!(65534);
         let spec = translate(&nobody, &dir);
-        assert_eq!(spec["process"]["env"], json!(["PATH=/bin", "HOME=/nonexistent"]));
+        assert_eq!(
+            spec["process"]["env"],
+            json!(["PATH=/bin", "HOME=/nonexistent"])
+        );
 
         let spec = translate(&host_spec(), &PathBuf::from("/no/such/rootfs"));
         assert_eq!(spec["process"]["env"], json!(["PATH=/bin", "HOME=/"]));
@@ -239,7 +253,10 @@ mod tests {
     #[test]
     fn broken_specs_are_refused_with_the_reason() {
         let error = translate_spec(b"{", &placement(Path::new("/r"))).unwrap_err();
-        assert!(error.to_string().starts_with("invalid OCI spec: "), "{error}");
+        assert!(
+            error.to_string().starts_with("invalid OCI spec: "),
+            "{error}"
+        );
         let error = translate_spec(b"[]", &placement(Path::new("/r"))).unwrap_err();
         assert!(error.to_string().contains("not a JSON object"), "{error}");
         let mut no_process = host_spec();

@@ -71,10 +71,16 @@ impl ProcessStdio {
             let (read, write) = std::io::pipe()?;
             let closer = Arc::new(Notify::new());
             stdio.stdin = read.into();
-            stdio.ends.push((StreamKind::Stdin, AgentEnd::Stdin(write.into(), closer.clone())));
+            stdio.ends.push((
+                StreamKind::Stdin,
+                AgentEnd::Stdin(write.into(), closer.clone()),
+            ));
             stdio.stdin_closer = Some(closer);
         }
-        for (kind, wanted) in [(StreamKind::Stdout, wanted.stdout), (StreamKind::Stderr, wanted.stderr)] {
+        for (kind, wanted) in [
+            (StreamKind::Stdout, wanted.stdout),
+            (StreamKind::Stderr, wanted.stderr),
+        ] {
             if wanted {
                 let (read, write) = std::io::pipe()?;
                 match kind {
@@ -162,7 +168,9 @@ impl StreamBroker {
         let header = match StreamHeader::parse(&line) {
             Ok(header) => header,
             Err(error) => {
-                connection.write_all(&stream::refusal(&error.to_string())).await?;
+                connection
+                    .write_all(&stream::refusal(&error.to_string()))
+                    .await?;
                 return Err(std::io::Error::other(error.to_string()));
             }
         };
@@ -252,6 +260,7 @@ async fn read_header_line(connection: &mut VsockStream) -> std::io::Result<Vec<u
 /// Lock poisoning cannot leave the map inconsistent: every update is one map
 /// operation.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
-

@@ -149,3 +149,17 @@ write("mmio_transport", "bring_up", QUEUE_SETUP + READY + RING + wr(STATUS, 0xf)
 write("mmio_transport", "bad_queue_then_reset", QUEUE_SETUP + wr(0x80, 0xff80) + READY
       + wr(STATUS, 0xf) + rd(STATUS) + wr(STATUS, 0) + QUEUE_SETUP + READY + RING
       + wr(STATUS, 0xf) + wr(NOTIFY, 0) + wr(STATUS, 0))
+
+# agent_stream_header: the line opening a stdio stream to the agent.
+write("agent_stream_header", "init-stdout", b"COCOON-STREAM 1 c1 - stdout\n")
+write("agent_stream_header", "exec-tty", b"COCOON-STREAM 1 web.1 exec-2 tty\n")
+
+# agent_request: byte 0 picks the request type (see the target); 2 and 3 are
+# raw OCI spec / process JSON, with host-only fields the agent rewrites.
+write("agent_request", "spec-json", b"\x02" + (
+    b'{"ociVersion":"1.1.0","root":{"path":"rootfs"},"process":{"args":["sh"],'
+    b'"cwd":"/","user":{"uid":0,"gid":0},"env":["PATH=/bin"]},'
+    b'"hooks":{"prestart":[{"path":"/x"}]},'
+    b'"linux":{"namespaces":[{"type":"network","path":"/var/run/netns/x"}]}}'))
+write("agent_request", "process-json",
+      b'\x03{"args":["sh"],"cwd":"/","user":{"uid":65534,"gid":65534}}')

@@ -32,7 +32,11 @@ impl Sandbox {
     /// Boots a guest with `memory_mib` of RAM and an empty share.
     pub fn boot(memory_mib: u32) -> Self {
         let vmm = repo_root().join("target/release/cocoon-vmm");
-        assert!(vmm.is_file(), "{} is missing: run `make` first", vmm.display());
+        assert!(
+            vmm.is_file(),
+            "{} is missing: run `make` first",
+            vmm.display()
+        );
         let dir = tempfile::tempdir().expect("temporary directory");
         let share = dir.path().join("share");
         std::fs::create_dir(&share).expect("share directory");
@@ -72,12 +76,17 @@ impl Sandbox {
         let agent = loop {
             match Agent::connect(&self.vsock, Duration::from_secs(1)).await {
                 Ok(agent) => break agent,
-                Err(error) if started.elapsed() > BOOT_DEADLINE => panic!("{error}\n{}", self.diagnostics()),
+                Err(error) if started.elapsed() > BOOT_DEADLINE => {
+                    panic!("{error}\n{}", self.diagnostics())
+                }
                 Err(_) => {}
             }
             // A VMM that died will not start answering: say why at once.
             if let Ok(Some(status)) = self.vmm.lock().unwrap().try_wait() {
-                panic!("cocoon-vmm exited ({status}) before the agent answered\n{}", self.diagnostics());
+                panic!(
+                    "cocoon-vmm exited ({status}) before the agent answered\n{}",
+                    self.diagnostics()
+                );
             }
         };
         let mut mount = cocoon_protocol::api::agent::MountRequest::new();
@@ -90,11 +99,34 @@ impl Sandbox {
         agent
     }
 
+    /// Waits for the VMM to exit by itself, at most `limit`.
+    pub async fn wait_exit(&self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.vmm.lock().unwrap().try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Sends SIGTERM to the VMM (which asks the guest to shut down).
+    pub fn terminate(&self) {
+        let pid = self.vmm.lock().unwrap().id();
+        // SAFETY: kill(2) on the pid of our own child, which we have not reaped.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+
     /// Console tail and VMM log, for failure messages.
     pub fn diagnostics(&self) -> String {
         let console = std::fs::read_to_string(&self.console).unwrap_or_default();
         let vmm = std::fs::read_to_string(self.dir.path().join("vmm.log")).unwrap_or_default();
-        format!("--- guest console (tail) ---\n{}\n--- cocoon-vmm ---\n{}", tail(&console, 40), tail(&vmm, 20))
+        format!(
+            "--- guest console (tail) ---\n{}\n--- cocoon-vmm ---\n{}",
+            tail(&console, 40),
+            tail(&vmm, 20)
+        )
     }
 
     /// Lays out a busybox root file system for container `name` in the share
@@ -129,12 +161,24 @@ pub fn deadline() -> ttrpc::context::Context {
 /// busybox-static with every applet linked, the guest probe as
 /// /bin/probe, and the passwd/group files of a minimal image.
 pub fn busybox_rootfs(root: &Path) {
-    for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/user"] {
+    for dir in [
+        "bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "root",
+        "home/user",
+    ] {
         std::fs::create_dir_all(root.join(dir)).expect("rootfs directory");
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
     std::fs::copy(guest_probe(), root.join("bin/probe")).expect("copy the guest probe");
-    let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         let link = root.join("bin").join(applet);
         if !link.exists() {
@@ -147,5 +191,6 @@ pub fn busybox_rootfs(root: &Path) {
     )
     .expect("passwd");
     std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).expect("chmod /tmp");
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod /tmp");
 }

@@ -35,13 +35,23 @@ fn header(container: &str, exec: &str, kind: StreamKind) -> StreamHeader {
     }
 }
 
-async fn create(agent: &Agent, sandbox: &Sandbox, id: &str, spec: &Value, stdio: Stdio) -> Result<u32, ttrpc::Error> {
+async fn create(
+    agent: &Agent,
+    sandbox: &Sandbox,
+    id: &str,
+    spec: &Value,
+    stdio: Stdio,
+) -> Result<u32, ttrpc::Error> {
     let mut request = CreateContainerRequest::new();
     request.container_id = id.into();
     request.oci_spec_json = serde_json::to_vec(spec).unwrap();
     request.rootfs = sandbox.busybox_rootfs(id);
     request.stdio = Some(stdio).into();
-    agent.rpc().create_container(deadline(), &request).await.map(|r| r.pid)
+    agent
+        .rpc()
+        .create_container(deadline(), &request)
+        .await
+        .map(|r| r.pid)
 }
 
 fn container(id: &str) -> ContainerRequest {
@@ -74,12 +84,26 @@ async fn run_to_end(agent: &Agent, sandbox: &Sandbox, id: &str, spec: &Value) ->
     create(agent, sandbox, id, spec, stdio(false, false))
         .await
         .unwrap_or_else(|e| panic!("create {id}: {e}\n{}", sandbox.diagnostics()));
-    let stdout = agent.open_stream(&header(id, "", StreamKind::Stdout)).await.unwrap();
-    let stderr = agent.open_stream(&header(id, "", StreamKind::Stderr)).await.unwrap();
+    let stdout = agent
+        .open_stream(&header(id, "", StreamKind::Stdout))
+        .await
+        .unwrap();
+    let stderr = agent
+        .open_stream(&header(id, "", StreamKind::Stderr))
+        .await
+        .unwrap();
     let stdout = tokio::spawn(read_all(stdout));
     let stderr = tokio::spawn(read_all(stderr));
-    agent.rpc().start_container(deadline(), &container(id)).await.unwrap();
-    let exit = agent.rpc().wait_process(deadline(), &process(id, "")).await.unwrap();
+    agent
+        .rpc()
+        .start_container(deadline(), &container(id))
+        .await
+        .unwrap();
+    let exit = agent
+        .rpc()
+        .wait_process(deadline(), &process(id, ""))
+        .await
+        .unwrap();
     let finished = Finished {
         stdout: String::from_utf8_lossy(&stdout.await.unwrap()).into_owned(),
         stderr: String::from_utf8_lossy(&stderr.await.unwrap()).into_owned(),
@@ -93,7 +117,11 @@ async fn remove(agent: &Agent, id: &str) {
     let mut request = RemoveContainerRequest::new();
     request.container_id = id.into();
     request.force = true;
-    agent.rpc().remove_container(deadline(), &request).await.unwrap();
+    agent
+        .rpc()
+        .remove_container(deadline(), &request)
+        .await
+        .unwrap();
 }
 
 fn sh(script: &str) -> Value {
@@ -107,48 +135,131 @@ async fn containers_run_with_their_output_exit_codes_and_settings() {
     let sandbox = Sandbox::boot(MEMORY_MIB);
     let agent = sandbox.agent().await;
 
-    let health = agent.rpc().health(deadline(), &HealthRequest::new()).await.unwrap();
+    let health = agent
+        .rpc()
+        .health(deadline(), &HealthRequest::new())
+        .await
+        .unwrap();
     assert_eq!(health.version, env!("CARGO_PKG_VERSION"));
 
     for code in [0, 1, 42] {
-        let run = run_to_end(&agent, &sandbox, &format!("exit{code}"), &sh(&format!("echo out; echo err >&2; exit {code}"))).await;
-        assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("out\n", "err\n"));
+        let run = run_to_end(
+            &agent,
+            &sandbox,
+            &format!("exit{code}"),
+            &sh(&format!("echo out; echo err >&2; exit {code}")),
+        )
+        .await;
+        assert_eq!(
+            (run.stdout.as_str(), run.stderr.as_str()),
+            ("out\n", "err\n")
+        );
         assert_eq!(run.exit.exit_status, code, "exit code of `exit {code}`");
         assert!(!run.exit.oom_killed);
     }
 
     let mut settings = sh("echo \"$GREETING|$(pwd)|$(id -u)|$(hostname)|$HOME\"");
-    settings["process"]["env"].as_array_mut().unwrap().push(json!("GREETING=hello"));
+    settings["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("GREETING=hello"));
     settings["process"]["cwd"] = json!("/home/user");
     settings["process"]["user"] = json!({ "uid": 65534, "gid": 65534 });
     let run = run_to_end(&agent, &sandbox, "settings", &settings).await;
-    assert_eq!(run.stdout, "hello|/home/user|65534|cocoon-test|/nonexistent\n", "stderr: {}", run.stderr);
+    assert_eq!(
+        run.stdout, "hello|/home/user|65534|cocoon-test|/nonexistent\n",
+        "stderr: {}",
+        run.stderr
+    );
+
+    // Mounts from the share, seccomp, rlimits, masked and read-only paths,
+    // no_new_privileges: what the spec asks for is enforced.
+    std::fs::create_dir_all(sandbox.share.join("volume")).unwrap();
+    std::fs::write(sandbox.share.join("volume/hello"), "from the share\n").unwrap();
+    let mut confined = sh("cat /data/hello; mkdir /tmp/x 2>/dev/null || echo mkdir-denied; ulimit -n; \
+                           wc -c < /etc/group; (echo 1 > /proc/sys/vm/drop_caches) 2>/dev/null || echo sys-ro; \
+                           grep NoNewPrivs /proc/self/status");
+    confined["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/data", "type": "bind",
+        "source": format!("{}/volume", cocoon_tests::sandbox::GUEST_SHARE),
+        "options": ["rbind", "ro"]
+    }));
+    confined["linux"]["maskedPaths"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("/etc/group"));
+    confined["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{ "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }]
+    });
+    let run = run_to_end(&agent, &sandbox, "confined", &confined).await;
+    assert_eq!(
+        run.stdout, "from the share\nmkdir-denied\n1024\n0\nsys-ro\nNoNewPrivs:\t1\n",
+        "stderr: {}",
+        run.stderr
+    );
 
     // Death by signal N is reported as 128 + N. (Without a PID namespace:
     // the init of one ignores signals it has no handler for.)
     let without_pid_namespace = |script: &str| {
         let mut spec = sh(script);
-        spec["linux"]["namespaces"].as_array_mut().unwrap().retain(|ns| ns["type"] != "pid");
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|ns| ns["type"] != "pid");
         spec
     };
-    let run = run_to_end(&agent, &sandbox, "sigterm", &without_pid_namespace("kill -TERM $$")).await;
+    let run = run_to_end(
+        &agent,
+        &sandbox,
+        "sigterm",
+        &without_pid_namespace("kill -TERM $$"),
+    )
+    .await;
     assert_eq!(run.exit.exit_status, 143, "stderr: {}", run.stderr);
 
     // A crashing container does not take the agent with it.
-    let run = run_to_end(&agent, &sandbox, "crash", &without_pid_namespace("kill -SEGV $$")).await;
+    let run = run_to_end(
+        &agent,
+        &sandbox,
+        "crash",
+        &without_pid_namespace("kill -SEGV $$"),
+    )
+    .await;
     assert_eq!(run.exit.exit_status, 139);
 
     // SIGKILL from outside ends even a namespace init.
-    create(&agent, &sandbox, "sleeper", &oci::spec(&["sleep", "600"]), stdio(false, false)).await.unwrap();
-    agent.rpc().start_container(deadline(), &container("sleeper")).await.unwrap();
+    create(
+        &agent,
+        &sandbox,
+        "sleeper",
+        &oci::spec(&["sleep", "600"]),
+        stdio(false, false),
+    )
+    .await
+    .unwrap();
+    agent
+        .rpc()
+        .start_container(deadline(), &container("sleeper"))
+        .await
+        .unwrap();
     let mut kill = SignalProcessRequest::new();
     kill.container_id = "sleeper".into();
     kill.signal = 9;
     agent.rpc().signal_process(deadline(), &kill).await.unwrap();
-    let exit = agent.rpc().wait_process(deadline(), &process("sleeper", "")).await.unwrap();
+    let exit = agent
+        .rpc()
+        .wait_process(deadline(), &process("sleeper", ""))
+        .await
+        .unwrap();
     assert_eq!(exit.exit_status, 137);
     remove(&agent, "sleeper").await;
-    agent.rpc().health(deadline(), &HealthRequest::new()).await.expect("agent alive after a crash");
+    agent
+        .rpc()
+        .health(deadline(), &HealthRequest::new())
+        .await
+        .expect("agent alive after a crash");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,8 +271,14 @@ async fn execs_ttys_stdin_pause_and_stats() {
     let id = "busy";
     // Counts in a file on the share, so the host sees progress.
     let spec = sh("i=0; while true; do i=$((i+1)); echo $i > /count; usleep 20000; done");
-    create(&agent, &sandbox, id, &spec, stdio(false, false)).await.unwrap();
-    agent.rpc().start_container(deadline(), &container(id)).await.unwrap();
+    create(&agent, &sandbox, id, &spec, stdio(false, false))
+        .await
+        .unwrap();
+    agent
+        .rpc()
+        .start_container(deadline(), &container(id))
+        .await
+        .unwrap();
     let counter = sandbox.share.join(id).join("rootfs/count");
     let read_count = || {
         std::fs::read_to_string(&counter)
@@ -179,7 +296,11 @@ async fn execs_ttys_stdin_pause_and_stats() {
         }
         false
     };
-    assert!(progressed(0).await, "the container runs\n{}", sandbox.diagnostics());
+    assert!(
+        progressed(0).await,
+        "the container runs\n{}",
+        sandbox.diagnostics()
+    );
 
     let exec = |exec_id: &str, args: &[&str], stdin: bool, terminal: bool| {
         let mut request = ExecProcessRequest::new();
@@ -193,11 +314,19 @@ async fn execs_ttys_stdin_pause_and_stats() {
     };
 
     // Pause stops progress; resume continues it.
-    agent.rpc().pause_container(deadline(), &container(id)).await.unwrap();
+    agent
+        .rpc()
+        .pause_container(deadline(), &container(id))
+        .await
+        .unwrap();
     let paused_at = read_count();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(read_count(), paused_at, "no progress while paused");
-    agent.rpc().resume_container(deadline(), &container(id)).await.unwrap();
+    agent
+        .rpc()
+        .resume_container(deadline(), &container(id))
+        .await
+        .unwrap();
     assert!(progressed(paused_at).await, "progress after resume");
 
     let stats = agent.rpc().stats(deadline(), &container(id)).await.unwrap();
@@ -206,39 +335,95 @@ async fn execs_ttys_stdin_pause_and_stats() {
     assert!(stats.pids.current >= 1, "pids: {:?}", stats.pids);
 
     // Exec without a tty.
-    agent.rpc().exec_process(deadline(), &exec("hello", &["echo", "hello from exec"], false, false)).await.unwrap();
-    let out = agent.open_stream(&header(id, "hello", StreamKind::Stdout)).await.unwrap();
+    agent
+        .rpc()
+        .exec_process(
+            deadline(),
+            &exec("hello", &["echo", "hello from exec"], false, false),
+        )
+        .await
+        .unwrap();
+    let out = agent
+        .open_stream(&header(id, "hello", StreamKind::Stdout))
+        .await
+        .unwrap();
     assert_eq!(read_all(out).await, b"hello from exec\n");
-    let exit = agent.rpc().wait_process(deadline(), &process(id, "hello")).await.unwrap();
+    let exit = agent
+        .rpc()
+        .wait_process(deadline(), &process(id, "hello"))
+        .await
+        .unwrap();
     assert_eq!(exit.exit_status, 0);
 
     // stdin piped to cat; closing it ends cat.
-    agent.rpc().exec_process(deadline(), &exec("cat", &["cat"], true, false)).await.unwrap();
-    let mut input = agent.open_stream(&header(id, "cat", StreamKind::Stdin)).await.unwrap();
-    let output = agent.open_stream(&header(id, "cat", StreamKind::Stdout)).await.unwrap();
+    agent
+        .rpc()
+        .exec_process(deadline(), &exec("cat", &["cat"], true, false))
+        .await
+        .unwrap();
+    let mut input = agent
+        .open_stream(&header(id, "cat", StreamKind::Stdin))
+        .await
+        .unwrap();
+    let output = agent
+        .open_stream(&header(id, "cat", StreamKind::Stdout))
+        .await
+        .unwrap();
     let output = tokio::spawn(read_all(output));
     input.write_all(b"through stdin\n").await.unwrap();
     input.shutdown().await.unwrap();
-    let exit = agent.rpc().wait_process(deadline(), &process(id, "cat")).await.unwrap();
+    let exit = agent
+        .rpc()
+        .wait_process(deadline(), &process(id, "cat"))
+        .await
+        .unwrap();
     assert_eq!(exit.exit_status, 0);
     assert_eq!(output.await.unwrap(), b"through stdin\n");
 
     // CloseStdin ends a cat whose stream stays open.
-    agent.rpc().exec_process(deadline(), &exec("cat2", &["cat"], true, false)).await.unwrap();
-    let mut input = agent.open_stream(&header(id, "cat2", StreamKind::Stdin)).await.unwrap();
-    let output = tokio::spawn(read_all(agent.open_stream(&header(id, "cat2", StreamKind::Stdout)).await.unwrap()));
+    agent
+        .rpc()
+        .exec_process(deadline(), &exec("cat2", &["cat"], true, false))
+        .await
+        .unwrap();
+    let mut input = agent
+        .open_stream(&header(id, "cat2", StreamKind::Stdin))
+        .await
+        .unwrap();
+    let output = tokio::spawn(read_all(
+        agent
+            .open_stream(&header(id, "cat2", StreamKind::Stdout))
+            .await
+            .unwrap(),
+    ));
     input.write_all(b"then close\n").await.unwrap();
     input.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    agent.rpc().close_stdin(deadline(), &process(id, "cat2")).await.unwrap();
-    let exit = agent.rpc().wait_process(deadline(), &process(id, "cat2")).await.unwrap();
+    agent
+        .rpc()
+        .close_stdin(deadline(), &process(id, "cat2"))
+        .await
+        .unwrap();
+    let exit = agent
+        .rpc()
+        .wait_process(deadline(), &process(id, "cat2"))
+        .await
+        .unwrap();
     assert_eq!(exit.exit_status, 0);
     assert_eq!(output.await.unwrap(), b"then close\n");
 
     // Exec with a tty; a resize is seen by `stty size`.
     agent
         .rpc()
-        .exec_process(deadline(), &exec("tty", &["sh", "-c", "read line; stty size; tty"], false, true))
+        .exec_process(
+            deadline(),
+            &exec(
+                "tty",
+                &["sh", "-c", "read line; stty size; tty"],
+                false,
+                true,
+            ),
+        )
         .await
         .unwrap();
     let mut resize = ResizeTtyRequest::new();
@@ -247,38 +432,68 @@ async fn execs_ttys_stdin_pause_and_stats() {
     resize.rows = 33;
     resize.columns = 111;
     agent.rpc().resize_tty(deadline(), &resize).await.unwrap();
-    let mut tty = agent.open_stream(&header(id, "tty", StreamKind::Tty)).await.unwrap();
+    let mut tty = agent
+        .open_stream(&header(id, "tty", StreamKind::Tty))
+        .await
+        .unwrap();
     tty.write_all(b"go\n").await.unwrap();
-    let exit = agent.rpc().wait_process(deadline(), &process(id, "tty")).await.unwrap();
+    let exit = agent
+        .rpc()
+        .wait_process(deadline(), &process(id, "tty"))
+        .await
+        .unwrap();
     assert_eq!(exit.exit_status, 0);
     let text = String::from_utf8_lossy(&read_all(tty).await).into_owned();
-    assert!(text.contains("33 111"), "stty size through the tty: {text:?}");
+    assert!(
+        text.contains("33 111"),
+        "stty size through the tty: {text:?}"
+    );
     assert!(text.contains("/dev/pts/"), "tty name: {text:?}");
 
     // Processes of the container are listed, the execs by id.
-    let listed = agent.rpc().list_processes(deadline(), &container(id)).await.unwrap();
+    let listed = agent
+        .rpc()
+        .list_processes(deadline(), &container(id))
+        .await
+        .unwrap();
     assert!(!listed.processes.is_empty());
 
     // A missing binary fails at once, with a message that says so.
     let started = Instant::now();
     let error = agent
         .rpc()
-        .exec_process(deadline(), &exec("missing", &["/no/such/binary"], false, false))
+        .exec_process(
+            deadline(),
+            &exec("missing", &["/no/such/binary"], false, false),
+        )
         .await
         .expect_err("exec of a missing binary must fail");
     let elapsed = started.elapsed();
     let message = error.to_string();
     assert!(message.contains("/no/such/binary"), "{message}");
-    assert!(message.contains("not found") || message.contains("No such file"), "{message}");
+    assert!(
+        message.contains("not found") || message.contains("No such file"),
+        "{message}"
+    );
     assert!(elapsed < Duration::from_secs(2), "failing took {elapsed:?}");
 
     // A malformed request does not hurt the agent.
-    let mut raw = cocoon_protocol::hybrid_vsock::connect(&sandbox.vsock, cocoon_protocol::AGENT_RPC_PORT, Duration::from_secs(5))
+    let mut raw = cocoon_protocol::hybrid_vsock::connect(
+        &sandbox.vsock,
+        cocoon_protocol::AGENT_RPC_PORT,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    raw.write_all(b"\x00\x00\x00\x10garbage-garbage-garbage-garbage")
         .await
         .unwrap();
-    raw.write_all(b"\x00\x00\x00\x10garbage-garbage-garbage-garbage").await.unwrap();
     drop(raw);
-    agent.rpc().health(deadline(), &HealthRequest::new()).await.expect("agent alive after garbage");
+    agent
+        .rpc()
+        .health(deadline(), &HealthRequest::new())
+        .await
+        .expect("agent alive after garbage");
 
     remove(&agent, id).await;
 }
@@ -293,23 +508,49 @@ async fn oom_kills_and_large_output_are_reported() {
     let mut hungry = oci::spec(&["/bin/probe", "alloc", "64"]);
     hungry["linux"]["resources"]["memory"] = json!({ "limit": 32 << 20, "swap": 32 << 20 });
     let run = run_to_end(&agent, &sandbox, "hungry", &hungry).await;
-    assert!(run.exit.oom_killed, "exit {:?}, stdout {:?}", run.exit, run.stdout);
+    assert!(
+        run.exit.oom_killed,
+        "exit {:?}, stdout {:?}",
+        run.exit, run.stdout
+    );
     assert_eq!(run.exit.exit_status, 137);
 
     let bytes: u64 = 100 << 20;
     let id = "big";
-    create(&agent, &sandbox, id, &oci::spec(&["/bin/probe", "pattern", &bytes.to_string()]), stdio(false, false))
+    create(
+        &agent,
+        &sandbox,
+        id,
+        &oci::spec(&["/bin/probe", "pattern", &bytes.to_string()]),
+        stdio(false, false),
+    )
+    .await
+    .unwrap();
+    let stdout = agent
+        .open_stream(&header(id, "", StreamKind::Stdout))
         .await
         .unwrap();
-    let stdout = agent.open_stream(&header(id, "", StreamKind::Stdout)).await.unwrap();
-    agent.rpc().start_container(deadline(), &container(id)).await.unwrap();
+    agent
+        .rpc()
+        .start_container(deadline(), &container(id))
+        .await
+        .unwrap();
     let stdout = stdout.into_std().unwrap();
     stdout.set_nonblocking(false).unwrap();
-    let (len, checksum) = tokio::task::spawn_blocking(move || checksum_stream(&mut &stdout).unwrap())
+    let (len, checksum) =
+        tokio::task::spawn_blocking(move || checksum_stream(&mut &stdout).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(
+        (len, checksum),
+        (bytes, pattern_checksum(bytes)),
+        "100 MiB through stdout"
+    );
+    let exit = agent
+        .rpc()
+        .wait_process(deadline(), &process(id, ""))
         .await
         .unwrap();
-    assert_eq!((len, checksum), (bytes, pattern_checksum(bytes)), "100 MiB through stdout");
-    let exit = agent.rpc().wait_process(deadline(), &process(id, "")).await.unwrap();
     assert_eq!(exit.exit_status, 0);
     remove(&agent, id).await;
 }
@@ -321,18 +562,97 @@ async fn bad_requests_get_clear_errors() {
     let sandbox = Sandbox::boot(MEMORY_MIB);
     let agent = sandbox.agent().await;
 
-    let error = create(&agent, &sandbox, "broken", &json!({ "process": "nope" }), stdio(false, false))
-        .await
-        .expect_err("a broken spec is refused");
+    let error = create(
+        &agent,
+        &sandbox,
+        "broken",
+        &json!({ "process": "nope" }),
+        stdio(false, false),
+    )
+    .await
+    .expect_err("a broken spec is refused");
     assert!(error.to_string().contains("invalid OCI spec"), "{error}");
 
-    let error = agent.rpc().start_container(deadline(), &container("ghost")).await.expect_err("no such container");
+    let error = agent
+        .rpc()
+        .start_container(deadline(), &container("ghost"))
+        .await
+        .expect_err("no such container");
     assert!(error.to_string().contains("ghost not found"), "{error}");
 
-    let refused = agent.open_stream(&header("ghost", "", StreamKind::Stdout)).await;
+    let refused = agent
+        .open_stream(&header("ghost", "", StreamKind::Stdout))
+        .await;
     assert!(refused.is_err(), "a stream of no process is refused");
 
     // Nothing of the failed container is left: its id can be used again.
     let run = run_to_end(&agent, &sandbox, "broken", &sh("echo again")).await;
     assert_eq!(run.stdout, "again\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+async fn the_guest_shuts_down_on_request_with_containers_running() {
+    require_hardware_kvm();
+    // Through the API.
+    let sandbox = Sandbox::boot(MEMORY_MIB);
+    let agent = sandbox.agent().await;
+    create(
+        &agent,
+        &sandbox,
+        "left",
+        &oci::spec(&["sleep", "600"]),
+        stdio(false, false),
+    )
+    .await
+    .unwrap();
+    agent
+        .rpc()
+        .start_container(deadline(), &container("left"))
+        .await
+        .unwrap();
+    agent
+        .rpc()
+        .shutdown(deadline(), &ShutdownRequest::new())
+        .await
+        .unwrap();
+    let status = sandbox.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "VMM after Shutdown: {status:?}\n{}",
+        sandbox.diagnostics()
+    );
+
+    // Through SIGTERM to the VMM, which the agent hears on its console; it
+    // must end well before the VMM's own forced stop.
+    let sandbox = Sandbox::boot(MEMORY_MIB);
+    let agent = sandbox.agent().await;
+    create(
+        &agent,
+        &sandbox,
+        "left",
+        &oci::spec(&["sleep", "600"]),
+        stdio(false, false),
+    )
+    .await
+    .unwrap();
+    agent
+        .rpc()
+        .start_container(deadline(), &container("left"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    sandbox.terminate();
+    let status = sandbox.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "VMM after SIGTERM: {status:?}\n{}",
+        sandbox.diagnostics()
+    );
+    let console = sandbox.diagnostics();
+    assert!(
+        !console.contains("did not shut down"),
+        "the guest did not stop by itself:\n{console}"
+    );
+    eprintln!("SIGTERM to VMM exit: {:?}", started.elapsed());
 }

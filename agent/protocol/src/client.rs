@@ -66,9 +66,12 @@ impl Agent {
             .await
             .map_err(|e| e.to_string())?;
         let rpc = AgentClient::new(ttrpc::r#async::Client::new(stream.into()));
-        rpc.health(ttrpc::context::with_timeout(HANDSHAKE_TIMEOUT.as_nanos() as i64), &HealthRequest::new())
-            .await
-            .map_err(|e| format!("health check failed: {e}"))?;
+        rpc.health(
+            ttrpc::context::with_timeout(HANDSHAKE_TIMEOUT.as_nanos() as i64),
+            &HealthRequest::new(),
+        )
+        .await
+        .map_err(|e| format!("health check failed: {e}"))?;
         Ok(Agent {
             vsock_uds: vsock_uds.to_owned(),
             rpc,
@@ -96,7 +99,8 @@ impl Agent {
         let mut reply = Vec::new();
         loop {
             let mut byte = [0u8; 1];
-            if stream.read(&mut byte).await.map_err(io_error)? == 0 || reply.len() > MAX_HEADER_LEN {
+            if stream.read(&mut byte).await.map_err(io_error)? == 0 || reply.len() > MAX_HEADER_LEN
+            {
                 return Err(ClientError::StreamRefused {
                     what,
                     reason: "connection closed during the header".into(),

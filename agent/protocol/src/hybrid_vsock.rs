@@ -61,10 +61,13 @@ async fn read_line(stream: &mut UnixStream, port: u32) -> Result<String, Connect
     let mut line = Vec::with_capacity(16);
     loop {
         let mut byte = [0u8; 1];
-        let read = stream.read(&mut byte).await.map_err(|e| ConnectError::Handshake {
-            port,
-            reason: e.to_string(),
-        })?;
+        let read = stream
+            .read(&mut byte)
+            .await
+            .map_err(|e| ConnectError::Handshake {
+                port,
+                reason: e.to_string(),
+            })?;
         if read == 0 {
             // The VMM closes the socket when no guest listener accepted.
             return Err(ConnectError::Refused { port });

@@ -11,11 +11,23 @@ pub mod stream;
 
 /// The agent API generated from `proto/agent.proto`.
 pub mod api {
-    #[allow(clippy::all, clippy::undocumented_unsafe_blocks, missing_docs, unused, nonstandard_style)]
+    #[allow(
+        clippy::all,
+        clippy::undocumented_unsafe_blocks,
+        missing_docs,
+        unused,
+        nonstandard_style
+    )]
     pub mod agent {
         include!(concat!(env!("OUT_DIR"), "/agent.rs"));
     }
-    #[allow(clippy::all, clippy::undocumented_unsafe_blocks, missing_docs, unused, nonstandard_style)]
+    #[allow(
+        clippy::all,
+        clippy::undocumented_unsafe_blocks,
+        missing_docs,
+        unused,
+        nonstandard_style
+    )]
     pub mod agent_ttrpc {
         include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
     }

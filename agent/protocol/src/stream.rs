@@ -125,7 +125,8 @@ impl StreamHeader {
             INIT_PROCESS => String::new(),
             id => validate_id("exec id", id)?,
         };
-        let kind = StreamKind::parse(words[4]).ok_or_else(|| HeaderError::BadKind(words[4].into()))?;
+        let kind =
+            StreamKind::parse(words[4]).ok_or_else(|| HeaderError::BadKind(words[4].into()))?;
         Ok(StreamHeader {
             container_id,
             exec_id,
@@ -141,7 +142,13 @@ impl fmt::Display for StreamHeader {
         } else {
             &self.exec_id
         };
-        write!(f, "{} of {}/{}", self.kind.as_str(), self.container_id, exec)
+        write!(
+            f,
+            "{} of {}/{}",
+            self.kind.as_str(),
+            self.container_id,
+            exec
+        )
     }
 }
 
@@ -252,7 +259,10 @@ mod tests {
         let line = b"COCOON-STREAM 1 c ../x stdout\n";
         assert!(matches!(
             StreamHeader::parse(line),
-            Err(HeaderError::BadId { what: "exec id", .. })
+            Err(HeaderError::BadId {
+                what: "exec id",
+                ..
+            })
         ));
     }
 

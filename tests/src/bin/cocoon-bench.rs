@@ -113,6 +113,8 @@ fn qemu_command(kernel: &Path, initramfs: &Path) -> Command {
 }
 
 /// Wall time from spawn until `banner` appears on the guest console (stdout).
+/// The VM is stopped as soon as the banner is seen: the agent would go on
+/// serving its API forever.
 fn time_to_banner(mut command: Command, banner: &str) -> Duration {
     let started = Instant::now();
     let mut child = command
@@ -125,10 +127,12 @@ fn time_to_banner(mut command: Command, banner: &str) -> Duration {
     let mut seen = None;
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
-        if seen.is_none() && line.contains(banner) {
+        if line.contains(banner) {
             seen = Some(started.elapsed());
+            break;
         }
     }
+    let _ = child.kill();
     reap(&mut child);
     seen.unwrap_or_else(|| {
         panic!(

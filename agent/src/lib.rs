@@ -1,0 +1,18 @@
+//! cocoon-agent's parts, as a library so fuzz targets and tests reach the
+//! parsers of host-controlled input (the binary is `main.rs`).
+
+pub mod cgroup;
+pub mod console;
+pub mod containers;
+pub mod error;
+pub mod events;
+pub mod helper;
+pub mod init;
+pub mod mounts;
+pub mod pty;
+pub mod reaper;
+pub mod service;
+pub mod spec;
+pub mod stdio;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
