@@ -86,6 +86,10 @@ clean:
 FUZZ_SECONDS ?= 30
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+# Sanitizer builds of libcontainer and friends take ~10 min from scratch:
+# keep them outside the checkout so every clone on this machine reuses them
+# (cargo rebuilds whatever changed).
+FUZZ_TARGET_DIR ?= $(or $(COCOON_CACHE_DIR),/var/cache/cocoon)/fuzz-target
 
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=10
@@ -93,12 +97,12 @@ fuzz-smoke:
 fuzz:
 	@$(CARGO) fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)' \
 	    || $(CARGO) install --locked cargo-fuzz@$(CARGO_FUZZ_VERSION)
-	$(CARGO_FUZZ) build
+	$(CARGO_FUZZ) build --target-dir $(FUZZ_TARGET_DIR)
 	@targets=$$($(CARGO) fuzz list) && [ -n "$$targets" ] || { echo "fuzz: no fuzz targets" >&2; exit 1; }; \
 	for t in $$targets; do \
 	    mkdir -p fuzz/corpus/$$t; \
 	    if [ -d fuzz/seeds/$$t ]; then cp fuzz/seeds/$$t/* fuzz/corpus/$$t/; fi; \
 	    echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
-	    $(CARGO_FUZZ) run $$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
+	    $(CARGO_FUZZ) run --target-dir $(FUZZ_TARGET_DIR) $$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
 	        || { echo "fuzz: $$t failed; the input is in fuzz/artifacts/$$t/" >&2; exit 1; }; \
 	done
