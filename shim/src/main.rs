@@ -1,15 +1,29 @@
-//! containerd-shim-cocoon-v1: the containerd shim v2 runtime `io.containerd.cocoon.v1`.
+//! containerd-shim-cocoon-v1: the containerd shim v2 runtime
+//! `io.containerd.cocoon.v1`. Every sandbox is a cocoon-vmm microVM whose
+//! agent runs the containers (see docs/architecture.md).
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+mod config;
+mod io;
+mod metrics;
+mod rootfs;
+mod sandbox;
+mod service;
+mod task;
 
-fn main() -> anyhow::Result<()> {
-    // containerd probes shims with `-v`; everything else arrives with the shim issue.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[tokio::main]
+async fn main() {
+    // containerd probes shims with `-v`.
     if std::env::args()
         .skip(1)
         .any(|arg| arg == "-v" || arg == "--version")
     {
         println!("containerd-shim-cocoon-v1:\n  Version: {VERSION}");
-        return Ok(());
+        return;
     }
-    anyhow::bail!("containerd-shim-cocoon-v1 {VERSION} cannot run tasks yet")
+    // Our logs go through `tracing`, which hands them to containerd-shim's
+    // logger (the shim log FIFO containerd reads; `-debug` raises the level).
+    containerd_shim::asynchronous::run::<service::CocoonShim>("io.containerd.cocoon.v1", None)
+        .await;
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use wait_timeout::ChildExt;
 
+pub mod containerd;
 pub mod oci;
 pub mod pattern;
 pub mod sandbox;

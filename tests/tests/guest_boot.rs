@@ -1,11 +1,11 @@
 //! The guest kernel and initramfs that `make` builds boot under real KVM and
-//! reach cocoon-agent. QEMU's microvm stands in for cocoon-vmm until the VMM
-//! can boot Linux itself.
+//! reach cocoon-agent under a VMM that is not ours (QEMU's microvm): the
+//! guest image does not depend on cocoon-vmm's quirks.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cocoon_tests::{build_output, require_hardware_kvm, tail, wait_or_kill};
+use cocoon_tests::{build_output, require_hardware_kvm, tail, wait_for_text};
 
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
@@ -33,34 +33,30 @@ fn guest_boots_to_the_agent_under_kvm() {
         .arg(&kernel)
         .arg("-initrd")
         .arg(&initramfs)
-        // reboot=t: the agent ends the VM with a restart, which -no-reboot turns
-        // into QEMU's exit (a microVM has no ACPI to power off through).
         .args(["-append", "console=ttyS0 reboot=t panic=-1"])
         .args(["-nodefaults", "-no-reboot", "-display", "none", "-serial"])
         .arg(format!("file:{}", console.display()))
         .stdin(Stdio::null())
         .spawn()
         .expect("qemu-system-x86_64 starts (make deps installs it)");
-    let outcome = wait_or_kill(&mut qemu, Duration::from_secs(90));
-    let elapsed = launched.elapsed();
-    let text = std::fs::read_to_string(&console).unwrap_or_default();
-
+    // The agent serves until it is told to stop; seeing it start is the test.
     let banner = cocoon_protocol::version_banner(env!("CARGO_PKG_VERSION"));
+    let seen = wait_for_text(&console, &banner, Duration::from_secs(90));
+    let elapsed = launched.elapsed();
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    if let Err(error) = seen {
+        panic!("the guest console never showed the agent's banner: {error}");
+    }
     assert!(
-        text.contains(&banner),
-        "the guest console never showed {banner:?} (QEMU: {outcome:?}); console tail:\n{}",
-        tail(&text, 30)
-    );
-    let status =
-        outcome.unwrap_or_else(|error| panic!("QEMU {error}; console tail:\n{}", tail(&text, 30)));
-    assert!(
-        status.success(),
-        "QEMU exited with {status}; console tail:\n{}",
+        !text.contains("Kernel panic"),
+        "console tail:\n{}",
         tail(&text, 30)
     );
     let uptime_line = text
         .lines()
         .find(|line| line.contains("reached /init"))
         .unwrap_or("");
-    eprintln!("guest boot under QEMU microvm: launch to VM exit {elapsed:?}; {uptime_line}");
+    eprintln!("guest boot under QEMU microvm: launch to banner {elapsed:?}; {uptime_line}");
 }

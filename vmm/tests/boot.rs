@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cocoon_tests::{build_output, busybox_initramfs, require_hardware_kvm, run_vmm, VmmRun};
+use cocoon_tests::{
+    build_output, busybox_initramfs, require_hardware_kvm, run_vmm, wait_for_text, wait_or_kill,
+    VmmRun,
+};
 
 const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
@@ -118,23 +121,49 @@ fn a_panicking_guest_fails_the_vmm_with_the_console_tail() {
 
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
-fn our_guest_reaches_the_agent() {
+fn our_guest_reaches_the_agent_and_stops_on_sigterm() {
     require_hardware_kvm();
-    let run = boot(
-        &build_output("vmlinux"),
-        &build_output("initramfs.img"),
-        &["--cmdline", "quiet"],
-    );
-    run.assert_success();
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console.log");
+    let launched = std::time::Instant::now();
+    let mut vmm = std::process::Command::new(VMM)
+        .arg("--kernel")
+        .arg(build_output("vmlinux"))
+        .arg("--initrd")
+        .arg(build_output("initramfs.img"))
+        .args(["--cmdline", "quiet", "--shutdown-timeout", "30"])
+        .arg("--console")
+        .arg(&console)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cocoon-vmm starts");
     let banner = cocoon_protocol::version_banner(env!("CARGO_PKG_VERSION"));
-    assert!(run.console.contains(&banner), "console:\n{}", run.console);
-    let reached = run
-        .console
+    let seen = wait_for_text(&console, &banner, BOOT_LIMIT);
+    let booted = launched.elapsed();
+    // SIGTERM: the VMM asks the agent (on its console) to shut down, and
+    // the agent ends the VM well before the 30 s forced stop.
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(vmm.id() as libc::pid_t, libc::SIGTERM) };
+    let stopping = std::time::Instant::now();
+    let status = wait_or_kill(&mut vmm, Duration::from_secs(20));
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    seen.unwrap_or_else(|e| panic!("{e}"));
+    let status =
+        status.unwrap_or_else(|e| panic!("cocoon-vmm after SIGTERM: {e}; console:\n{text}"));
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut vmm.stderr.take().unwrap(), &mut stderr);
+    assert!(status.success(), "cocoon-vmm exited {status}: {stderr}");
+    assert!(
+        !stderr.contains("did not shut down"),
+        "the guest ignored the request: {stderr}"
+    );
+    let reached = text
         .lines()
         .find(|l| l.contains("reached /init"))
         .unwrap_or("");
     eprintln!(
-        "cocoon-vmm: launch to VMM exit {:?}; {reached}",
-        run.elapsed
+        "cocoon-vmm: launch to banner {booted:?}; SIGTERM to exit {:?}; {reached}",
+        stopping.elapsed()
     );
 }

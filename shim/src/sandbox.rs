@@ -1,0 +1,282 @@
+//! A sandbox: one cocoon-vmm process, its guest, and the agent in it.
+//!
+//! State lives in `<state_dir>/<namespace>/<sandbox id>/`: `share/` (the
+//! virtio-fs share; container root file systems are mounted under it),
+//! `vsock.sock` (the hybrid vsock socket), `console.log`, `vmm.log` and
+//! `vmm.pid`. [`clean_up_leftovers`] removes all of it, also after a crash.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cocoon_protocol::api::agent::{MountRequest, ShutdownRequest};
+use cocoon_protocol::client::{deadline, Agent};
+use containerd_shim::monitor::{monitor_subscribe, monitor_unsubscribe, Subject, Topic};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+/// The virtio-fs tag of the sandbox share, and where the guest mounts it.
+const SHARE_TAG: &str = "cocoon";
+pub const GUEST_SHARE: &str = "/run/cocoon/share";
+
+/// How long the guest gets to stop by itself before the VMM is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Console lines quoted in boot failures.
+const CONSOLE_TAIL_LINES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("the {what} {path} does not exist (set `{key}` in the cocoon config, /etc/cocoon/config.toml)")]
+    Missing {
+        what: &'static str,
+        key: &'static str,
+        path: String,
+    },
+    #[error("creating the sandbox state in {path}: {source}")]
+    State {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting {vmm}: {source}")]
+    Spawn {
+        vmm: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the guest did not come up: {reason}\n--- guest console (last lines) ---\n{console}")]
+    Boot { reason: String, console: String },
+    #[error("the agent: {0}")]
+    Agent(String),
+}
+
+pub struct Sandbox {
+    dir: PathBuf,
+    pub share: PathBuf,
+    vmm_pid: i32,
+    pub agent: Agent,
+    vmm_exit: watch::Receiver<Option<i32>>,
+}
+
+/// Size and placement of a sandbox's VM.
+pub struct VmShape {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+pub fn state_dir(config: &Config, namespace: &str, id: &str) -> PathBuf {
+    config.state_dir.join(namespace).join(id)
+}
+
+impl Sandbox {
+    pub async fn start(
+        config: &Config,
+        dir: PathBuf,
+        shape: &VmShape,
+    ) -> Result<Self, SandboxError> {
+        for (what, key, path) in [
+            ("guest kernel", "kernel", &config.kernel),
+            ("guest initramfs", "initramfs", &config.initramfs),
+            ("VMM binary", "vmm", &config.vmm),
+        ] {
+            if !path.is_file() {
+                return Err(SandboxError::Missing {
+                    what,
+                    key,
+                    path: path.display().to_string(),
+                });
+            }
+        }
+        clean_up_leftovers(&dir);
+        let share = dir.join("share");
+        std::fs::create_dir_all(&share).map_err(|source| SandboxError::State {
+            path: share.display().to_string(),
+            source,
+        })?;
+        let vsock = dir.join("vsock.sock");
+        let console = dir.join("console.log");
+        let vmm_log =
+            std::fs::File::create(dir.join("vmm.log")).map_err(|source| SandboxError::State {
+                path: dir.display().to_string(),
+                source,
+            })?;
+
+        // Subscribe before spawning: the shim's reaper collects every child
+        // (waitpid(-1)), so the VMM's exit only ever arrives through here.
+        let mut exits = monitor_subscribe(Topic::Pid)
+            .await
+            .map_err(|e| SandboxError::Agent(format!("watching the VMM: {e}")))?;
+        let mut command = Command::new(&config.vmm);
+        command
+            .arg("--kernel")
+            .arg(&config.kernel)
+            .arg("--initrd")
+            .arg(&config.initramfs)
+            .args(["--vcpus", &shape.vcpus.to_string()])
+            .args(["--memory-mib", &shape.memory_mib.to_string()])
+            .arg("--share")
+            .arg(format!("{SHARE_TAG}={}", share.display()))
+            .arg("--vsock-uds")
+            .arg(&vsock)
+            .arg("--console")
+            .arg(&console)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(vmm_log);
+        if config.guest_debug {
+            command.args(["--cmdline", "cocoon.debug"]);
+        }
+        let child = command.spawn().map_err(|source| SandboxError::Spawn {
+            vmm: config.vmm.display().to_string(),
+            source,
+        })?;
+        let vmm_pid = child.id() as i32;
+        let _ = std::fs::write(dir.join("vmm.pid"), vmm_pid.to_string());
+        let (exit_sender, vmm_exit) = watch::channel(None);
+        tokio::spawn(async move {
+            while let Some(event) = exits.rx.recv().await {
+                if matches!(event.subject, Subject::Pid(pid) if pid == vmm_pid) {
+                    let _ = exit_sender.send(Some(event.exit_code));
+                    break;
+                }
+            }
+            let _ = monitor_unsubscribe(exits.id).await;
+        });
+
+        let boot_timeout = Duration::from_secs(config.boot_timeout_seconds);
+        let mut died = vmm_exit.clone();
+        let connected = tokio::select! {
+            agent = Agent::connect(&vsock, boot_timeout) => agent.map_err(|e| e.to_string()),
+            () = exited(&mut died) => {
+                // Let the VMM's last words reach its log.
+                Err(format!("cocoon-vmm exited: {}", last_line(&dir.join("vmm.log"))))
+            }
+        };
+        let agent = match connected {
+            Ok(agent) => agent,
+            Err(reason) => {
+                let _ = kill(Pid::from_raw(vmm_pid), Signal::SIGKILL);
+                let console = console_tail(&console, CONSOLE_TAIL_LINES);
+                clean_up_leftovers(&dir);
+                return Err(SandboxError::Boot { reason, console });
+            }
+        };
+        let sandbox = Sandbox {
+            dir,
+            share,
+            vmm_pid,
+            agent,
+            vmm_exit,
+        };
+        let mut mount = MountRequest::new();
+        mount.source = SHARE_TAG.into();
+        mount.fstype = "virtiofs".into();
+        mount.target = GUEST_SHARE.into();
+        if let Err(error) = sandbox
+            .agent
+            .rpc()
+            .mount(deadline(Duration::from_secs(10)), &mount)
+            .await
+        {
+            sandbox.stop().await;
+            return Err(SandboxError::Agent(format!(
+                "mounting the share in the guest: {error}"
+            )));
+        }
+        Ok(sandbox)
+    }
+
+    /// The guest path of a path under the share.
+    pub fn guest_path(&self, host: &Path) -> Option<String> {
+        let relative = host.strip_prefix(&self.share).ok()?;
+        Some(format!("{GUEST_SHARE}/{}", relative.display()))
+    }
+
+    /// Resolves with the VMM's exit status once it has exited.
+    pub fn vmm_exit(&self) -> watch::Receiver<Option<i32>> {
+        self.vmm_exit.clone()
+    }
+
+    /// Shuts the guest down (the agent stops its containers), kills the VMM
+    /// if it lingers, and removes the sandbox's state.
+    pub async fn stop(&self) {
+        let mut exit = self.vmm_exit();
+        if exit.borrow().is_none() {
+            let _ = self
+                .agent
+                .rpc()
+                .shutdown(deadline(Duration::from_secs(2)), &ShutdownRequest::new())
+                .await;
+            if tokio::time::timeout(STOP_GRACE, exit.wait_for(Option::is_some))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "the guest did not shut down within {STOP_GRACE:?}; killing cocoon-vmm"
+                );
+                let _ = kill(Pid::from_raw(self.vmm_pid), Signal::SIGKILL);
+                let _ = tokio::time::timeout(STOP_GRACE, exit.wait_for(Option::is_some)).await;
+            }
+        }
+        clean_up_leftovers(&self.dir);
+    }
+}
+
+/// Resolves once the VMM has exited.
+pub async fn exited(exit: &mut watch::Receiver<Option<i32>>) {
+    let _ = exit.wait_for(Option::is_some).await;
+}
+
+/// Removes what a sandbox leaves in `dir`: its VMM (if the pid file still
+/// names a live cocoon-vmm), mounts under the share, sockets, the directory.
+/// Safe to call on a directory that does not exist.
+pub fn clean_up_leftovers(dir: &Path) {
+    if let Some(pid) = std::fs::read_to_string(dir.join("vmm.pid"))
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+    {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("cocoon-vmm") {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    let share = dir.join("share");
+    if share.exists() {
+        let _ = containerd_shim::mount::umount_recursive(share.to_str(), libc::MNT_DETACH);
+    }
+    // Never delete through a mount: that would delete the container's files.
+    if has_mounts_under(dir) {
+        tracing::error!(
+            "{} still has mounts under it; leaving it in place",
+            dir.display()
+        );
+        return;
+    }
+    if let Err(error) = std::fs::remove_dir_all(dir) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("removing {}: {error}", dir.display());
+        }
+    }
+}
+
+/// Whether any mount point lies at or under `dir`.
+pub fn has_mounts_under(dir: &Path) -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|mount_point| Path::new(mount_point).starts_with(dir))
+}
+
+fn console_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn last_line(path: &Path) -> String {
+    console_tail(path, 3).trim().to_owned()
+}

@@ -1,0 +1,157 @@
+//! A private containerd (Debian's) for end-to-end tests: its own config,
+//! root, state and socket in a temporary directory, never the system's; the
+//! cocoon shim from this checkout on its PATH, configured to boot the built
+//! guest.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{build_output, repo_root, tail};
+
+/// The image [`Containerd::import_busybox`] imports.
+pub const BUSYBOX: &str = "docker.io/cocoon/busybox:latest";
+pub const RUNTIME: &str = "io.containerd.cocoon.v1";
+
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+    pub socket: PathBuf,
+    /// The shim's state directory (`state_dir` in the cocoon config).
+    pub cocoon_state: PathBuf,
+}
+
+impl Containerd {
+    pub fn start() -> Self {
+        let release = repo_root().join("target/release");
+        for binary in ["containerd-shim-cocoon-v1", "cocoon-vmm"] {
+            assert!(
+                release.join(binary).is_file(),
+                "target/release/{binary} is missing: run `make` first"
+            );
+        }
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let socket = dir.path().join("containerd.sock");
+        let cocoon_state = dir.path().join("cocoon");
+        let cocoon_config = dir.path().join("cocoon.toml");
+        std::fs::write(
+            &cocoon_config,
+            format!(
+                "kernel = {:?}\ninitramfs = {:?}\nvmm = {:?}\nstate_dir = {:?}\n\
+                 # The host VM is emulated: boots take seconds, not milliseconds.\n\
+                 boot_timeout_seconds = 60\nguest_debug = {}\n",
+                build_output("vmlinux"),
+                build_output("initramfs.img"),
+                release.join("cocoon-vmm"),
+                cocoon_state,
+                std::env::var_os("COCOON_TEST_GUEST_DEBUG").is_some(),
+            ),
+        )
+        .expect("cocoon config");
+        let config = dir.path().join("containerd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = {:?}\nstate = {:?}\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n",
+                dir.path().join("root"),
+                dir.path().join("state"),
+                socket,
+                dir.path().join("containerd.sock.ttrpc"),
+            ),
+        )
+        .expect("containerd config");
+        let path = format!(
+            "{}:{}",
+            release.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .env("COCOON_CONFIG", &cocoon_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("containerd.log")).expect("log file"))
+            .spawn()
+            .expect("containerd (Debian package containerd; make deps installs it)");
+        let containerd = Containerd {
+            dir,
+            child,
+            socket,
+            cocoon_state,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !containerd.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start:\n{}",
+                containerd.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        containerd
+    }
+
+    /// Runs `ctr` against this containerd.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctr runs")
+    }
+
+    /// Builds the busybox image offline and imports it as [`BUSYBOX`].
+    pub fn import_busybox(&self) {
+        let archive = self.dir.path().join("busybox.tar");
+        let built = Command::new(repo_root().join("tests/images/busybox-oci.sh"))
+            .arg(&archive)
+            .arg(BUSYBOX)
+            .status()
+            .expect("busybox-oci.sh runs");
+        assert!(built.success(), "building the busybox image failed");
+        let imported = self.ctr(&["image", "import", archive.to_str().expect("utf-8 path")]);
+        assert!(
+            imported.status.success(),
+            "ctr image import: {}",
+            String::from_utf8_lossy(&imported.stderr)
+        );
+    }
+
+    pub fn log(&self) -> String {
+        tail(
+            &std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default(),
+            40,
+        )
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        if crate::wait_or_kill(&mut self.child, Duration::from_secs(10)).is_err() {
+            eprintln!("containerd did not stop on SIGTERM; killed");
+        }
+        // containerd's own mounts (snapshots, shm) must go before the files.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .filter(|point| Path::new(point).starts_with(self.dir.path()))
+            .collect();
+        ours.sort_by_key(|point| std::cmp::Reverse(point.len()));
+        for point in ours {
+            let _ = Command::new("umount").arg("-l").arg(point).status();
+        }
+    }
+}
