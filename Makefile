@@ -15,7 +15,7 @@ DEBIAN_PACKAGES := \
 	linux-source-6.1 busybox-static e2fsprogs iproute2 libseccomp-dev \
 	qemu-system-x86 containerd runc
 
-.PHONY: all deps build agent kernel initramfs guest test lint unit-test kvm-test bench demo clean fuzz fuzz-smoke
+.PHONY: all deps build agent kernel initramfs guest test lint unit-test kvm-test bench demo install clean fuzz fuzz-smoke
 
 all: build guest
 
@@ -71,9 +71,25 @@ kvm-test: guest
 bench: all
 	tests/kvm-host --timeout 1800 -- target/release/cocoon-bench --vmm target/release/cocoon-vmm
 
-## demo: boot the guest and show the agent's first words (a container once the shim lands).
+## demo: a private containerd runs `uname -a` in a Cocoon microVM (busybox image built offline).
 demo: deps all
-	tests/kvm-host -- tests/demo-boot
+	tests/kvm-host -- tests/demo
+
+## install: the shim and VMM into $(PREFIX)/bin, the guest into $(PREFIX)/share/cocoon.
+PREFIX ?= /usr/local
+install: all
+	install -D -m 0755 target/release/containerd-shim-cocoon-v1 $(PREFIX)/bin/containerd-shim-cocoon-v1
+	install -D -m 0755 target/release/cocoon-vmm $(PREFIX)/bin/cocoon-vmm
+	install -D -m 0644 $(GUEST)/vmlinux $(PREFIX)/share/cocoon/vmlinux
+	install -D -m 0644 $(GUEST)/initramfs.img $(PREFIX)/share/cocoon/initramfs.img
+	@echo
+	@echo "Installed. Without /etc/cocoon/config.toml the shim uses $(PREFIX)/share/cocoon"
+	@echo "(kernel, initramfs) and $(PREFIX)/bin/cocoon-vmm; see docs/architecture.md for every key."
+	@echo "Try it:  ctr run --rm --runtime io.containerd.cocoon.v1 docker.io/library/busybox:latest demo uname -a"
+	@echo "For Kubernetes, add to /etc/containerd/config.toml and restart containerd:"
+	@echo '  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon]'
+	@echo '    runtime_type = "io.containerd.cocoon.v1"'
+	@echo "then use a RuntimeClass with handler: cocoon."
 
 clean:
 	$(CARGO) clean
