@@ -6,6 +6,9 @@ use containerd_shim::protos::cgroups_v2::metrics::{
     CPUStat, IOEntry, IOStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
 };
 
+/// How containerd names the type in an Any.
+pub const TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
+
 pub fn to_containerd(stats: &StatsResponse) -> Metrics {
     let mut metrics = Metrics::new();
 

@@ -18,7 +18,7 @@ use containerd_shim::protos::events::task::{
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::protobuf::{Message as _, MessageDyn};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{TtrpcContext, TtrpcResult};
 use tokio::sync::{watch, Mutex};
@@ -885,8 +885,15 @@ impl containerd_shim::Task for TaskService {
             .stats(deadline(CALL_TIMEOUT), &request)
             .await?;
         let metrics = crate::metrics::to_containerd(&stats);
-        let any = Any::pack(&metrics)
-            .map_err(|e| status(Code::INTERNAL, format!("encoding metrics: {e}")))?;
+        let any = Any {
+            // containerd's typeurl registry knows the bare name, not the
+            // type.googleapis.com/ form Any::pack would write.
+            type_url: crate::metrics::TYPE_URL.into(),
+            value: metrics
+                .write_to_bytes()
+                .map_err(|e| status(Code::INTERNAL, format!("encoding metrics: {e}")))?,
+            ..Default::default()
+        };
         Ok(api::StatsResponse {
             stats: Some(any).into(),
             ..Default::default()

@@ -23,6 +23,11 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Self {
+        Self::start_with_kernel(&build_output("vmlinux"))
+    }
+
+    /// [`Containerd::start`] with another guest kernel in the cocoon config.
+    pub fn start_with_kernel(kernel: &Path) -> Self {
         let release = repo_root().join("target/release");
         for binary in ["containerd-shim-cocoon-v1", "cocoon-vmm"] {
             assert!(
@@ -40,7 +45,7 @@ impl Containerd {
                 "kernel = {:?}\ninitramfs = {:?}\nvmm = {:?}\nstate_dir = {:?}\n\
                  # The host VM is emulated: boots take seconds, not milliseconds.\n\
                  boot_timeout_seconds = 60\nguest_debug = {}\n",
-                build_output("vmlinux"),
+                kernel,
                 build_output("initramfs.img"),
                 release.join("cocoon-vmm"),
                 cocoon_state,

@@ -159,3 +159,132 @@ fn a_missing_command_fails_fast_and_cleanly() {
     eprintln!("missing command failed after {elapsed:?}: {stderr}");
     assert_nothing_left(&containerd);
 }
+
+fn ok(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn detached_tasks_exec_pause_metrics_kill_and_leave_nothing() {
+    require_hardware_kvm();
+    let containerd = Containerd::start();
+    containerd.import_busybox();
+    let ctr = |args: &[&str]| containerd.ctr(args);
+
+    let mut detached = vec![
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--snapshotter",
+        "native",
+        BUSYBOX,
+        "bg",
+    ];
+    detached.extend_from_slice(&[
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    ok(ctr(&detached), "ctr run -d");
+
+    let exec = ok(
+        ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "x",
+            "bg",
+            "sh",
+            "-c",
+            "echo from exec",
+        ]),
+        "ctr task exec",
+    );
+    assert_eq!(exec, "from exec\n");
+    let ps = ok(ctr(&["task", "ps", "bg"]), "ctr task ps");
+    assert!(ps.lines().count() >= 2, "ctr task ps: {ps}");
+    ok(ctr(&["task", "pause", "bg"]), "ctr task pause");
+    let listed = ok(ctr(&["task", "ls"]), "ctr task ls");
+    assert!(listed.contains("PAUSED"), "{listed}");
+    ok(ctr(&["task", "resume", "bg"]), "ctr task resume");
+    let metrics = ok(ctr(&["task", "metrics", "bg"]), "ctr task metrics");
+    assert!(
+        metrics.contains("memory.usage_in_bytes") || metrics.contains("memory"),
+        "{metrics}"
+    );
+
+    // SIGTERM ends it (the script traps TERM: a namespace's init ignores
+    // signals it has no handler for, as with runc).
+    ok(ctr(&["task", "kill", "-s", "TERM", "bg"]), "ctr task kill");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok(ctr(&["task", "ls"]), "ctr task ls").contains("STOPPED") {
+        assert!(Instant::now() < deadline, "SIGTERM did not end the task");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(ctr(&["task", "delete", "bg"]), "ctr task delete");
+    ok(ctr(&["container", "delete", "bg"]), "ctr container delete");
+    assert_nothing_left(&containerd);
+
+    // SIGKILL: 137; and many cycles leave nothing behind.
+    for cycle in 0..20 {
+        let id = format!("cycle{cycle}");
+        let mut run = vec![
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--snapshotter",
+            "native",
+            BUSYBOX,
+            &id,
+        ];
+        run.extend_from_slice(&["sleep", "600"]);
+        ok(ctr(&run), "ctr run -d");
+        ok(
+            ctr(&["task", "kill", "-s", "KILL", &id]),
+            "ctr task kill -s KILL",
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let delete = ctr(&["task", "delete", &id]);
+            if delete.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task delete: {}",
+                text(&delete.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ok(ctr(&["container", "delete", &id]), "ctr container delete");
+    }
+    assert_nothing_left(&containerd);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn a_missing_kernel_is_named_in_the_error() {
+    require_hardware_kvm();
+    let containerd = Containerd::start_with_kernel(Path::new("/no/such/vmlinux"));
+    containerd.import_busybox();
+    let started = Instant::now();
+    let out = run(&containerd, "nokernel", &[], &["true"]);
+    let elapsed = started.elapsed();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/no/such/vmlinux"),
+        "{}",
+        text(&out.stderr)
+    );
+    eprintln!("missing kernel reported after {elapsed:?}");
+    assert_nothing_left(&containerd);
+}
