@@ -288,3 +288,56 @@ fn a_missing_kernel_is_named_in_the_error() {
     eprintln!("missing kernel reported after {elapsed:?}");
     assert_nothing_left(&containerd);
 }
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn a_dead_vmm_stops_its_tasks_and_leaves_nothing() {
+    require_hardware_kvm();
+    let containerd = Containerd::start();
+    containerd.import_busybox();
+    let ctr = |args: &[&str]| containerd.ctr(args);
+    let mut detached = vec![
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--snapshotter",
+        "native",
+        BUSYBOX,
+        "victim",
+    ];
+    detached.extend_from_slice(&["sleep", "600"]);
+    ok(ctr(&detached), "ctr run -d");
+    let pids = std::process::Command::new("pgrep")
+        .args(["-f", "cocoon-vmm"])
+        .output()
+        .unwrap();
+    let pid = text(&pids.stdout).trim().to_owned();
+    assert!(
+        !pid.is_empty() && !pid.contains('\n'),
+        "one cocoon-vmm expected: {pid:?}"
+    );
+    let killed = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
+    while !ok(ctr(&["task", "ls"]), "ctr task ls").contains("STOPPED") {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the task outlived its VM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "task stopped {:?} after its VMM was killed",
+        killed.elapsed()
+    );
+    ok(ctr(&["task", "delete", "victim"]), "ctr task delete");
+    ok(
+        ctr(&["container", "delete", "victim"]),
+        "ctr container delete",
+    );
+    assert_nothing_left(&containerd);
+}
