@@ -12,7 +12,7 @@ GUEST := build/guest
 # Every Debian package the build, the tests and the demo use.
 DEBIAN_PACKAGES := \
 	build-essential pkg-config bc bison flex libelf-dev libssl-dev xz-utils kmod cpio file \
-	linux-source-6.1 busybox-static e2fsprogs iproute2 libseccomp-dev \
+	linux-source-6.1 busybox-static e2fsprogs iproute2 procps gzip libseccomp-dev \
 	qemu-system-x86 containerd runc
 
 .PHONY: all deps build agent kernel initramfs guest test lint unit-test kvm-test bench demo install clean fuzz fuzz-smoke
