@@ -341,3 +341,32 @@ fn a_dead_vmm_stops_its_tasks_and_leaves_nothing() {
     );
     assert_nothing_left(&containerd);
 }
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn ctr_run_with_a_tty() {
+    require_hardware_kvm();
+    let containerd = Containerd::start();
+    containerd.import_busybox();
+    // ctr -t needs a terminal of its own: script(1) gives it one.
+    let command = format!(
+        "ctr --address {} run --rm -t --runtime {RUNTIME} --snapshotter native {BUSYBOX} tty sh -c 'tty; stty size'",
+        containerd.socket.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let output = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ctr run -t: {output}{}",
+        text(&out.stderr)
+    );
+    assert!(
+        output.contains("/dev/pts/"),
+        "the container has a terminal: {output:?}"
+    );
+    assert_nothing_left(&containerd);
+}
