@@ -368,5 +368,51 @@ fn ctr_run_with_a_tty() {
         output.contains("/dev/pts/"),
         "the container has a terminal: {output:?}"
     );
+
+    // An exec with a terminal into a running task.
+    let mut detached = vec![
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--snapshotter",
+        "native",
+        BUSYBOX,
+        "host",
+    ];
+    detached.extend_from_slice(&["sleep", "600"]);
+    ok(containerd.ctr(&detached), "ctr run -d");
+    let command = format!(
+        "ctr --address {} task exec -t --exec-id t host sh -c 'tty'",
+        containerd.socket.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let output = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ctr task exec -t: {output}{}",
+        text(&out.stderr)
+    );
+    assert!(
+        output.contains("/dev/pts/"),
+        "the exec has a terminal: {output:?}"
+    );
+    ok(
+        containerd.ctr(&["task", "kill", "-s", "KILL", "host"]),
+        "ctr task kill",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containerd.ctr(&["task", "delete", "host"]).status.success() {
+        assert!(Instant::now() < deadline, "task delete");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(
+        containerd.ctr(&["container", "delete", "host"]),
+        "ctr container delete",
+    );
     assert_nothing_left(&containerd);
 }
