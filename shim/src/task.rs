@@ -292,6 +292,49 @@ impl TaskService {
         });
     }
 
+    /// Freezes or thaws a container in the guest, then tells containerd.
+    async fn set_paused(&self, id: &str, paused: bool) -> TtrpcResult<()> {
+        let sandbox = self.sandbox().await?;
+        let mut request = agent_api::ContainerRequest::new();
+        request.container_id = id.into();
+        let rpc = sandbox.agent.rpc();
+        let context = deadline(CALL_TIMEOUT);
+        if paused {
+            rpc.pause_container(context, &request).await?;
+        } else {
+            rpc.resume_container(context, &request).await?;
+        }
+        let status = if paused {
+            Status::PAUSED
+        } else {
+            Status::RUNNING
+        };
+        self.with_process(id, "", |p| p.status = status).await?;
+        let container_id = id.to_owned();
+        if paused {
+            let event = TaskPaused {
+                container_id,
+                ..Default::default()
+            };
+            self.publish(
+                containerd_shim::protos::topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(event),
+            )
+            .await;
+        } else {
+            let event = TaskResumed {
+                container_id,
+                ..Default::default()
+            };
+            self.publish(
+                containerd_shim::protos::topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(event),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
     async fn with_process<T>(
         &self,
         id: &str,
@@ -768,46 +811,12 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        let sandbox = self.sandbox().await?;
-        let mut request = agent_api::ContainerRequest::new();
-        request.container_id = req.id.clone();
-        sandbox
-            .agent
-            .rpc()
-            .pause_container(deadline(CALL_TIMEOUT), &request)
-            .await?;
-        self.with_process(&req.id, "", |p| p.status = Status::PAUSED)
-            .await?;
-        self.publish(
-            containerd_shim::protos::topics::TASK_PAUSED_EVENT_TOPIC,
-            Box::new(TaskPaused {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        )
-        .await;
+        self.set_paused(&req.id, true).await?;
         Ok(api::Empty::new())
     }
 
     async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        let sandbox = self.sandbox().await?;
-        let mut request = agent_api::ContainerRequest::new();
-        request.container_id = req.id.clone();
-        sandbox
-            .agent
-            .rpc()
-            .resume_container(deadline(CALL_TIMEOUT), &request)
-            .await?;
-        self.with_process(&req.id, "", |p| p.status = Status::RUNNING)
-            .await?;
-        self.publish(
-            containerd_shim::protos::topics::TASK_RESUMED_EVENT_TOPIC,
-            Box::new(TaskResumed {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        )
-        .await;
+        self.set_paused(&req.id, false).await?;
         Ok(api::Empty::new())
     }
 

@@ -124,6 +124,24 @@ async fn remove(agent: &Agent, id: &str) {
         .unwrap();
 }
 
+/// Creates and starts container `id` running `sleep 600`.
+async fn start_sleeper(agent: &Agent, sandbox: &Sandbox, id: &str) {
+    create(
+        agent,
+        sandbox,
+        id,
+        &oci::spec(&["sleep", "600"]),
+        stdio(false, false),
+    )
+    .await
+    .unwrap();
+    agent
+        .rpc()
+        .start_container(deadline(), &container(id))
+        .await
+        .unwrap();
+}
+
 fn sh(script: &str) -> Value {
     oci::spec(&["/bin/sh", "-c", script])
 }
@@ -230,20 +248,7 @@ async fn containers_run_with_their_output_exit_codes_and_settings() {
     assert_eq!(run.exit.exit_status, 139);
 
     // SIGKILL from outside ends even a namespace init.
-    create(
-        &agent,
-        &sandbox,
-        "sleeper",
-        &oci::spec(&["sleep", "600"]),
-        stdio(false, false),
-    )
-    .await
-    .unwrap();
-    agent
-        .rpc()
-        .start_container(deadline(), &container("sleeper"))
-        .await
-        .unwrap();
+    start_sleeper(&agent, &sandbox, "sleeper").await;
     let mut kill = SignalProcessRequest::new();
     kill.container_id = "sleeper".into();
     kill.signal = 9;
@@ -594,65 +599,34 @@ async fn bad_requests_get_clear_errors() {
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 async fn the_guest_shuts_down_on_request_with_containers_running() {
     require_hardware_kvm();
-    // Through the API.
-    let sandbox = Sandbox::boot(MEMORY_MIB);
-    let agent = sandbox.agent().await;
-    create(
-        &agent,
-        &sandbox,
-        "left",
-        &oci::spec(&["sleep", "600"]),
-        stdio(false, false),
-    )
-    .await
-    .unwrap();
-    agent
-        .rpc()
-        .start_container(deadline(), &container("left"))
-        .await
-        .unwrap();
-    agent
-        .rpc()
-        .shutdown(deadline(), &ShutdownRequest::new())
-        .await
-        .unwrap();
-    let status = sandbox.wait_exit(Duration::from_secs(20)).await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "VMM after Shutdown: {status:?}\n{}",
-        sandbox.diagnostics()
-    );
-
-    // Through SIGTERM to the VMM, which the agent hears on its console; it
-    // must end well before the VMM's own forced stop.
-    let sandbox = Sandbox::boot(MEMORY_MIB);
-    let agent = sandbox.agent().await;
-    create(
-        &agent,
-        &sandbox,
-        "left",
-        &oci::spec(&["sleep", "600"]),
-        stdio(false, false),
-    )
-    .await
-    .unwrap();
-    agent
-        .rpc()
-        .start_container(deadline(), &container("left"))
-        .await
-        .unwrap();
-    let started = Instant::now();
-    sandbox.terminate();
-    let status = sandbox.wait_exit(Duration::from_secs(20)).await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "VMM after SIGTERM: {status:?}\n{}",
-        sandbox.diagnostics()
-    );
-    let console = sandbox.diagnostics();
-    assert!(
-        !console.contains("did not shut down"),
-        "the guest did not stop by itself:\n{console}"
-    );
-    eprintln!("SIGTERM to VMM exit: {:?}", started.elapsed());
+    // Through the API, and through SIGTERM to the VMM, which the agent hears
+    // on its console; both must end the VM well before the VMM's own forced
+    // stop.
+    for through_api in [true, false] {
+        let sandbox = Sandbox::boot(MEMORY_MIB);
+        let agent = sandbox.agent().await;
+        start_sleeper(&agent, &sandbox, "left").await;
+        let asked = Instant::now();
+        if through_api {
+            agent
+                .rpc()
+                .shutdown(deadline(), &ShutdownRequest::new())
+                .await
+                .unwrap();
+        } else {
+            sandbox.terminate();
+        }
+        let status = sandbox.wait_exit(Duration::from_secs(20)).await;
+        let how = if through_api { "Shutdown" } else { "SIGTERM" };
+        let diagnostics = sandbox.diagnostics();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "VMM after {how}: {status:?}\n{diagnostics}"
+        );
+        assert!(
+            !diagnostics.contains("did not shut down"),
+            "the guest did not stop by itself:\n{diagnostics}"
+        );
+        eprintln!("{how} to VMM exit: {:?}", asked.elapsed());
+    }
 }

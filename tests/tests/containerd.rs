@@ -27,6 +27,69 @@ fn run(containerd: &Containerd, id: &str, extra: &[&str], args: &[&str]) -> std:
     containerd.ctr(&command)
 }
 
+/// `ctr run -d --runtime cocoon IMAGE ID ARGS...`.
+fn run_detached(containerd: &Containerd, id: &str, args: &[&str]) {
+    let mut command = vec![
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--snapshotter",
+        "native",
+        BUSYBOX,
+        id,
+    ];
+    command.extend_from_slice(args);
+    ok(containerd.ctr(&command), "ctr run -d");
+}
+
+/// SIGKILL, then task and container delete (retried while the exit lands).
+fn kill_and_delete(containerd: &Containerd, id: &str) {
+    ok(
+        containerd.ctr(&["task", "kill", "-s", "KILL", id]),
+        "ctr task kill -s KILL",
+    );
+    delete(containerd, id);
+}
+
+fn delete(containerd: &Containerd, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let deleted = containerd.ctr(&["task", "delete", id]);
+        if deleted.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task delete: {}",
+            text(&deleted.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(
+        containerd.ctr(&["container", "delete", id]),
+        "ctr container delete",
+    );
+}
+
+/// Runs `ctr ARGS` with a terminal of its own (script(1)), as `ctr -t`
+/// needs; returns what it printed.
+fn ctr_in_terminal(containerd: &Containerd, args: &str) -> String {
+    let command = format!("ctr --address {} {args}", containerd.socket.display());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let output = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ctr {args}: {output}{}",
+        text(&out.stderr)
+    );
+    output
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -178,22 +241,15 @@ fn detached_tasks_exec_pause_metrics_kill_and_leave_nothing() {
     containerd.import_busybox();
     let ctr = |args: &[&str]| containerd.ctr(args);
 
-    let mut detached = vec![
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--snapshotter",
-        "native",
-        BUSYBOX,
+    run_detached(
+        &containerd,
         "bg",
-    ];
-    detached.extend_from_slice(&[
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; while true; do sleep 1; done",
-    ]);
-    ok(ctr(&detached), "ctr run -d");
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do sleep 1; done",
+        ],
+    );
 
     let exec = ok(
         ctr(&[
@@ -229,43 +285,14 @@ fn detached_tasks_exec_pause_metrics_kill_and_leave_nothing() {
         assert!(Instant::now() < deadline, "SIGTERM did not end the task");
         std::thread::sleep(Duration::from_millis(100));
     }
-    ok(ctr(&["task", "delete", "bg"]), "ctr task delete");
-    ok(ctr(&["container", "delete", "bg"]), "ctr container delete");
+    delete(&containerd, "bg");
     assert_nothing_left(&containerd);
 
     // SIGKILL: 137; and many cycles leave nothing behind.
     for cycle in 0..20 {
         let id = format!("cycle{cycle}");
-        let mut run = vec![
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            "--snapshotter",
-            "native",
-            BUSYBOX,
-            &id,
-        ];
-        run.extend_from_slice(&["sleep", "600"]);
-        ok(ctr(&run), "ctr run -d");
-        ok(
-            ctr(&["task", "kill", "-s", "KILL", &id]),
-            "ctr task kill -s KILL",
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let delete = ctr(&["task", "delete", &id]);
-            if delete.status.success() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "task delete: {}",
-                text(&delete.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ok(ctr(&["container", "delete", &id]), "ctr container delete");
+        run_detached(&containerd, &id, &["sleep", "600"]);
+        kill_and_delete(&containerd, &id);
     }
     assert_nothing_left(&containerd);
 }
@@ -296,18 +323,7 @@ fn a_dead_vmm_stops_its_tasks_and_leaves_nothing() {
     let containerd = Containerd::start();
     containerd.import_busybox();
     let ctr = |args: &[&str]| containerd.ctr(args);
-    let mut detached = vec![
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--snapshotter",
-        "native",
-        BUSYBOX,
-        "victim",
-    ];
-    detached.extend_from_slice(&["sleep", "600"]);
-    ok(ctr(&detached), "ctr run -d");
+    run_detached(&containerd, "victim", &["sleep", "600"]);
     let pids = std::process::Command::new("pgrep")
         .args(["-f", "cocoon-vmm"])
         .output()
@@ -334,11 +350,7 @@ fn a_dead_vmm_stops_its_tasks_and_leaves_nothing() {
         "task stopped {:?} after its VMM was killed",
         killed.elapsed()
     );
-    ok(ctr(&["task", "delete", "victim"]), "ctr task delete");
-    ok(
-        ctr(&["container", "delete", "victim"]),
-        "ctr container delete",
-    );
+    delete(&containerd, "victim");
     assert_nothing_left(&containerd);
 }
 
@@ -348,21 +360,9 @@ fn ctr_run_with_a_tty() {
     require_hardware_kvm();
     let containerd = Containerd::start();
     containerd.import_busybox();
-    // ctr -t needs a terminal of its own: script(1) gives it one.
-    let command = format!(
-        "ctr --address {} run --rm -t --runtime {RUNTIME} --snapshotter native {BUSYBOX} tty sh -c 'tty; stty size'",
-        containerd.socket.display()
-    );
-    let out = std::process::Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("script(1) from util-linux");
-    let output = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ctr run -t: {output}{}",
-        text(&out.stderr)
+    let output = ctr_in_terminal(
+        &containerd,
+        &format!("run --rm -t --runtime {RUNTIME} --snapshotter native {BUSYBOX} tty sh -c 'tty; stty size'"),
     );
     assert!(
         output.contains("/dev/pts/"),
@@ -370,49 +370,12 @@ fn ctr_run_with_a_tty() {
     );
 
     // An exec with a terminal into a running task.
-    let mut detached = vec![
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--snapshotter",
-        "native",
-        BUSYBOX,
-        "host",
-    ];
-    detached.extend_from_slice(&["sleep", "600"]);
-    ok(containerd.ctr(&detached), "ctr run -d");
-    let command = format!(
-        "ctr --address {} task exec -t --exec-id t host sh -c 'tty'",
-        containerd.socket.display()
-    );
-    let out = std::process::Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("script(1) from util-linux");
-    let output = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ctr task exec -t: {output}{}",
-        text(&out.stderr)
-    );
+    run_detached(&containerd, "host", &["sleep", "600"]);
+    let output = ctr_in_terminal(&containerd, "task exec -t --exec-id t host sh -c 'tty'");
     assert!(
         output.contains("/dev/pts/"),
         "the exec has a terminal: {output:?}"
     );
-    ok(
-        containerd.ctr(&["task", "kill", "-s", "KILL", "host"]),
-        "ctr task kill",
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !containerd.ctr(&["task", "delete", "host"]).status.success() {
-        assert!(Instant::now() < deadline, "task delete");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    ok(
-        containerd.ctr(&["container", "delete", "host"]),
-        "ctr container delete",
-    );
+    kill_and_delete(&containerd, "host");
     assert_nothing_left(&containerd);
 }

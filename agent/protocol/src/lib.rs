@@ -9,25 +9,19 @@ pub mod client;
 pub mod hybrid_vsock;
 pub mod stream;
 
-/// The agent API generated from `proto/agent.proto`.
+/// The agent API generated from `proto/agent.proto` (generated code: our
+/// lints do not apply to it).
+#[allow(
+    clippy::all,
+    clippy::undocumented_unsafe_blocks,
+    missing_docs,
+    unused,
+    nonstandard_style
+)]
 pub mod api {
-    #[allow(
-        clippy::all,
-        clippy::undocumented_unsafe_blocks,
-        missing_docs,
-        unused,
-        nonstandard_style
-    )]
     pub mod agent {
         include!(concat!(env!("OUT_DIR"), "/agent.rs"));
     }
-    #[allow(
-        clippy::all,
-        clippy::undocumented_unsafe_blocks,
-        missing_docs,
-        unused,
-        nonstandard_style
-    )]
     pub mod agent_ttrpc {
         include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
     }
