@@ -3,10 +3,14 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := all
 
 CARGO ?= cargo
-# The agent is PID 1 of a guest with nothing else in it: link it statically.
-# Naming the target keeps these RUSTFLAGS off build scripts and proc macros.
-GUEST_TARGET := x86_64-unknown-linux-gnu
-AGENT := target/$(GUEST_TARGET)/release/cocoon-agent
+# Every release binary is linked statically, and not position-independent:
+# the agent is PID 1 of a guest with nothing else in it, and a static non-PIE
+# cocoon-vmm starts in a fraction of the time (no loader, no relocations; in
+# the emulated host VM 9 ms instead of 55 ms for a hello world). Naming the
+# target keeps these RUSTFLAGS off build scripts and proc macros.
+TARGET := x86_64-unknown-linux-gnu
+RELEASE := target/$(TARGET)/release
+STATIC_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static
 GUEST := build/guest
 
 # Every Debian package the build, the tests and the demo use.
@@ -15,7 +19,7 @@ DEBIAN_PACKAGES := \
 	linux-source-6.1 busybox-static e2fsprogs iproute2 procps gzip libseccomp-dev \
 	qemu-system-x86 containerd runc
 
-.PHONY: all deps build agent kernel initramfs guest test lint unit-test kvm-test bench demo install clean fuzz fuzz-smoke
+.PHONY: all deps build kernel initramfs guest test lint unit-test kvm-test bench demo install clean fuzz fuzz-smoke
 
 all: build guest
 
@@ -30,19 +34,16 @@ deps:
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 	tests/kvm-host --prepare
 
+# The shim, cocoon-vmm, the agent, and the test tools (cocoon-guest-probe runs
+# in test guests; cocoon-bench is `make bench`), all into $(RELEASE).
 build:
-	$(CARGO) build --release --workspace
-
-# The agent and the static tool that test guests run (cocoon-guest-probe).
-agent:
-	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release --target $(GUEST_TARGET) \
-	    -p cocoon-agent -p cocoon-tests --bin cocoon-agent --bin cocoon-guest-probe
+	RUSTFLAGS='$(STATIC_RUSTFLAGS)' $(CARGO) build --release --target $(TARGET) --workspace
 
 kernel:
 	rootfs/kernel/build.sh $(GUEST)
 
-initramfs: agent
-	rootfs/build-initramfs.sh $(AGENT) $(GUEST)/initramfs.img
+initramfs: build
+	rootfs/build-initramfs.sh $(RELEASE)/cocoon-agent $(GUEST)/initramfs.img
 
 guest: kernel initramfs
 
@@ -69,7 +70,7 @@ kvm-test: guest
 
 ## bench: speed and memory as ratios against QEMU (and later runc), measured side by side.
 bench: all
-	tests/kvm-host --timeout 1800 -- target/release/cocoon-bench --vmm target/release/cocoon-vmm
+	tests/kvm-host --timeout 1800 -- $(RELEASE)/cocoon-bench --vmm $(RELEASE)/cocoon-vmm
 
 ## demo: a private containerd runs `uname -a` in a Cocoon microVM (busybox image built offline).
 demo: deps all
@@ -78,8 +79,8 @@ demo: deps all
 ## install: the shim and VMM into $(PREFIX)/bin, the guest into $(PREFIX)/share/cocoon.
 PREFIX ?= /usr/local
 install: all
-	install -D -m 0755 target/release/containerd-shim-cocoon-v1 $(PREFIX)/bin/containerd-shim-cocoon-v1
-	install -D -m 0755 target/release/cocoon-vmm $(PREFIX)/bin/cocoon-vmm
+	install -D -m 0755 $(RELEASE)/containerd-shim-cocoon-v1 $(PREFIX)/bin/containerd-shim-cocoon-v1
+	install -D -m 0755 $(RELEASE)/cocoon-vmm $(PREFIX)/bin/cocoon-vmm
 	install -D -m 0644 $(GUEST)/vmlinux $(PREFIX)/share/cocoon/vmlinux
 	install -D -m 0644 $(GUEST)/initramfs.img $(PREFIX)/share/cocoon/initramfs.img
 	@echo

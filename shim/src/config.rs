@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// The config file unless `COCOON_CONFIG` names another.
+use crate::runtime_options::ConfigSource;
+
+/// The config file unless `COCOON_CONFIG` or containerd's runtime options
+/// name another.
 pub const DEFAULT_PATH: &str = "/etc/cocoon/config.toml";
 pub const PATH_VARIABLE: &str = "COCOON_CONFIG";
 
@@ -63,36 +66,45 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Loads the config from `COCOON_CONFIG` or the default path.
-    pub fn load() -> Result<Self, ConfigError> {
-        let path = std::env::var_os(PATH_VARIABLE)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| DEFAULT_PATH.into());
-        Self::load_from(&path)
+    /// The config for a sandbox: the one containerd's runtime options name
+    /// (a path, or the text inline), else `COCOON_CONFIG`'s, else the
+    /// default path's. A file named explicitly must exist; a missing default
+    /// file means all defaults.
+    pub fn resolve(source: Option<ConfigSource>) -> Result<Self, ConfigError> {
+        match source {
+            Some(ConfigSource::Inline(text)) => Self::parse(&text, "in the runtime options"),
+            Some(ConfigSource::Path(path)) => Self::read(Path::new(&path), true),
+            None => match std::env::var_os(PATH_VARIABLE) {
+                Some(path) => Self::read(Path::new(&path), true),
+                None => Self::read(Path::new(DEFAULT_PATH), false),
+            },
+        }
     }
 
-    pub fn load_from(path: &Path) -> Result<Self, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Config::default())
+    fn read(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, &path.display().to_string()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Config::default())
             }
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })
-            }
-        };
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        if config.vcpus == 0 || config.memory_mib < 64 {
-            return Err(ConfigError::Invalid {
+            Err(source) => Err(ConfigError::Read {
                 path: path.display().to_string(),
-                message: "vcpus must be at least 1 and memory_mib at least 64".into(),
-            });
+                source,
+            }),
+        }
+    }
+
+    /// `origin` says where the text came from, for errors.
+    fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.into(),
+            message,
+        };
+        let config: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if config.vcpus == 0 || config.memory_mib < 64 {
+            return Err(invalid(
+                "vcpus must be at least 1 and memory_mib at least 64".into(),
+            ));
         }
         Ok(config)
     }
@@ -106,13 +118,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         std::fs::write(&path, text).unwrap();
-        Config::load_from(&path)
+        Config::resolve(Some(ConfigSource::Path(path.display().to_string())))
     }
 
     #[test]
-    fn a_missing_file_means_defaults() {
-        let config = Config::load_from(Path::new("/no/such/config.toml")).unwrap();
+    fn a_missing_default_file_means_defaults_a_missing_named_file_is_an_error() {
+        let config = Config::read(Path::new("/no/such/config.toml"), false).unwrap();
         assert_eq!(config, Config::default());
+        let error = Config::resolve(Some(ConfigSource::Path("/no/such/config.toml".into())))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/no/such/config.toml"), "{error}");
+    }
+
+    #[test]
+    fn an_inline_config_is_read() {
+        let config = Config::resolve(Some(ConfigSource::Inline("vcpus = 2\n".into()))).unwrap();
+        assert_eq!(config.vcpus, 2);
+        let error = Config::resolve(Some(ConfigSource::Inline("vcpus = \"two\"\n".into())))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("in the runtime options"), "{error}");
     }
 
     #[test]

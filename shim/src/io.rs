@@ -1,6 +1,7 @@
 //! A process's stdio between containerd and the guest: containerd hands us
-//! FIFO paths (or a `file://` log URI); the agent gives us one vsock stream
-//! per standard stream (or one for a terminal). One task copies each.
+//! FIFO paths (or a `file://` or `binary://` log URI); the agent gives us
+//! one vsock stream per standard stream (or one for a terminal). One task
+//! copies each.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use cocoon_protocol::stream::{StreamHeader, StreamKind};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
+
+use crate::log_driver::{LogDriver, LogDriverError};
 
 /// How long, after a process exits, its output may keep flowing before the
 /// exit is reported anyway (a background child can hold stdout open).
@@ -53,12 +56,41 @@ pub enum IoError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    LogDriver(#[from] LogDriverError),
+}
+
+/// Where containerd wants a process's output to go.
+struct Sinks {
+    stdout: Option<Sink>,
+    stderr: Option<Sink>,
+    /// The `binary://` driver both go to, if that is where.
+    driver: Option<LogDriver>,
+}
+
+impl Sinks {
+    async fn open(paths: &StdioPaths, container: &str, namespace: &str) -> Result<Self, IoError> {
+        if paths.stdout.starts_with("binary://") {
+            let (driver, inputs) = LogDriver::start(&paths.stdout, container, namespace).await?;
+            return Ok(Sinks {
+                stdout: Some(Box::new(inputs.stdout)),
+                stderr: Some(Box::new(inputs.stderr)),
+                driver: Some(driver),
+            });
+        }
+        Ok(Sinks {
+            stdout: open_output(&paths.stdout).await?,
+            stderr: open_output(&paths.stderr).await?,
+            driver: None,
+        })
+    }
 }
 
 /// Connects every stream of process (`container`, `exec`) to containerd's
 /// side and starts copying.
 pub async fn attach(
     agent: &Agent,
+    namespace: &str,
     container: &str,
     exec: &str,
     paths: &StdioPaths,
@@ -81,13 +113,19 @@ pub async fn attach(
         }
     };
 
+    let sinks = Sinks::open(paths, container, namespace).await?;
+    let driver = sinks.driver;
     if paths.terminal {
         let stream = open(StreamKind::Tty).await?;
         let (mut from_guest, mut to_guest) = stream.into_split();
-        let sink = open_output(&paths.stdout).await?;
+        let sink = sinks.stdout;
+        drop(sinks.stderr);
         let output = tokio::spawn(async move {
             if let Some(mut sink) = sink {
                 pump(&mut from_guest, &mut sink).await;
+            }
+            if let Some(driver) = driver {
+                driver.finish().await;
             }
         });
         let input = if paths.stdin.is_empty() {
@@ -105,19 +143,16 @@ pub async fn attach(
     }
 
     let mut copies = Vec::new();
-    for (kind, path) in [
-        (StreamKind::Stdout, &paths.stdout),
-        (StreamKind::Stderr, &paths.stderr),
+    for (kind, sink) in [
+        (StreamKind::Stdout, sinks.stdout),
+        (StreamKind::Stderr, sinks.stderr),
     ] {
-        if path.is_empty() {
+        let Some(mut sink) = sink else {
             continue;
-        }
+        };
         let mut stream = open(kind).await?;
-        let sink = open_output(path).await?;
         copies.push(tokio::spawn(async move {
-            if let Some(mut sink) = sink {
-                pump(&mut stream, &mut sink).await;
-            }
+            pump(&mut stream, &mut sink).await;
         }));
     }
     let input = if paths.stdin.is_empty() {
@@ -137,6 +172,10 @@ pub async fn attach(
         for copy in copies {
             let _ = copy.await;
         }
+        // Both sinks are closed now: the driver sees the end of its input.
+        if let Some(driver) = driver {
+            driver.finish().await;
+        }
     });
     Ok(Relay { output, input })
 }
@@ -150,7 +189,8 @@ async fn pump(source: &mut (impl AsyncRead + Unpin), sink: &mut (impl AsyncWrite
 
 type Sink = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// containerd's side of an output stream: a FIFO, or a `file://` log.
+/// containerd's side of an output stream: a FIFO, or a `file://` log
+/// (`binary://` drivers are started by [`Sinks::open`]).
 async fn open_output(path: &str) -> Result<Option<Sink>, IoError> {
     if path.is_empty() {
         return Ok(None);
@@ -167,12 +207,6 @@ async fn open_output(path: &str) -> Result<Option<Sink>, IoError> {
             .await
             .map_err(open_error)?;
         return Ok(Some(Box::new(file)));
-    }
-    if path.starts_with("binary://") {
-        return Err(IoError::Open {
-            path: path.into(),
-            source: std::io::Error::other("binary:// log drivers are not supported yet"),
-        });
     }
     let path = path.strip_prefix("fifo://").unwrap_or(path);
     // Read-write: opening cannot fail for lack of a reader, and containerd

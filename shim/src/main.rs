@@ -4,8 +4,10 @@
 
 mod config;
 mod io;
+mod log_driver;
 mod metrics;
 mod rootfs;
+mod runtime_options;
 mod sandbox;
 mod service;
 mod task;

@@ -71,6 +71,27 @@ pub fn state_dir(config: &Config, namespace: &str, id: &str) -> PathBuf {
     config.state_dir.join(namespace).join(id)
 }
 
+/// The file in the first container's bundle that records its sandbox's
+/// state directory: the config that chose it may have come with the Create
+/// call, which a `shim delete` after a crash never sees.
+const STATE_DIR_RECORD: &str = "cocoon-state-dir";
+
+pub fn record_state_dir(bundle: &Path, dir: &Path) -> std::io::Result<()> {
+    std::fs::write(
+        bundle.join(STATE_DIR_RECORD),
+        dir.as_os_str().as_encoded_bytes(),
+    )
+}
+
+/// The state directory `bundle` records for sandbox `namespace`/`id`, if it
+/// records one that is plausibly that sandbox's (absolute, ending in
+/// `namespace/id`): it is about to be deleted.
+pub fn recorded_state_dir(bundle: &Path, namespace: &str, id: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(bundle.join(STATE_DIR_RECORD)).ok()?;
+    let dir = PathBuf::from(text);
+    (dir.is_absolute() && dir.ends_with(Path::new(namespace).join(id))).then_some(dir)
+}
+
 impl Sandbox {
     pub async fn start(
         config: &Config,

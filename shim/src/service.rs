@@ -2,6 +2,7 @@
 //! bootstrap (containerd-shim does the protocol), grouping containers into
 //! sandboxes, and the task service it serves.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use crate::task::TaskService;
 pub struct CocoonShim {
     namespace: String,
     id: String,
+    bundle: PathBuf,
     exit: Arc<ExitSignal>,
 }
 
@@ -25,9 +27,16 @@ impl Shim for CocoonShim {
     type T = TaskService;
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut ShimConfig) -> Self {
+        // containerd runs the shim in the bundle; newer versions also say so.
+        let bundle = if args.bundle.is_empty() {
+            std::env::current_dir().unwrap_or_default()
+        } else {
+            PathBuf::from(&args.bundle)
+        };
         CocoonShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
+            bundle,
             exit: Arc::new(ExitSignal::default()),
         }
     }
@@ -42,8 +51,15 @@ impl Shim for CocoonShim {
 
     /// After a crashed shim: whatever its sandbox left behind goes.
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        let config = Config::load().map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        sandbox::clean_up_leftovers(&sandbox::state_dir(&config, &self.namespace, &self.id));
+        let dir = match sandbox::recorded_state_dir(&self.bundle, &self.namespace, &self.id) {
+            Some(dir) => dir,
+            None => {
+                let config =
+                    Config::resolve(None).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                sandbox::state_dir(&config, &self.namespace, &self.id)
+            }
+        };
+        sandbox::clean_up_leftovers(&dir);
         let mut response = DeleteResponse::new();
         // As runc's shim: a task whose shim died was killed.
         response.exit_status = 128 + 9;
@@ -55,20 +71,8 @@ impl Shim for CocoonShim {
         self.exit.wait().await;
     }
 
+    /// The config is read at the first Create, which may name it.
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        let config = match Config::load() {
-            Ok(config) => config,
-            Err(error) => {
-                tracing::error!("{error}; using the defaults");
-                Config::default()
-            }
-        };
-        TaskService::new(
-            &self.namespace,
-            &self.id,
-            config,
-            publisher,
-            self.exit.clone(),
-        )
+        TaskService::new(&self.namespace, &self.id, publisher, self.exit.clone())
     }
 }

@@ -3,7 +3,7 @@
 //! events, the VM's lifecycle).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use ttrpc::Code;
 use crate::config::Config;
 use crate::io::{self, StdioPaths, OUTPUT_DRAIN_LIMIT};
 use crate::rootfs;
+use crate::runtime_options;
 use crate::sandbox::{self, Sandbox, VmShape};
 
 /// Time allowed for ordinary agent calls.
@@ -82,7 +83,6 @@ struct State {
 pub struct TaskService {
     namespace: String,
     sandbox_id: String,
-    config: Arc<Config>,
     publisher: Arc<RemotePublisher>,
     exit: Arc<ExitSignal>,
     state: Arc<Mutex<State>>,
@@ -114,14 +114,12 @@ impl TaskService {
     pub fn new(
         namespace: &str,
         sandbox_id: &str,
-        config: Config,
         publisher: RemotePublisher,
         exit: Arc<ExitSignal>,
     ) -> Self {
         TaskService {
             namespace: namespace.into(),
             sandbox_id: sandbox_id.into(),
-            config: Arc::new(config),
             publisher: Arc::new(publisher),
             exit,
             state: Arc::default(),
@@ -148,16 +146,28 @@ impl TaskService {
             .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the sandbox VM is not running"))
     }
 
-    /// Starts the VM on the first Create, sized by the first container.
-    async fn ensure_sandbox(&self, spec: &serde_json::Value) -> TtrpcResult<Arc<Sandbox>> {
+    /// Starts the VM on the first Create, sized by the first container,
+    /// with the config its runtime options name (or the default one).
+    async fn ensure_sandbox(
+        &self,
+        req: &api::CreateTaskRequest,
+        spec: &serde_json::Value,
+    ) -> TtrpcResult<Arc<Sandbox>> {
         let mut state = self.state.lock().await;
         if let Some(sandbox) = &state.sandbox {
             return Ok(sandbox.clone());
         }
-        let shape = vm_shape(&self.config, spec);
-        let dir = sandbox::state_dir(&self.config, &self.namespace, &self.sandbox_id);
+        let source = runtime_options::config_source(req.options.as_ref())
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let config =
+            Config::resolve(source).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let shape = vm_shape(&config, spec);
+        let dir = sandbox::state_dir(&config, &self.namespace, &self.sandbox_id);
+        if let Err(error) = sandbox::record_state_dir(Path::new(&req.bundle), &dir) {
+            tracing::warn!("recording the state directory in {}: {error}", req.bundle);
+        }
         let sandbox = Arc::new(
-            Sandbox::start(&self.config, dir, &shape)
+            Sandbox::start(&config, dir, &shape)
                 .await
                 .map_err(|e| status(Code::FAILED_PRECONDITION, e.to_string()))?,
         );
@@ -415,7 +425,7 @@ impl containerd_shim::Task for TaskService {
                 format!("invalid OCI spec in {}: {e}", req.bundle),
             )
         })?;
-        let sandbox = self.ensure_sandbox(&spec).await?;
+        let sandbox = self.ensure_sandbox(&req, &spec).await?;
 
         let target = rootfs::target(&sandbox.share, &req.id);
         if let Err(error) = rootfs::mount_rootfs(&req.rootfs, &bundle, &target).await {
@@ -445,7 +455,7 @@ impl containerd_shim::Task for TaskService {
                 return Err(error);
             }
         };
-        let relay = match io::attach(&sandbox.agent, &req.id, "", &stdio).await {
+        let relay = match io::attach(&sandbox.agent, &self.namespace, &req.id, "", &stdio).await {
             Ok(relay) => relay,
             Err(error) => {
                 let mut remove = agent_api::RemoveContainerRequest::new();
@@ -554,9 +564,15 @@ impl containerd_shim::Task for TaskService {
             .exec_process(deadline(CALL_TIMEOUT), &exec)
             .await?
             .pid;
-        let relay = io::attach(&sandbox.agent, &req.id, &req.exec_id, &stdio)
-            .await
-            .map_err(|e| status(Code::INTERNAL, e.to_string()))?;
+        let relay = io::attach(
+            &sandbox.agent,
+            &self.namespace,
+            &req.id,
+            &req.exec_id,
+            &stdio,
+        )
+        .await
+        .map_err(|e| status(Code::INTERNAL, e.to_string()))?;
         self.with_process(&req.id, &req.exec_id, |p| {
             p.pid = pid;
             p.status = Status::RUNNING;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{build_output, repo_root, tail};
+use crate::{build_output, release_dir, repo_root, tail};
 
 /// The image [`Containerd::import_busybox`] imports.
 pub const BUSYBOX: &str = "docker.io/cocoon/busybox:latest";
@@ -28,11 +28,12 @@ impl Containerd {
 
     /// [`Containerd::start`] with another guest kernel in the cocoon config.
     pub fn start_with_kernel(kernel: &Path) -> Self {
-        let release = repo_root().join("target/release");
+        let release = release_dir();
         for binary in ["containerd-shim-cocoon-v1", "cocoon-vmm"] {
             assert!(
                 release.join(binary).is_file(),
-                "target/release/{binary} is missing: run `make` first"
+                "{} is missing: run `make` first",
+                release.join(binary).display()
             );
         }
         let dir = tempfile::tempdir().expect("temporary directory");

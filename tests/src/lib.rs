@@ -66,9 +66,15 @@ pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Result<ExitStatus, St
     }
 }
 
+/// Where `make` puts every release binary. All of them are linked
+/// statically (see the Makefile), so they name the target.
+pub fn release_dir() -> PathBuf {
+    repo_root().join("target/x86_64-unknown-linux-gnu/release")
+}
+
 /// The static guest-side test tool (`make` builds it).
 pub fn guest_probe() -> PathBuf {
-    let path = repo_root().join("target/x86_64-unknown-linux-gnu/release/cocoon-guest-probe");
+    let path = release_dir().join("cocoon-guest-probe");
     assert!(
         path.is_file(),
         "{} is missing: run `make` first",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cocoon_protocol::client::Agent;
 
-use crate::{build_output, guest_probe, repo_root, tail};
+use crate::{build_output, guest_probe, release_dir, tail};
 
 /// The virtio-fs tag of the sandbox share.
 pub const SHARE_TAG: &str = "cocoon";
@@ -31,7 +31,7 @@ pub struct Sandbox {
 impl Sandbox {
     /// Boots a guest with `memory_mib` of RAM and an empty share.
     pub fn boot(memory_mib: u32) -> Self {
-        let vmm = repo_root().join("target/release/cocoon-vmm");
+        let vmm = release_dir().join("cocoon-vmm");
         assert!(
             vmm.is_file(),
             "{} is missing: run `make` first",

@@ -52,12 +52,14 @@ fn kill_and_delete(containerd: &Containerd, id: &str) {
     delete(containerd, id);
 }
 
-fn delete(containerd: &Containerd, id: &str) {
+/// Deletes task and container; returns what `ctr task delete` said (it
+/// names a non-zero exit status there).
+fn delete(containerd: &Containerd, id: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let said = loop {
         let deleted = containerd.ctr(&["task", "delete", id]);
         if deleted.status.success() {
-            break;
+            break text(&deleted.stderr);
         }
         assert!(
             Instant::now() < deadline,
@@ -65,11 +67,31 @@ fn delete(containerd: &Containerd, id: &str) {
             text(&deleted.stderr)
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
     ok(
         containerd.ctr(&["container", "delete", id]),
         "ctr container delete",
     );
+    said
+}
+
+/// Waits until `ctr task ls` shows task `id` as `status`.
+fn wait_for_status(containerd: &Containerd, id: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = ok(containerd.ctr(&["task", "ls"]), "ctr task ls");
+        if listed
+            .lines()
+            .any(|line| line.split_whitespace().next() == Some(id) && line.contains(status))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id} never became {status}:\n{listed}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Runs `ctr ARGS` with a terminal of its own (script(1)), as `ctr -t`
@@ -178,7 +200,6 @@ fn ctr_run_gives_output_and_exit_codes_from_a_microvm() {
         "guest kernel {guest_kernel:?}"
     );
 
-    // (ctr 1.6 has no --user; the agent tests cover users.)
     let out = run(
         &containerd,
         "settings",
@@ -350,7 +371,11 @@ fn a_dead_vmm_stops_its_tasks_and_leaves_nothing() {
         "task stopped {:?} after its VMM was killed",
         killed.elapsed()
     );
-    delete(&containerd, "victim");
+    let said = delete(&containerd, "victim");
+    assert!(
+        said.contains("137"),
+        "a task whose VM died exits with 128 + SIGKILL: {said}"
+    );
     assert_nothing_left(&containerd);
 }
 
@@ -378,4 +403,148 @@ fn ctr_run_with_a_tty() {
     );
     kill_and_delete(&containerd, "host");
     assert_nothing_left(&containerd);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn ctr_run_killed_with_sigkill_exits_137() {
+    require_hardware_kvm();
+    let containerd = Containerd::start();
+    containerd.import_busybox();
+    let mut running = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(&containerd.socket)
+        .args([
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--snapshotter",
+            "native",
+        ])
+        .args([BUSYBOX, "victim", "sleep", "600"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr runs");
+    wait_for_status(&containerd, "victim", "RUNNING");
+    ok(
+        containerd.ctr(&["task", "kill", "-s", "KILL", "victim"]),
+        "ctr task kill -s KILL",
+    );
+    let status = cocoon_tests::wait_or_kill(&mut running, Duration::from_secs(60))
+        .expect("ctr run ends once its task is killed");
+    assert_eq!(status.code(), Some(137), "{}", containerd.log());
+    assert_nothing_left(&containerd);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn ctr_run_with_a_user_log_uris_and_a_runtime_config() {
+    require_hardware_kvm();
+    let containerd = Containerd::start();
+    containerd.import_busybox();
+    let dir = containerd.dir();
+
+    // --user: ctr 1.6 has no flag for it, but takes a whole spec (--config)
+    // whose process runs as nobody.
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&ok(containerd.ctr(&["oci", "spec"]), "ctr oci spec"))
+            .expect("ctr oci spec prints JSON");
+    spec["process"]["user"] = serde_json::json!({ "uid": 65534, "gid": 65534 });
+    let spec_path = dir.join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let out = run(
+        &containerd,
+        "user",
+        &["--config", spec_path.to_str().unwrap()],
+        &["sh", "-c", "id -u; id -g; grep MemTotal /proc/meminfo"],
+    );
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with("65534\n65534\n"),
+        "uid and gid from the spec: {said}{}",
+        text(&out.stderr)
+    );
+    let default_kib = mem_total_kib(&said);
+
+    // file:// log: stdout and stderr both go to the file.
+    let log = dir.join("file.log");
+    let uri = format!("file://{}", log.display());
+    let out = run(
+        &containerd,
+        "filelog",
+        &["--log-uri", &uri],
+        &["sh", "-c", "echo to-out; echo to-err >&2"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged.contains("to-out\n") && logged.contains("to-err\n"),
+        "{logged:?}"
+    );
+
+    // binary:// log driver: stdout on fd 3, stderr on fd 4, kept apart.
+    let driver = dir.join("log-driver");
+    std::fs::write(
+        &driver,
+        "#!/bin/sh\nexec 5>&-\ncat <&3 >\"$1.out\" & cat <&4 >\"$1.err\"; wait\n\
+         echo \"$CONTAINER_NAMESPACE $CONTAINER_ID\" >\"$1.who\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&driver, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let base = dir.join("driven");
+    let uri = format!("binary://{}?{}", driver.display(), base.display());
+    let out = run(
+        &containerd,
+        "binlog",
+        &["--log-uri", &uri],
+        &["sh", "-c", "echo to-out; echo to-err >&2"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let read = |suffix: &str| {
+        std::fs::read_to_string(format!("{}.{suffix}", base.display())).unwrap_or_default()
+    };
+    // The driver finishes after the task; its files may lag ctr a little.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while read("who").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        (read("out"), read("err"), read("who")),
+        (
+            "to-out\n".into(),
+            "to-err\n".into(),
+            "default binlog\n".into()
+        )
+    );
+
+    // --runtime-config-path: containerd hands the shim another config,
+    // here one with more guest memory.
+    let config = dir.join("cocoon-384.toml");
+    let base_config = std::fs::read_to_string(dir.join("cocoon.toml")).unwrap();
+    std::fs::write(&config, format!("{base_config}memory_mib = 384\n")).unwrap();
+    let out = run(
+        &containerd,
+        "bigger",
+        &["--runtime-config-path", config.to_str().unwrap()],
+        &["grep", "MemTotal", "/proc/meminfo"],
+    );
+    let bigger_kib = mem_total_kib(&text(&out.stdout));
+    assert!(
+        bigger_kib > default_kib + 100 * 1024,
+        "memory_mib = 384 from the runtime options: MemTotal {bigger_kib} kB vs {default_kib} kB \
+         by default; {}",
+        text(&out.stderr)
+    );
+    assert_nothing_left(&containerd);
+}
+
+/// The kB figure of a `MemTotal:` line in `text`.
+fn mem_total_kib(text: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {text:?}"))
 }

@@ -2,7 +2,7 @@
 //! reference in the same (host) machine, reported as ratios.
 //!
 //! Run inside tests/kvm-host (it needs real KVM):
-//!   cocoon-bench --vmm target/release/cocoon-vmm [--runs N]
+//!   cocoon-bench --vmm target/x86_64-unknown-linux-gnu/release/cocoon-vmm [--runs N]
 //!
 //! Measures, for the same kernel and initramfs:
 //! - launch → guest /init (the agent's banner on the console) for cocoon-vmm
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cocoon_tests::{build_output, busybox_initramfs, require_hardware_kvm};
+use cocoon_tests::{build_output, busybox_initramfs, release_dir, require_hardware_kvm};
 
 const GUEST_MEMORY_MIB: u64 = 256;
 
@@ -26,7 +26,7 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let vmm = PathBuf::from(value("--vmm").unwrap_or_else(|| "target/release/cocoon-vmm".into()));
+    let vmm = value("--vmm").map_or_else(|| release_dir().join("cocoon-vmm"), PathBuf::from);
     let runs: usize = value("--runs").and_then(|v| v.parse().ok()).unwrap_or(7);
     require_hardware_kvm();
 
