@@ -106,7 +106,23 @@ impl Config {
                 "vcpus must be at least 1 and memory_mib at least 64".into(),
             ));
         }
+        if config.log_level.parse::<log::LevelFilter>().is_err() {
+            return Err(invalid(format!(
+                "log_level {:?} is not one of off, error, warn, info, debug, trace",
+                config.log_level
+            )));
+        }
         Ok(config)
+    }
+
+    /// The shim's log level: `log_level`, raised to debug by `-debug`.
+    pub fn log_filter(&self, debug: bool) -> log::LevelFilter {
+        let level = self.log_level.parse().unwrap_or(log::LevelFilter::Info);
+        if debug {
+            level.max(log::LevelFilter::Debug)
+        } else {
+            level
+        }
     }
 }
 
@@ -159,5 +175,16 @@ mod tests {
         );
         let error = load("vcpus = 0\n").unwrap_err().to_string();
         assert!(error.contains("vcpus must be at least 1"), "{error}");
+        let error = load("log_level = \"loud\"\n").unwrap_err().to_string();
+        assert!(error.contains("loud"), "{error}");
+    }
+
+    #[test]
+    fn debug_raises_the_log_level_but_never_lowers_it() {
+        let mut config = Config::default();
+        assert_eq!(config.log_filter(false), log::LevelFilter::Info);
+        assert_eq!(config.log_filter(true), log::LevelFilter::Debug);
+        config.log_level = "trace".into();
+        assert_eq!(config.log_filter(true), log::LevelFilter::Trace);
     }
 }

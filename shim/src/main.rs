@@ -26,6 +26,17 @@ async fn main() {
     }
     // Our logs go through `tracing`, which hands them to containerd-shim's
     // logger (the shim log FIFO containerd reads; `-debug` raises the level).
-    containerd_shim::asynchronous::run::<service::CocoonShim>("io.containerd.cocoon.v1", None)
-        .await;
+    // The level is the default config's until a Create names another config.
+    let log_level = config::Config::resolve(None)
+        .map(|config| config.log_level)
+        .unwrap_or_else(|_| "info".into());
+    let shim_config = containerd_shim::Config {
+        default_log_level: log_level,
+        ..Default::default()
+    };
+    containerd_shim::asynchronous::run::<service::CocoonShim>(
+        "io.containerd.cocoon.v1",
+        Some(shim_config),
+    )
+    .await;
 }

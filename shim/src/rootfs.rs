@@ -1,6 +1,8 @@
 //! A container's root file system in the sandbox share: the mounts
 //! containerd's snapshotter hands over in Create (usually one overlay), or
-//! the bundle's own `rootfs` directory, mounted at `share/<id>/rootfs`.
+//! else the directory the spec's `root.path` names (relative to the bundle,
+//! as runc reads it: `ctr run --rootfs`, `ctr run --config`), mounted at
+//! `share/<id>/rootfs`.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +23,10 @@ pub enum RootfsError {
         source_path: String,
         message: String,
     },
-    #[error("the bundle has no root file system: no mounts were given and {0} does not exist")]
+    #[error(
+        "the container has no root file system: no mounts were given and {0} (root.path) \
+         is not a directory"
+    )]
     Missing(String),
 }
 
@@ -30,10 +35,12 @@ pub fn target(share: &Path, id: &str) -> PathBuf {
     share.join(id).join("rootfs")
 }
 
-/// Mounts the container's root file system at `target`.
+/// Mounts the container's root file system at `target`: `mounts`, or else
+/// `root_path` (the spec's, relative to `bundle`).
 pub async fn mount_rootfs(
     mounts: &[Mount],
     bundle: &Path,
+    root_path: &str,
     target: &Path,
 ) -> Result<(), RootfsError> {
     std::fs::create_dir_all(target).map_err(|source| RootfsError::Create {
@@ -41,8 +48,7 @@ pub async fn mount_rootfs(
         source,
     })?;
     if mounts.is_empty() {
-        // A bundle that brings its own rootfs (e.g. `ctr run --rootfs`).
-        let own = bundle.join("rootfs");
+        let own = bundle.join(root_path);
         if !own.is_dir() {
             return Err(RootfsError::Missing(own.display().to_string()));
         }

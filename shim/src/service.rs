@@ -19,6 +19,7 @@ pub struct CocoonShim {
     namespace: String,
     id: String,
     bundle: PathBuf,
+    debug: bool,
     exit: Arc<ExitSignal>,
 }
 
@@ -37,14 +38,17 @@ impl Shim for CocoonShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             bundle,
+            debug: args.debug,
             exit: Arc::new(ExitSignal::default()),
         }
     }
 
-    /// One shim (and one VM) per container for now; CRI pods will group by
-    /// their sandbox id here.
+    /// One shim, and one VM, per sandbox: the containers of a CRI pod join
+    /// their pod's shim; any other container is a sandbox of its own.
+    /// containerd runs `start` in the container's bundle.
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        let grouping = opts.id.clone();
+        let spec = std::fs::read(self.bundle.join("config.json")).unwrap_or_default();
+        let grouping = sandbox_of(&spec).unwrap_or_else(|| opts.id.clone());
         let address = spawn(opts, &grouping, Vec::new()).await?;
         Ok(address)
     }
@@ -73,6 +77,44 @@ impl Shim for CocoonShim {
 
     /// The config is read at the first Create, which may name it.
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        TaskService::new(&self.namespace, &self.id, publisher, self.exit.clone())
+        TaskService::new(
+            &self.namespace,
+            &self.id,
+            self.debug,
+            publisher,
+            self.exit.clone(),
+        )
+    }
+}
+
+/// The pod sandbox a CRI container belongs to, from its OCI spec's
+/// annotations (none for a pod's own sandbox container, and for containers
+/// outside Kubernetes).
+fn sandbox_of(spec: &[u8]) -> Option<String> {
+    const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+    const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+    let spec: serde_json::Value = serde_json::from_slice(spec).ok()?;
+    let annotations = spec.get("annotations")?;
+    if annotations.get(CONTAINER_TYPE)?.as_str()? != "container" {
+        return None;
+    }
+    let sandbox = annotations.get(SANDBOX_ID)?.as_str()?;
+    (!sandbox.is_empty()).then(|| sandbox.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_containers_join_their_sandbox_and_others_stand_alone() {
+        let member = br#"{"annotations": {"io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": "pod1"}}"#;
+        assert_eq!(sandbox_of(member), Some("pod1".into()));
+        let pod = br#"{"annotations": {"io.kubernetes.cri.container-type": "sandbox",
+            "io.kubernetes.cri.sandbox-id": "pod1"}}"#;
+        assert_eq!(sandbox_of(pod), None);
+        assert_eq!(sandbox_of(br#"{"ociVersion": "1.0.2"}"#), None);
+        assert_eq!(sandbox_of(b"not json"), None);
     }
 }

@@ -83,6 +83,8 @@ struct State {
 pub struct TaskService {
     namespace: String,
     sandbox_id: String,
+    /// `-debug` from containerd.
+    debug: bool,
     publisher: Arc<RemotePublisher>,
     exit: Arc<ExitSignal>,
     state: Arc<Mutex<State>>,
@@ -114,12 +116,14 @@ impl TaskService {
     pub fn new(
         namespace: &str,
         sandbox_id: &str,
+        debug: bool,
         publisher: RemotePublisher,
         exit: Arc<ExitSignal>,
     ) -> Self {
         TaskService {
             namespace: namespace.into(),
             sandbox_id: sandbox_id.into(),
+            debug,
             publisher: Arc::new(publisher),
             exit,
             state: Arc::default(),
@@ -161,6 +165,7 @@ impl TaskService {
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
         let config =
             Config::resolve(source).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        log::set_max_level(config.log_filter(self.debug));
         let shape = vm_shape(&config, spec);
         let dir = sandbox::state_dir(&config, &self.namespace, &self.sandbox_id);
         if let Err(error) = sandbox::record_state_dir(Path::new(&req.bundle), &dir) {
@@ -428,7 +433,8 @@ impl containerd_shim::Task for TaskService {
         let sandbox = self.ensure_sandbox(&req, &spec).await?;
 
         let target = rootfs::target(&sandbox.share, &req.id);
-        if let Err(error) = rootfs::mount_rootfs(&req.rootfs, &bundle, &target).await {
+        let root_path = spec["root"]["path"].as_str().unwrap_or("rootfs");
+        if let Err(error) = rootfs::mount_rootfs(&req.rootfs, &bundle, root_path, &target).await {
             rootfs::unmount_rootfs(&sandbox.share, &req.id);
             return Err(status(Code::FAILED_PRECONDITION, error.to_string()));
         }

@@ -28,12 +28,17 @@ impl Containerd {
 
     /// [`Containerd::start`] with another guest kernel in the cocoon config.
     pub fn start_with_kernel(kernel: &Path) -> Self {
-        let release = release_dir();
+        Self::start_from(&release_dir(), kernel, &build_output("initramfs.img"))
+    }
+
+    /// A containerd whose cocoon runtime comes from `bin` (the shim and
+    /// cocoon-vmm) and boots `kernel` with `initramfs`.
+    pub fn start_from(bin: &Path, kernel: &Path, initramfs: &Path) -> Self {
         for binary in ["containerd-shim-cocoon-v1", "cocoon-vmm"] {
             assert!(
-                release.join(binary).is_file(),
+                bin.join(binary).is_file(),
                 "{} is missing: run `make` first",
-                release.join(binary).display()
+                bin.join(binary).display()
             );
         }
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -47,8 +52,8 @@ impl Containerd {
                  # The host VM is emulated: boots take seconds, not milliseconds.\n\
                  boot_timeout_seconds = 60\nguest_debug = {}\n",
                 kernel,
-                build_output("initramfs.img"),
-                release.join("cocoon-vmm"),
+                initramfs,
+                bin.join("cocoon-vmm"),
                 cocoon_state,
                 std::env::var_os("COCOON_TEST_GUEST_DEBUG").is_some(),
             ),
@@ -70,7 +75,7 @@ impl Containerd {
         .expect("containerd config");
         let path = format!(
             "{}:{}",
-            release.display(),
+            bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
         let child = Command::new("containerd")

@@ -1,47 +1,27 @@
-//! `make bench`: Cocoon's speed and memory, measured side by side with the
-//! reference in the same (host) machine, reported as ratios.
-//!
-//! Run inside tests/kvm-host (it needs real KVM):
-//!   cocoon-bench --vmm target/x86_64-unknown-linux-gnu/release/cocoon-vmm [--runs N]
-//!
-//! Measures, for the same kernel and initramfs:
-//! - launch → guest /init (the agent's banner on the console) for cocoon-vmm
-//!   and for QEMU `-M microvm -enable-kvm`, median of N runs each, interleaved;
-//! - cocoon-vmm's resident memory outside guest RAM, with an idle guest.
+//! cocoon-vmm against QEMU `-M microvm -enable-kvm`, same kernel and
+//! initramfs: launch → guest /init (the agent's banner on the console),
+//! median of N interleaved runs each; and cocoon-vmm's resident memory
+//! outside guest RAM with an idle guest.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cocoon_tests::{build_output, busybox_initramfs, release_dir, require_hardware_kvm};
+use cocoon_tests::{build_output, busybox_initramfs};
+
+use crate::{median_ms, on_local_storage};
 
 const GUEST_MEMORY_MIB: u64 = 256;
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let vmm = value("--vmm").map_or_else(|| release_dir().join("cocoon-vmm"), PathBuf::from);
-    let runs: usize = value("--runs").and_then(|v| v.parse().ok()).unwrap_or(7);
-    require_hardware_kvm();
-
+pub fn measure(vmm: &Path, runs: usize) {
     // Both VMMs read their inputs from local storage, as on a real node:
     // the checkout is a 9p share in the KVM host VM and would be re-read at
     // every launch of cocoon-vmm (QEMU comes from the cached root).
     let local = tempfile::tempdir().expect("temporary directory");
-    let copy = |path: &Path| {
-        let target = local.path().join(path.file_name().expect("a file"));
-        std::fs::copy(path, &target).expect("copy to local storage");
-        target
-    };
-    let vmm = copy(&vmm);
-    let kernel = copy(&build_output("vmlinux"));
-    let initramfs = copy(&build_output("initramfs.img"));
+    let vmm = on_local_storage(local.path(), vmm);
+    let kernel = on_local_storage(local.path(), &build_output("vmlinux"));
+    let initramfs = on_local_storage(local.path(), &build_output("initramfs.img"));
     let banner = cocoon_protocol::version_banner(env!("CARGO_PKG_VERSION"));
 
     let mut cocoon = Vec::new();
@@ -146,11 +126,6 @@ fn reap(child: &mut Child) {
     if let Err(error) = cocoon_tests::wait_or_kill(child, Duration::from_secs(60)) {
         panic!("VMM did not exit: {error}");
     }
-}
-
-fn median_ms(samples: &mut [Duration]) -> f64 {
-    samples.sort();
-    samples[samples.len() / 2].as_secs_f64() * 1000.0
 }
 
 /// Boots a guest that idles, then sums the VMM's resident memory except the

@@ -1,0 +1,150 @@
+//! One private containerd runs the same image with Cocoon and with runc:
+//! `ctr run --rm IMAGE ID /bin/true`, median of N interleaved runs each
+//! (after one warm-up each); then an idle Cocoon sandbox's resident memory:
+//! its shim plus its VMM, guest pages the guest touched included.
+
+use std::time::{Duration, Instant};
+
+use cocoon_tests::containerd::{Containerd, BUSYBOX, RUNTIME};
+use cocoon_tests::{build_output, release_dir};
+
+use crate::{median_ms, on_local_storage};
+
+const RUNC: &str = "io.containerd.runc.v2";
+
+pub fn measure(runs: usize) {
+    // Shim, VMM, kernel and initramfs from local storage, as runc is.
+    let local = tempfile::tempdir().expect("temporary directory");
+    let bin = local.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin directory");
+    for binary in ["containerd-shim-cocoon-v1", "cocoon-vmm"] {
+        on_local_storage(&bin, &release_dir().join(binary));
+    }
+    let kernel = on_local_storage(local.path(), &build_output("vmlinux"));
+    let initramfs = on_local_storage(local.path(), &build_output("initramfs.img"));
+    let containerd = Containerd::start_from(&bin, &kernel, &initramfs);
+    containerd.import_busybox();
+
+    let mut cocoon = Vec::new();
+    let mut runc = Vec::new();
+    // Run 0 warms up: the first run of an image unpacks it.
+    for run in 0..=runs {
+        let cocoon_time = time_ctr_run(&containerd, RUNTIME, &format!("cocoon{run}"));
+        let runc_time = time_ctr_run(&containerd, RUNC, &format!("runc{run}"));
+        if run > 0 {
+            cocoon.push(cocoon_time);
+            runc.push(runc_time);
+        }
+    }
+    let cocoon_ms = median_ms(&mut cocoon);
+    let runc_ms = median_ms(&mut runc);
+    println!(
+        "ctr run --rm IMAGE ID /bin/true, median of {runs} (one private containerd, native snapshotter):"
+    );
+    println!("  cocoon                 {cocoon_ms:8.1} ms");
+    println!("  runc                   {runc_ms:8.1} ms");
+    println!(
+        "  ratio cocoon/runc      {:8.2}   (goal ≤ 1.5)",
+        cocoon_ms / runc_ms
+    );
+
+    let (shim_kib, vmm_kib) = idle_sandbox_kib(&containerd);
+    println!(
+        "resident memory of an idle sandbox (`sleep`; shim + VMM, guest pages touched included):"
+    );
+    println!(
+        "  shim {:.1} MiB + cocoon-vmm {:.1} MiB = {:.1} MiB   (goal ≤ 32 MiB)",
+        shim_kib as f64 / 1024.0,
+        vmm_kib as f64 / 1024.0,
+        (shim_kib + vmm_kib) as f64 / 1024.0
+    );
+}
+
+fn time_ctr_run(containerd: &Containerd, runtime: &str, id: &str) -> Duration {
+    let started = Instant::now();
+    let out = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "--snapshotter",
+        "native",
+        BUSYBOX,
+        id,
+        "/bin/true",
+    ]);
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "ctr run --runtime {runtime}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        containerd.log()
+    );
+    elapsed
+}
+
+/// Starts `sleep` detached, lets the sandbox settle, reads the resident
+/// memory of its shim and VMM, and removes it.
+fn idle_sandbox_kib(containerd: &Containerd) -> (u64, u64) {
+    let id = "idle";
+    let out = containerd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--snapshotter",
+        "native",
+        BUSYBOX,
+        id,
+        "sleep",
+        "3600",
+    ]);
+    assert!(
+        out.status.success(),
+        "ctr run -d: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid_file = containerd
+        .cocoon_state
+        .join("default")
+        .join(id)
+        .join("vmm.pid");
+    let vmm_pid: u32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VMM pid in {}", pid_file.display()));
+    let shim_pid = parent_pid(vmm_pid);
+    // Let the guest and the shim go idle (logs flushed, boot-time work done).
+    std::thread::sleep(Duration::from_secs(2));
+    let sizes = (rss_kib(shim_pid), rss_kib(vmm_pid));
+
+    let _ = containerd.ctr(&["task", "kill", "-s", "KILL", id]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containerd.ctr(&["task", "delete", id]).status.success() {
+        assert!(Instant::now() < deadline, "the idle task would not go");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = containerd.ctr(&["container", "delete", id]);
+    sizes
+}
+
+fn parent_pid(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    number_after(&status, "PPid:") as u32
+}
+
+/// Resident memory (`Rss` of smaps_rollup).
+fn rss_kib(pid: u32) -> u64 {
+    let rollup =
+        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("smaps_rollup");
+    number_after(&rollup, "Rss:")
+}
+
+/// The number after `name` on its line.
+fn number_after(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
