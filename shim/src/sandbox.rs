@@ -147,9 +147,18 @@ impl Sandbox {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(vmm_log);
-        if config.guest_debug {
-            command.args(["--cmdline", "cocoon.debug"]);
-        }
+        // Every console byte is a trap to the VMM: a quiet kernel boots
+        // much faster (its warnings, oopses and panics are still printed).
+        // The debug console gets everything, the agent's logs included.
+        command.args([
+            "--cmdline",
+            if config.guest_debug {
+                "cocoon.debug"
+            } else {
+                "quiet"
+            },
+        ]);
+        let launched = std::time::Instant::now();
         let child = command.spawn().map_err(|source| SandboxError::Spawn {
             vmm: config.vmm.display().to_string(),
             source,
@@ -185,6 +194,10 @@ impl Sandbox {
                 return Err(SandboxError::Boot { reason, console });
             }
         };
+        tracing::info!(
+            "cocoon-vmm {vmm_pid}: agent ready {:?} after launch",
+            launched.elapsed()
+        );
         let sandbox = Sandbox {
             dir,
             share,
@@ -207,6 +220,10 @@ impl Sandbox {
                 "mounting the share in the guest: {error}"
             )));
         }
+        tracing::info!(
+            "cocoon-vmm {vmm_pid}: share mounted {:?} after launch",
+            launched.elapsed()
+        );
         Ok(sandbox)
     }
 

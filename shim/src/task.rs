@@ -430,6 +430,7 @@ impl containerd_shim::Task for TaskService {
                 format!("invalid OCI spec in {}: {e}", req.bundle),
             )
         })?;
+        let started = std::time::Instant::now();
         let sandbox = self.ensure_sandbox(&req, &spec).await?;
 
         let target = rootfs::target(&sandbox.share, &req.id);
@@ -476,6 +477,7 @@ impl containerd_shim::Task for TaskService {
                 return Err(status(Code::FAILED_PRECONDITION, error.to_string()));
             }
         };
+        tracing::info!("container {} created in {:?}", req.id, started.elapsed());
         let mut process = Process::new(stdio.clone());
         process.pid = pid;
         self.state.lock().await.containers.insert(
