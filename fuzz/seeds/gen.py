@@ -150,6 +150,28 @@ write("mmio_transport", "bad_queue_then_reset", QUEUE_SETUP + wr(0x80, 0xff80) +
       + wr(STATUS, 0xf) + rd(STATUS) + wr(STATUS, 0) + QUEUE_SETUP + READY + RING
       + wr(STATUS, 0xf) + wr(NOTIFY, 0) + wr(STATUS, 0))
 
+# balloon_transport: the same operations against virtio-balloon. All three
+# queues (16 entries: descriptors at base, avail at +0x100, used at +0x200),
+# free page reporting acked, one report of the page at 0x8000.
+def queue(index, base):
+    return (wr(0x30, index) + rd(0x34) + wr(0x38, 16)
+            + wr(0x80, base) + wr(0x84, 0)
+            + wr(0x90, base + 0x100) + wr(0x94, 0)
+            + wr(0xa0, base + 0x200) + wr(0xa4, 0) + READY)
+
+
+BALLOON_SETUP = (
+    rd(0x00) + rd(0x08) + wr(STATUS, 1) + wr(STATUS, 3)
+    + wr(0x24, 1) + wr(0x20, 1)                     # VIRTIO_F_VERSION_1
+    + wr(0x24, 0) + wr(0x20, (1 << 29) | (1 << 5))  # EVENT_IDX, BALLOON_F_REPORTING
+    + wr(STATUS, 0xb) + rd(STATUS)
+    + queue(0, 0x1000) + queue(1, 0x2000) + queue(2, 0x3000)
+)
+REPORT = (mem(0x3000, 0x8000) + mem(0x3004, 0) + mem(0x3008, 0x1000) + mem(0x300c, 2)
+          + mem(0x3100, 1 << 16) + mem(0x3104, 0))
+write("balloon_transport", "report", BALLOON_SETUP + REPORT + wr(STATUS, 0xf) + wr(NOTIFY, 2)
+      + rd(INT_STATUS) + wr(INT_ACK, 1) + rd(STATUS) + wr(0x104, 7) + rd(0x104) + rd(0x100))
+
 # agent_stream_header: the line opening a stdio stream to the agent.
 write("agent_stream_header", "init-stdout", b"COCOON-STREAM 1 c1 - stdout\n")
 write("agent_stream_header", "exec-tty", b"COCOON-STREAM 1 web.1 exec-2 tty\n")

@@ -22,6 +22,7 @@ use crate::devices::serial::{SerialConsole, COM1_PORT, COM1_PORTS};
 use crate::layout::{self, MAX_VCPUS};
 use crate::memory::{self, GuestMemory};
 use crate::vcpu::{setup, Buses, Vcpu};
+use crate::virtio::balloon::Balloon;
 use crate::virtio::fs::Fs;
 use crate::virtio::rng::Rng;
 use crate::virtio::vsock::Vsock;
@@ -39,6 +40,9 @@ pub struct VmConfig {
     pub shares: Vec<(String, PathBuf)>,
     /// virtio-vsock: the guest's CID and the host Unix socket for it.
     pub vsock: Option<VsockConfig>,
+    /// virtio-balloon with free page reporting: memory the guest frees is
+    /// dropped from the host (the guest kernel needs CONFIG_VIRTIO_BALLOON).
+    pub balloon: bool,
 }
 
 /// A hybrid vsock device (Firecracker convention): host processes connect to
@@ -247,6 +251,10 @@ impl Vm {
                 source,
             })?;
             virtio.attach(Box::new(fs), &mut mmio)?;
+        }
+        // Last, so that the other devices keep their windows and IRQs either way.
+        if config.balloon {
+            virtio.attach(Box::new(Balloon::new()), &mut mmio)?;
         }
         let cmdline = std::iter::once(config.cmdline.as_str())
             .chain(virtio.cmdline_entries().iter().map(String::as_str))

@@ -49,6 +49,11 @@ struct Args {
     /// The guest's vsock CID (with --vsock-uds).
     #[arg(long, default_value_t = 3, requires = "vsock_uds")]
     vsock_cid: u64,
+    /// Attach a virtio-balloon device offering only free page reporting:
+    /// memory the guest frees is dropped from the VMM's resident memory
+    /// (the guest kernel needs CONFIG_VIRTIO_BALLOON).
+    #[arg(long)]
+    balloon: bool,
 }
 
 fn parse_share(value: &str) -> Result<(String, PathBuf), String> {
@@ -102,6 +107,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             guest_cid: args.vsock_cid,
             uds_path,
         }),
+        balloon: args.balloon,
     };
     let mut vm = Vm::new(config)?;
     let console = vm.console();

@@ -4,6 +4,7 @@
 //! untrusted: devices and transport validate it and fail the request (or mark
 //! the device as needing reset) instead of panicking.
 
+pub mod balloon;
 pub mod config;
 pub mod fs;
 pub mod interrupt;
@@ -32,6 +33,8 @@ pub const VIRTIO_ID_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 pub const VIRTIO_ID_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 /// Virtio device type of the file system device.
 pub const VIRTIO_ID_FS: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
+/// Virtio device type of the memory balloon device.
+pub const VIRTIO_ID_BALLOON: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
 
 /// Feature bit every modern (virtio 1.x) device must offer and every driver must accept.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;

@@ -39,7 +39,11 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub(crate) fn new(device: Box<dyn VirtioDevice>) -> Self {
-        let mem = guest_memory();
+        Self::with_memory(device, guest_memory())
+    }
+
+    /// A driver whose guest RAM is `mem` instead of [`guest_memory`].
+    pub(crate) fn with_memory(device: Box<dyn VirtioDevice>, mem: GuestMemory) -> Self {
         let irq = EventFd::new(EFD_NONBLOCK).expect("irq eventfd");
         let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().expect("irq eventfd")));
         let transport =

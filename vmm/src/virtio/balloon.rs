@@ -1,0 +1,502 @@
+//! virtio-balloon with free page reporting only (virtio 1.2, section 5.5).
+//!
+//! The guest's page allocator hands free page ranges to the driver, which posts
+//! them on the reporting queue; we drop them from host memory with
+//! `MADV_DONTNEED`, so memory the guest touched once and freed (the unpacked
+//! initramfs, freed init memory) stops counting towards the VMM's resident
+//! size. If the guest allocates a reported page again, it faults in a fresh
+//! zero page.
+//!
+//! No ballooning proper: `num_pages` stays 0, so the driver never inflates,
+//! and whatever it still posts on the inflate and deflate queues is completed
+//! untouched. With VIRTIO_BALLOON_F_REPORTING (and neither STATS_VQ nor
+//! FREE_PAGE_HINT) the queues are inflateq (0), deflateq (1) and
+//! reporting_vq (2).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tracing::{debug, error};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::mmap::GuestRegionMmap;
+use vm_memory::{GuestAddress, GuestMemory as _, GuestMemoryRegion};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::config::{read_config_bytes, write_config_bytes};
+use super::interrupt::VirtioInterrupt;
+use super::warn_limit::{limited, WarnLimiter};
+use super::worker_thread::WorkerThread;
+use super::{
+    ActivateError, GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_ID_BALLOON,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+
+/// Feature bit of free page reporting (virtio 1.2, 5.5.3). virtio-bindings has
+/// no balloon module, so the bit number comes from the spec.
+pub const VIRTIO_BALLOON_F_REPORTING: u64 = 1 << 5;
+/// Size of each queue. Linux refuses a reporting queue smaller than its
+/// PAGE_REPORTING_CAPACITY (32 ranges per report).
+pub const QUEUE_SIZE: u16 = 256;
+/// Reported ranges must be multiples of this, at addresses aligned to it (the
+/// host page size; Linux reports whole 2 MiB pageblocks on x86).
+pub const PAGE_SIZE: u64 = 4096;
+
+const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
+const INFLATE_QUEUE: usize = 0;
+const DEFLATE_QUEUE: usize = 1;
+const REPORTING_QUEUE: usize = 2;
+const AVAIL_FEATURES: u64 =
+    VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_BALLOON_F_REPORTING;
+
+// struct virtio_balloon_config, little endian: num_pages, actual,
+// free_page_hint_cmd_id, poison_val (le32 each). Only `actual` is ever nonzero.
+const CONFIG_SIZE: usize = 16;
+const ACTUAL_OFFSET: u64 = 4;
+
+// The only mappings where MADV_DONTNEED frees memory and later reads give zeros.
+const ANONYMOUS_PRIVATE: i32 = libc::MAP_ANONYMOUS | libc::MAP_PRIVATE;
+
+/// The virtio memory balloon device, reduced to free page reporting.
+#[derive(Default)]
+pub struct Balloon {
+    acked_features: u64,
+    // Pages the driver says it holds in the balloon (always 0 from Linux).
+    actual: u32,
+    reported: Arc<AtomicU64>,
+    worker: Option<WorkerThread>,
+    warn_limit: WarnLimiter,
+}
+
+impl Balloon {
+    /// A new, not yet activated balloon device.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes of reported guest memory dropped from the host so far, across
+    /// resets; the counter is shared with the device's worker.
+    pub fn reported_bytes(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.reported)
+    }
+
+    fn config(&self) -> [u8; CONFIG_SIZE] {
+        let mut config = [0; CONFIG_SIZE];
+        config[4..8].copy_from_slice(&self.actual.to_le_bytes());
+        config
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+}
+
+impl VirtioDevice for Balloon {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BALLOON
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        AVAIL_FEATURES
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & AVAIL_FEATURES;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config(), offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `actual` is the driver's to write, and a write must fit in it.
+        let mut actual = self.actual.to_le_bytes();
+        let written = offset
+            .checked_sub(ACTUAL_OFFSET)
+            .is_some_and(|at| write_config_bytes(&mut actual, at, data));
+        if written {
+            self.actual = u32::from_le_bytes(actual);
+        } else {
+            limited!(
+                self.warn_limit,
+                warn,
+                offset,
+                len = data.len(),
+                "virtio-balloon: ignoring config write outside `actual`"
+            );
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<VirtioInterrupt>,
+        queues: Vec<Queue>,
+        queue_events: Vec<EventFd>,
+    ) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if queues.len() != QUEUE_SIZES.len() || queue_events.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueCount {
+                expected: QUEUE_SIZES.len(),
+                queues: queues.len(),
+                events: queue_events.len(),
+            });
+        }
+        // The reporting queue exists only if the driver took the feature.
+        let reporting = self.acked_features & VIRTIO_BALLOON_F_REPORTING != 0;
+        let needed: &[usize] = if reporting {
+            &[INFLATE_QUEUE, DEFLATE_QUEUE, REPORTING_QUEUE]
+        } else {
+            &[INFLATE_QUEUE, DEFLATE_QUEUE]
+        };
+        if let Some(&index) = needed.iter().find(|&&index| !queues[index].ready()) {
+            return Err(ActivateError::QueueNotReady(index));
+        }
+        let queues = [QueueKind::Inflate, QueueKind::Deflate, QueueKind::Reporting]
+            .into_iter()
+            .zip(queues.into_iter().zip(queue_events))
+            .filter(|(kind, _)| *kind != QueueKind::Reporting || reporting)
+            .map(|(kind, (queue, event))| DeviceQueue { kind, queue, event })
+            .collect();
+
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let worker = Worker {
+            mem,
+            interrupt,
+            queues,
+            stop: stop.try_clone().map_err(ActivateError::Worker)?,
+            reported: Arc::clone(&self.reported),
+            warn_limit: WarnLimiter::default(),
+        };
+        let thread = WorkerThread::spawn("virtio-balloon", stop, move || worker.run());
+        self.worker = Some(thread.map_err(ActivateError::Worker)?);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        self.stop_worker();
+        self.acked_features = 0;
+        self.actual = 0;
+        true
+    }
+}
+
+impl Drop for Balloon {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueKind {
+    Inflate,
+    Deflate,
+    Reporting,
+}
+
+impl QueueKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Inflate => "inflateq",
+            Self::Deflate => "deflateq",
+            Self::Reporting => "reporting_vq",
+        }
+    }
+}
+
+// Why a report dropped nothing (or not everything).
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    #[error("descriptor {0:#x} is device-readable")]
+    ReadOnly(u64),
+    #[error("range {addr:#x}+{len:#x} {why}")]
+    BadRange {
+        addr: u64,
+        len: u32,
+        why: &'static str,
+    },
+    #[error("the chain has no descriptors")]
+    Empty,
+    #[error("the chain loops, exceeds 4 GiB or leaves the descriptor table")]
+    Truncated,
+    #[error("madvise of range {addr:#x}+{len:#x} failed: {source}")]
+    Discard {
+        addr: u64,
+        len: u32,
+        source: io::Error,
+    },
+}
+
+// A reported range, checked to lie inside one region of guest memory.
+struct FreeRange {
+    guest: u64,
+    len: u32,
+    host: *mut u8,
+}
+
+struct DeviceQueue {
+    kind: QueueKind,
+    queue: Queue,
+    event: EventFd,
+}
+
+const TOKEN_STOP: u64 = u64::MAX;
+
+// Everything the worker thread owns. Queue tokens are indices into `queues`.
+struct Worker {
+    mem: GuestMemory,
+    interrupt: Arc<VirtioInterrupt>,
+    queues: Vec<DeviceQueue>,
+    stop: EventFd,
+    reported: Arc<AtomicU64>,
+    warn_limit: WarnLimiter,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let epoll = match self.epoll() {
+            Ok(epoll) => epoll,
+            Err(e) => {
+                error!(error = %e, "virtio-balloon: cannot set up epoll");
+                self.interrupt.signal_needs_reset();
+                return;
+            }
+        };
+        // The driver may have posted buffers before it set DRIVER_OK.
+        let mut broken = false;
+        for index in 0..self.queues.len() {
+            broken = broken || !self.process_queue(index);
+        }
+        let mut events = [EpollEvent::default(); QUEUE_SIZES.len() + 1];
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error!(error = %e, "virtio-balloon: epoll wait failed, worker exits");
+                    return;
+                }
+            };
+            for event in events.iter().take(n) {
+                let token = event.data();
+                if token == TOKEN_STOP {
+                    return;
+                }
+                let Some(index) = usize::try_from(token)
+                    .ok()
+                    .filter(|&i| i < self.queues.len())
+                else {
+                    continue;
+                };
+                // Drain the counter; EAGAIN only means someone else did.
+                let _ = self.queues[index].event.read();
+                // A broken device leaves every queue alone until the driver resets it.
+                if !broken {
+                    broken = !self.process_queue(index);
+                }
+            }
+        }
+    }
+
+    fn epoll(&self) -> io::Result<Epoll> {
+        let epoll = Epoll::new()?;
+        let queues = self.queues.iter().map(|q| &q.event).zip(0u64..);
+        for (fd, token) in queues.chain([(&self.stop, TOKEN_STOP)]) {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
+        Ok(epoll)
+    }
+
+    // Serves every pending buffer of queue `index`. Returns false (after
+    // flagging the device as needing reset) if the queue itself is corrupt.
+    fn process_queue(&mut self, index: usize) -> bool {
+        match self.try_process_queue(index) {
+            Ok(()) => true,
+            Err(e) => {
+                let queue = self.queues.get(index).map_or("?", |q| q.kind.name());
+                error!(queue, error = %e, "virtio-balloon: queue is corrupt, device needs reset");
+                self.interrupt.signal_needs_reset();
+                false
+            }
+        }
+    }
+
+    fn try_process_queue(&mut self, index: usize) -> Result<(), virtio_queue::Error> {
+        let Some(device_queue) = self.queues.get_mut(index) else {
+            return Ok(());
+        };
+        let kind = device_queue.kind;
+        let queue = &mut device_queue.queue;
+        let mut used_any = false;
+        loop {
+            queue.disable_notification(&self.mem)?;
+            loop {
+                let next = queue.iter(&self.mem)?.next();
+                let Some(chain) = next else {
+                    break;
+                };
+                let head = chain.head_index();
+                if kind == QueueKind::Reporting {
+                    report(&self.reported, &mut self.warn_limit, chain);
+                } else {
+                    limited!(
+                        self.warn_limit,
+                        warn,
+                        queue = kind.name(),
+                        head,
+                        "virtio-balloon: we never resize the balloon, completing the buffer untouched"
+                    );
+                }
+                // Nothing is ever written into the driver's buffers.
+                queue.add_used(&self.mem, head, 0)?;
+                used_any = true;
+            }
+            // Re-check after re-enabling notifications so a buffer posted in
+            // between is not left waiting for a kick that never comes.
+            if !queue.enable_notification(&self.mem)? {
+                break;
+            }
+        }
+        if used_any && queue.needs_notification(&self.mem)? {
+            if let Err(e) = self.interrupt.signal_used_queue() {
+                error!(error = %e, "virtio-balloon: cannot signal used queue");
+            }
+        }
+        Ok(())
+    }
+}
+
+// Drops the ranges of one report from host memory and counts them; a
+// malformed report drops nothing.
+fn report(
+    reported: &AtomicU64,
+    warn_limit: &mut WarnLimiter,
+    chain: DescriptorChain<&GuestMemory>,
+) {
+    let head = chain.head_index();
+    match discard_chain(chain) {
+        Ok(bytes) => {
+            let total = reported
+                .fetch_add(bytes, Ordering::Relaxed)
+                .saturating_add(bytes);
+            debug!(head, bytes, total, "virtio-balloon: dropped free pages");
+        }
+        Err(e) => limited!(
+            warn_limit,
+            warn,
+            head,
+            error = %e,
+            "virtio-balloon: malformed free page report, completing it"
+        ),
+    }
+}
+
+// Checks every range of the chain first, then drops them all. Returns the
+// number of bytes dropped.
+fn discard_chain(chain: DescriptorChain<&GuestMemory>) -> Result<u64, ReportError> {
+    let mem = chain.memory();
+    let mut ranges = Vec::new();
+    // The iterator silently stops at a loop, at the queue size, at 4 GiB in
+    // total or at a descriptor it cannot read: a chain that ends with a
+    // descriptor pointing to a next one was cut short.
+    let mut cut_short = false;
+    for desc in chain.clone() {
+        if !desc.is_write_only() {
+            return Err(ReportError::ReadOnly(desc.addr().0));
+        }
+        ranges.push(free_range(mem, desc.addr().0, desc.len())?);
+        cut_short = desc.has_next();
+    }
+    if ranges.is_empty() {
+        return Err(ReportError::Empty);
+    }
+    if cut_short {
+        return Err(ReportError::Truncated);
+    }
+    let mut bytes = 0u64;
+    for range in &ranges {
+        discard(range)?;
+        bytes = bytes.saturating_add(u64::from(range.len));
+    }
+    Ok(bytes)
+}
+
+// Resolves one reported range to host memory: page aligned, not empty, not
+// wrapping, and entirely inside one private anonymous region.
+fn free_range(mem: &GuestMemory, addr: u64, len: u32) -> Result<FreeRange, ReportError> {
+    let bad = |why| ReportError::BadRange { addr, len, why };
+    if len == 0 {
+        return Err(bad("is empty"));
+    }
+    if !addr.is_multiple_of(PAGE_SIZE) || !u64::from(len).is_multiple_of(PAGE_SIZE) {
+        return Err(bad("is not page aligned"));
+    }
+    let last = addr
+        .checked_add(u64::from(len) - 1)
+        .map(GuestAddress)
+        .ok_or_else(|| bad("wraps around"))?;
+    let (region, offset) = mem
+        .to_region_addr(GuestAddress(addr))
+        .ok_or_else(|| bad("starts outside guest memory"))?;
+    if region.to_region_addr(last).is_none() {
+        return Err(if mem.address_in_range(last) {
+            bad("straddles two memory regions")
+        } else {
+            bad("runs past guest memory")
+        });
+    }
+    if !anonymous_private(region) {
+        return Err(bad("is not in private anonymous memory"));
+    }
+    let host = region
+        .get_host_address(offset)
+        .map_err(|_| bad("has no host mapping"))?;
+    Ok(FreeRange {
+        guest: addr,
+        len,
+        host,
+    })
+}
+
+fn anonymous_private(region: &GuestRegionMmap<()>) -> bool {
+    region.file_offset().is_none() && region.flags() & ANONYMOUS_PRIVATE == ANONYMOUS_PRIVATE
+}
+
+fn discard(range: &FreeRange) -> Result<(), ReportError> {
+    // SAFETY: free_range checked that [host, host + len) lies inside one region
+    // of guest memory, a private anonymous mapping of this process that stays
+    // mapped while the worker holds `mem` (the caller borrows it). The call
+    // affects no Rust object: guest memory is only ever accessed through
+    // volatile pointers, and once the pages are dropped every access reads
+    // fresh zero pages. Dropping them is what the guest asked for: it gave the
+    // pages up by reporting them, and since we do not offer
+    // VIRTIO_BALLOON_F_PAGE_POISON the spec lets a reused page read as zeros.
+    let result =
+        unsafe { libc::madvise(range.host.cast(), range.len as usize, libc::MADV_DONTNEED) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(ReportError::Discard {
+            addr: range.guest,
+            len: range.len,
+            source: io::Error::last_os_error(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
