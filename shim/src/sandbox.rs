@@ -144,6 +144,8 @@ impl Sandbox {
             .arg(&vsock)
             .arg("--console")
             .arg(&console)
+            // Free page reporting: what the guest frees goes back to the host.
+            .arg("--balloon")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(vmm_log);

@@ -114,9 +114,22 @@ fn idle_sandbox_kib(containerd: &Containerd) -> (u64, u64) {
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or_else(|| panic!("no VMM pid in {}", pid_file.display()));
     let shim_pid = parent_pid(vmm_pid);
-    // Let the guest and the shim go idle (logs flushed, boot-time work done).
-    std::thread::sleep(Duration::from_secs(2));
-    let sizes = (rss_kib(shim_pid), rss_kib(vmm_pid));
+    // Idle means settled: the guest reports pages it freed a couple of
+    // seconds after freeing them. Sample until the VMM's size holds still.
+    let mut vmm_kib = rss_kib(vmm_pid);
+    let mut still = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while still < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = rss_kib(vmm_pid);
+        still = if now.abs_diff(vmm_kib) <= 64 {
+            still + 1
+        } else {
+            0
+        };
+        vmm_kib = now;
+    }
+    let sizes = (rss_kib(shim_pid), vmm_kib);
 
     let _ = containerd.ctr(&["task", "kill", "-s", "KILL", id]);
     let deadline = Instant::now() + Duration::from_secs(30);
