@@ -90,6 +90,9 @@ install: all
 	@echo "For Kubernetes, add to /etc/containerd/config.toml and restart containerd:"
 	@echo '  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon]'
 	@echo '    runtime_type = "io.containerd.cocoon.v1"'
+	@echo '  # optional, a config of its own for this runtime (e.g. another size or kernel):'
+	@echo '  # [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon.options]'
+	@echo '  #   ConfigPath = "/etc/cocoon/config.toml"'
 	@echo "then use a RuntimeClass with handler: cocoon."
 
 clean:
