@@ -15,7 +15,7 @@ GUEST := build/guest
 
 # Every Debian package the build, the tests and the demo use.
 DEBIAN_PACKAGES := \
-	build-essential pkg-config bc bison flex libelf-dev libssl-dev xz-utils kmod cpio file \
+	build-essential patch pkg-config bc bison flex libelf-dev libssl-dev xz-utils kmod cpio file \
 	linux-source-6.1 busybox-static e2fsprogs iproute2 procps gzip libseccomp-dev \
 	qemu-system-x86 containerd runc
 

@@ -60,6 +60,9 @@ fn run() -> anyhow::Result<()> {
     if let Err(error) = init::enable_cgroup_controllers() {
         tracing::warn!("{error:#}");
     }
+    if let Err(error) = init::report_smaller_free_blocks() {
+        tracing::warn!("{error:#}");
+    }
     init::set_hostname("cocoon")?;
     init::bring_up_loopback()?;
     quiet_console_echo();

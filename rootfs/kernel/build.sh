@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the guest kernel from Debian's linux-source tarball: tinyconfig plus
-# our fragments, no modules. Results are cached outside the tree under a hash
-# of (source package version, fragments, this script), so an unchanged kernel
-# is never rebuilt on the same machine.
+# Builds the guest kernel from Debian's linux-source tarball, with our patches
+# applied: tinyconfig plus our fragments, no modules. Results are cached
+# outside the tree under a hash of (source package version, fragments,
+# patches, this script), so an unchanged kernel is never rebuilt on the same
+# machine.
 #
 # usage: rootfs/kernel/build.sh OUT_DIR
 #   writes OUT_DIR/vmlinux, OUT_DIR/bzImage and OUT_DIR/kernel.config
@@ -21,16 +22,23 @@ source_version=$(dpkg-query -W -f='${Version}' "$source_package") \
   || die "Debian package $source_package is not installed: run 'make deps'"
 
 fragments=("$here"/fragments/*.config)
-key=$( { echo "$source_version"; cat "${fragments[@]}" "$0"; } | sha256sum | cut -c1-16)
+patches=("$here"/patches/*.patch)
+key=$( { echo "$source_version"; cat "${fragments[@]}" "${patches[@]}" "$0"; } | sha256sum | cut -c1-16)
+patch_key=$( { echo "$source_version"; cat "${patches[@]}"; } | sha256sum | cut -c1-16)
 cached="$cache_root/$key"
 
 if [ ! -f "$cached/vmlinux" ]; then
   echo "kernel build: building $source_package $source_version (cache key $key)"
   started=$(date +%s)
-  src="$cache_root/src-$source_version"
+  # One extracted tree per set of patches; an older set's tree goes.
+  src="$cache_root/src-$source_version-$patch_key"
   if [ ! -f "$src/.extracted" ]; then
+    find "$cache_root" -maxdepth 1 -name 'src-*' ! -path "$src" -exec rm -rf {} +
     rm -rf "$src" && mkdir -p "$src"
     tar -xf "$tarball" -C "$src" --strip-components=1
+    for p in "${patches[@]}"; do
+      patch -d "$src" -p1 --quiet <"$p" || die "patch $(basename "$p") does not apply to $source_package $source_version"
+    done
     touch "$src/.extracted"
   fi
   obj="$cache_root/obj-$key"

@@ -1,17 +1,20 @@
 //! Guest RAM: anonymous private mappings, split around the 32-bit MMIO gap,
 //! aligned to 2 MiB and backed by transparent huge pages where the host
-//! allows.
+//! allows, while the guest boots.
 //!
 //! The alignment matters as much as the huge pages: KVM maps guest memory
 //! with 2 MiB second-level pages only where the host address and the guest
 //! address agree modulo 2 MiB. Every 4 KiB page the guest touches otherwise
 //! costs a second-level page fault, and with nested virtualization those
-//! faults dominate boot.
+//! faults dominate boot. Once the guest runs, what matters is what stays
+//! resident: see [`prefer_small_pages`].
 
 use std::io;
 
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{
+    GuestAddress, GuestMemory as _, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
 
 use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
@@ -74,6 +77,25 @@ fn map_aligned(size: usize) -> Result<*mut u8, MemoryError> {
     Ok(aligned as *mut u8)
 }
 
+/// Backs guest RAM with small pages from now on (huge pages already there
+/// stay until something is dropped from them).
+///
+/// A guest touches a few MiB here and there; under huge pages each touched
+/// byte keeps 2 MiB resident, free page reports smaller than 2 MiB cannot
+/// return anything, and khugepaged would collapse sparse ranges back into
+/// huge pages. Called when the guest first reports free pages: it has booted.
+pub fn prefer_small_pages(memory: &GuestMemory) {
+    for region in memory.iter() {
+        let (host, len) = (region.as_ptr(), region.len() as usize);
+        // SAFETY: [host, host + len) is one of our guest RAM mappings, alive
+        // as long as the process; MADV_NOHUGEPAGE only changes how the kernel
+        // backs it and never its contents.
+        if unsafe { libc::madvise(host.cast(), len, libc::MADV_NOHUGEPAGE) } != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "guest RAM keeps huge pages");
+        }
+    }
+}
+
 /// Maps `size` bytes of guest RAM. The mappings live as long as the process
 /// (a VMM runs one VM): vm-memory does not unmap memory it did not map.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
@@ -96,9 +118,9 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemory as _};
+    use vm_memory::Bytes;
 
     #[test]
     fn small_vm_is_one_range() {
@@ -127,5 +149,32 @@ mod tests {
             memory.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
             0x1234_5678
         );
+    }
+
+    #[test]
+    fn guest_memory_asks_for_huge_pages_until_told_otherwise() {
+        let memory = create_guest_memory(8 << 20).unwrap();
+        let start = memory.iter().next().unwrap().as_ptr() as usize;
+        if std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            assert!(vm_flags(start).contains(&"hg".to_string()));
+        }
+        prefer_small_pages(&memory);
+        let flags = vm_flags(start);
+        assert!(flags.contains(&"nh".to_string()), "{flags:?}");
+        assert!(!flags.contains(&"hg".to_string()), "{flags:?}");
+    }
+
+    /// The VmFlags of this process's mapping that starts at `start`.
+    pub(crate) fn vm_flags(start: usize) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let header = format!("{start:x}-");
+        let mut lines = smaps.lines().skip_while(|line| !line.starts_with(&header));
+        assert!(lines.next().is_some(), "no mapping at {start:#x}");
+        lines
+            .find_map(|line| line.strip_prefix("VmFlags:"))
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect()
     }
 }

@@ -7,6 +7,10 @@
 //! size. If the guest allocates a reported page again, it faults in a fresh
 //! zero page.
 //!
+//! The first report also means the guest has booted: from then on guest RAM
+//! gets small pages (`memory::prefer_small_pages`), so that reports smaller
+//! than a huge page free memory too.
+//!
 //! No ballooning proper: `num_pages` stays 0, so the driver never inflates,
 //! and whatever it still posts on the inflate and deflate queues is completed
 //! untouched. With VIRTIO_BALLOON_F_REPORTING (and neither STATS_VQ nor
@@ -177,6 +181,7 @@ impl VirtioDevice for Balloon {
             stop: stop.try_clone().map_err(ActivateError::Worker)?,
             reported: Arc::clone(&self.reported),
             warn_limit: WarnLimiter::default(),
+            small_pages: false,
         };
         let thread = WorkerThread::spawn("virtio-balloon", stop, move || worker.run());
         self.worker = Some(thread.map_err(ActivateError::Worker)?);
@@ -260,6 +265,7 @@ struct Worker {
     stop: EventFd,
     reported: Arc<AtomicU64>,
     warn_limit: WarnLimiter,
+    small_pages: bool,
 }
 
 impl Worker {
@@ -351,6 +357,10 @@ impl Worker {
                 };
                 let head = chain.head_index();
                 if kind == QueueKind::Reporting {
+                    if !self.small_pages {
+                        crate::memory::prefer_small_pages(&self.mem);
+                        self.small_pages = true;
+                    }
                     report(&self.reported, &mut self.warn_limit, chain);
                 } else {
                     limited!(

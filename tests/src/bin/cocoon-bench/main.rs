@@ -2,7 +2,7 @@
 //! reference in the same (host) machine, reported as ratios.
 //!
 //! Run inside tests/kvm-host (it needs real KVM):
-//!   cocoon-bench [--vmm PATH] [--runs N]
+//!   cocoon-bench [--vmm PATH] [--runs N] [--launch-only]
 //!
 //! - cocoon-vmm against QEMU microvm: launch → guest /init, and the VMM's
 //!   memory outside guest RAM (`vmm_launch.rs`);
@@ -30,7 +30,9 @@ fn main() {
     require_hardware_kvm();
 
     vmm_launch::measure(&vmm, runs);
-    ctr_run::measure(runs.min(5));
+    if !args.iter().any(|a| a == "--launch-only") {
+        ctr_run::measure(runs.min(5));
+    }
 }
 
 pub fn median_ms(samples: &mut [Duration]) -> f64 {

@@ -66,9 +66,13 @@ fn memory() -> GuestMemory {
 }
 
 fn active_balloon(features: u64) -> Balloons {
+    active_balloon_in(memory(), features)
+}
+
+fn active_balloon_in(memory: GuestMemory, features: u64) -> Balloons {
     let balloon = Balloon::new();
     let reported = balloon.reported_bytes();
-    let mut d = Driver::with_memory(Box::new(balloon), memory());
+    let mut d = Driver::with_memory(Box::new(balloon), memory);
     assert!(d.negotiate(features));
     let rings = [0x1000, 0x2000, 0x3000].map(|base| SplitRing::new(base, 16));
     let queues = if features & VIRTIO_BALLOON_F_REPORTING != 0 {
@@ -185,6 +189,19 @@ fn reported_range_reads_back_as_zeros() {
     // The memory is usable again.
     fill(&b.d, FREE, PAGE, 0x5a);
     assert!(all(&b.d, FREE, PAGE, 0x5a));
+}
+
+#[test]
+fn the_first_report_turns_guest_memory_to_small_pages() {
+    let memory = crate::memory::create_guest_memory(2 * REGION).expect("guest memory");
+    let mut b = active_balloon_in(memory, FEATURES);
+    let starts: Vec<usize> = b.d.mem.iter().map(|r| r.as_ptr() as usize).collect();
+    let small = |start| crate::memory::tests::vm_flags(start).contains(&"nh".to_string());
+    assert!(!starts.iter().any(|&start| small(start)));
+    b.set_desc(0, FREE, PAGE as u32, WRITE, 0);
+    b.submit(REPORTING_QUEUE, 0);
+    assert_eq!(b.reporting().used_elem(&b.d.mem, 0), (0, 0));
+    assert!(starts.iter().all(|&start| small(start)));
 }
 
 #[test]
