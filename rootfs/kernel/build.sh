@@ -26,6 +26,7 @@ patches=("$here"/patches/*.patch)
 key=$( { echo "$source_version"; cat "${fragments[@]}" "${patches[@]}" "$0"; } | sha256sum | cut -c1-16)
 patch_key=$( { echo "$source_version"; cat "${patches[@]}"; } | sha256sum | cut -c1-16)
 cached="$cache_root/$key"
+mkdir -p "$cache_root"
 
 if [ ! -f "$cached/vmlinux" ]; then
   echo "kernel build: building $source_package $source_version (cache key $key)"
