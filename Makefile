@@ -19,7 +19,7 @@ DEBIAN_PACKAGES := \
 	linux-source-6.1 busybox-static e2fsprogs iproute2 procps gzip libseccomp-dev \
 	qemu-system-x86 containerd runc
 
-.PHONY: all deps build kernel initramfs guest test lint unit-test kvm-test bench demo install clean fuzz fuzz-smoke
+.PHONY: all deps build kernel initramfs guest test lint unit-test cold-check kvm-test bench demo install clean fuzz fuzz-smoke
 
 all: build guest
 
@@ -48,8 +48,10 @@ initramfs: build
 guest: kernel initramfs
 
 ## test: everything CI checks. Tests that need KVM run in one host VM (tests/kvm-host);
-## every fuzz target gets a short run (its seeds include past crashes).
-test: deps all lint unit-test kvm-test fuzz-smoke
+## the README's `make demo` runs as a user runs it; the build scripts' cache-miss
+## paths run against an empty cache; every fuzz target gets a short run (its
+## seeds include past crashes).
+test: deps all lint unit-test cold-check kvm-test demo fuzz-smoke
 
 lint:
 	$(CARGO) fmt --all --check
@@ -57,6 +59,10 @@ lint:
 
 unit-test:
 	$(CARGO) test --workspace
+
+# The build and preparation scripts on a new machine's empty cache (no compile).
+cold-check: build
+	tests/cold-check $(RELEASE)/cocoon-agent
 
 # Test binaries are built here and run inside the host VM: cargo itself would
 # crawl under emulation. Their KVM tests are #[ignore]d in unit-test, with the

@@ -10,7 +10,7 @@ use nix::mount::{mount, MsFlags};
 use crate::error::{AgentError, Result};
 
 /// The kernel command-line word that makes the agent log verbosely.
-const DEBUG_FLAG: &str = "cocoon.debug";
+const DEBUG_FLAG: &str = cocoon_protocol::GUEST_DEBUG_ARG;
 
 /// Makes a fresh tmpfs the agent's root, leaving the initramfs behind.
 ///

@@ -5,11 +5,17 @@
 # patches, this script), so an unchanged kernel is never rebuilt on the same
 # machine.
 #
-# usage: rootfs/kernel/build.sh OUT_DIR
+# usage: rootfs/kernel/build.sh [--config-only] OUT_DIR
 #   writes OUT_DIR/vmlinux, OUT_DIR/bzImage and OUT_DIR/kernel.config
+#   --config-only: take the cache-miss path (extract, patch, configure, check
+#   the options) without the cache lookup and the compile, and write only
+#   OUT_DIR/kernel.config; nothing is cached. `make cold-check` runs it
+#   against an empty cache so CI sees a script that assumes a warm machine.
 set -euo pipefail
 
-out_dir=${1:?usage: build.sh OUT_DIR}
+config_only=false
+if [ "${1:-}" = --config-only ]; then config_only=true; shift; fi
+out_dir=${1:?usage: build.sh [--config-only] OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 source_package=linux-source-6.1
 tarball=/usr/src/linux-source-6.1.tar.xz
@@ -28,7 +34,7 @@ patch_key=$( { echo "$source_version"; cat "${patches[@]}"; } | sha256sum | cut 
 cached="$cache_root/$key"
 mkdir -p "$cache_root"
 
-if [ ! -f "$cached/vmlinux" ]; then
+if $config_only || [ ! -f "$cached/vmlinux" ]; then
   echo "kernel build: building $source_package $source_version (cache key $key)"
   started=$(date +%s)
   # One extracted tree per set of patches; an older set's tree goes.
@@ -61,6 +67,13 @@ if [ ! -f "$cached/vmlinux" ]; then
     esac
   done < <(cat "${fragments[@]}")
   [ "$missing" = 0 ] || die "options requested by rootfs/kernel/fragments did not survive olddefconfig (see above)"
+  if $config_only; then
+    mkdir -p "$out_dir"
+    cp "$obj/.config" "$out_dir/kernel.config"
+    rm -rf "$obj"
+    echo "kernel build: configured in $(( $(date +%s) - started )) s (--config-only: not compiled, not cached)"
+    exit 0
+  fi
 
   kmake -j"$(nproc)" vmlinux bzImage
   staging="$cache_root/.staging-$key"

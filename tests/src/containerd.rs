@@ -117,6 +117,48 @@ impl Containerd {
             .expect("ctr runs")
     }
 
+    /// `ctr run FLAGS --runtime RUNTIME --snapshotter native BUSYBOX ID ARGS...`:
+    /// the busybox image with `runtime` (cocoon's [`RUNTIME`] or runc's) on
+    /// the native snapshotter, which works on any file system (the host VM's
+    /// root is an overlay, on which overlayfs cannot stack).
+    pub fn run(&self, runtime: &str, flags: &[&str], id: &str, args: &[&str]) -> Output {
+        let mut command = vec!["run"];
+        command.extend_from_slice(flags);
+        command.extend_from_slice(&["--runtime", runtime, "--snapshotter", "native", BUSYBOX, id]);
+        command.extend_from_slice(args);
+        self.ctr(&command)
+    }
+
+    /// Deletes task and container `id`, retrying the task delete while its
+    /// exit lands; returns what `ctr task delete` said (it names a non-zero
+    /// exit status there).
+    pub fn delete(&self, id: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let said = loop {
+            let deleted = self.ctr(&["task", "delete", id]);
+            if deleted.status.success() {
+                break text(&deleted.stderr);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task delete {id}: {}",
+                text(&deleted.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        ok(self.ctr(&["container", "delete", id]), "ctr container delete");
+        said
+    }
+
+    /// SIGKILL, then [`Containerd::delete`].
+    pub fn kill_and_delete(&self, id: &str) {
+        ok(
+            self.ctr(&["task", "kill", "-s", "KILL", id]),
+            "ctr task kill -s KILL",
+        );
+        self.delete(id);
+    }
+
     /// Builds the busybox image offline and imports it as [`BUSYBOX`].
     pub fn import_busybox(&self) {
         let archive = self.dir.path().join("busybox.tar");
@@ -144,6 +186,23 @@ impl Containerd {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// A command's stdout, after asserting it succeeded (`what` and its output
+/// name the failure).
+pub fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Output bytes as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 impl Drop for Containerd {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
+use cocoon_vmm_command::{Console, VmmCommand};
 use wait_timeout::ChildExt;
 
 pub mod containerd;
@@ -180,16 +181,16 @@ impl VmmRun {
     }
 }
 
-/// Runs `vmm` with `args` and its console in a file; waits at most `limit`.
-pub fn run_vmm(vmm: &Path, args: &[&str], limit: Duration) -> VmmRun {
+/// Runs the cocoon-vmm binary `vmm` as `command` says, with its console in a
+/// file; waits at most `limit`.
+pub fn run_vmm(vmm: &Path, command: VmmCommand, limit: Duration) -> VmmRun {
     let dir = tempfile::tempdir().expect("temporary directory");
     let console_path = dir.path().join("console.log");
     let stderr_path = dir.path().join("stderr.log");
     let started = std::time::Instant::now();
-    let mut child = std::process::Command::new(vmm)
-        .args(args)
-        .arg("--console")
-        .arg(&console_path)
+    let mut child = command
+        .console(Console::File(console_path.clone()))
+        .command(vmm)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))

@@ -8,13 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cocoon_protocol::client::Agent;
+use cocoon_vmm_command::{SandboxVm, VmmCommand};
 
 use crate::{build_output, guest_probe, release_dir, tail};
 
-/// The virtio-fs tag of the sandbox share.
-pub const SHARE_TAG: &str = "cocoon";
-/// Where tests mount the share in the guest.
-pub const GUEST_SHARE: &str = "/run/cocoon/share";
+/// Where the share is mounted in the guest, as the shim mounts it.
+pub const GUEST_SHARE: &str = cocoon_protocol::GUEST_SHARE_DIR;
 
 /// How long a guest may take to answer its first health call in the
 /// emulated host VM.
@@ -29,7 +28,8 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Boots a guest with `memory_mib` of RAM and an empty share.
+    /// Boots a guest as the shim boots a sandbox (the same cocoon-vmm command
+    /// line), with `memory_mib` of RAM and an empty share.
     pub fn boot(memory_mib: u32) -> Self {
         let vmm = release_dir().join("cocoon-vmm");
         assert!(
@@ -42,21 +42,18 @@ impl Sandbox {
         std::fs::create_dir(&share).expect("share directory");
         let vsock = dir.path().join("vsock.sock");
         let console = dir.path().join("console.log");
-        let child = Command::new(vmm)
-            .arg("--kernel")
-            .arg(build_output("vmlinux"))
-            .arg("--initrd")
-            .arg(build_output("initramfs.img"))
-            .args(["--memory-mib", &memory_mib.to_string(), "--vcpus", "1"])
-            .arg("--share")
-            .arg(format!("{SHARE_TAG}={}", share.display()))
-            .arg("--vsock-uds")
-            .arg(&vsock)
-            .args(["--vsock-cid", "3"])
-            .arg("--console")
-            .arg(&console)
-            .args(debug_cmdline())
-            .stdin(Stdio::null())
+        let child = VmmCommand::sandbox(&SandboxVm {
+            kernel: &build_output("vmlinux"),
+            initramfs: &build_output("initramfs.img"),
+            vcpus: 1,
+            memory_mib: memory_mib.into(),
+            share: &share,
+            vsock_uds: &vsock,
+            console: &console,
+            guest_debug: std::env::var_os("COCOON_TEST_GUEST_DEBUG").is_some(),
+        })
+        .command(&vmm)
+        .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("vmm.log")).expect("vmm log"))
             .spawn()
@@ -90,7 +87,7 @@ impl Sandbox {
             }
         };
         let mut mount = cocoon_protocol::api::agent::MountRequest::new();
-        mount.source = SHARE_TAG.into();
+        mount.source = cocoon_protocol::SHARE_TAG.into();
         mount.fstype = "virtiofs".into();
         mount.target = GUEST_SHARE.into();
         if let Err(error) = agent.rpc().mount(crate::sandbox::deadline(), &mount).await {
@@ -142,14 +139,6 @@ impl Drop for Sandbox {
         let vmm = self.vmm.get_mut().unwrap_or_else(|p| p.into_inner());
         let _ = vmm.kill();
         let _ = vmm.wait();
-    }
-}
-
-/// `COCOON_TEST_GUEST_DEBUG=1` makes the agent log verbosely on the console.
-fn debug_cmdline() -> Vec<&'static str> {
-    match std::env::var_os("COCOON_TEST_GUEST_DEBUG") {
-        Some(_) => vec!["--cmdline", "cocoon.debug"],
-        None => Vec::new(),
     }
 }
 

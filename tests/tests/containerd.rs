@@ -5,74 +5,18 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cocoon_tests::containerd::{Containerd, BUSYBOX, RUNTIME};
+use cocoon_tests::containerd::{ok, text, Containerd, BUSYBOX, RUNTIME};
 use cocoon_tests::require_hardware_kvm;
 
-/// `ctr run --rm --runtime cocoon IMAGE ID ARGS...` with the native
-/// snapshotter (the host VM's root is an overlay, which overlayfs cannot
-/// stack on).
+/// `ctr run --rm EXTRA... --runtime cocoon IMAGE ID ARGS...`.
 fn run(containerd: &Containerd, id: &str, extra: &[&str], args: &[&str]) -> std::process::Output {
-    let mut command = vec![
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--snapshotter",
-        "native",
-    ];
-    command.extend_from_slice(extra);
-    command.push(BUSYBOX);
-    command.push(id);
-    command.extend_from_slice(args);
-    containerd.ctr(&command)
+    let flags: Vec<&str> = ["--rm"].iter().chain(extra).copied().collect();
+    containerd.run(RUNTIME, &flags, id, args)
 }
 
-/// `ctr run -d --runtime cocoon IMAGE ID ARGS...`.
+/// `ctr run -d --runtime cocoon IMAGE ID ARGS...`, which must succeed.
 fn run_detached(containerd: &Containerd, id: &str, args: &[&str]) {
-    let mut command = vec![
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--snapshotter",
-        "native",
-        BUSYBOX,
-        id,
-    ];
-    command.extend_from_slice(args);
-    ok(containerd.ctr(&command), "ctr run -d");
-}
-
-/// SIGKILL, then task and container delete (retried while the exit lands).
-fn kill_and_delete(containerd: &Containerd, id: &str) {
-    ok(
-        containerd.ctr(&["task", "kill", "-s", "KILL", id]),
-        "ctr task kill -s KILL",
-    );
-    delete(containerd, id);
-}
-
-/// Deletes task and container; returns what `ctr task delete` said (it
-/// names a non-zero exit status there).
-fn delete(containerd: &Containerd, id: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let said = loop {
-        let deleted = containerd.ctr(&["task", "delete", id]);
-        if deleted.status.success() {
-            break text(&deleted.stderr);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task delete: {}",
-            text(&deleted.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    ok(
-        containerd.ctr(&["container", "delete", id]),
-        "ctr container delete",
-    );
-    said
+    ok(containerd.run(RUNTIME, &["-d"], id, args), "ctr run -d");
 }
 
 /// Waits until `ctr task ls` shows task `id` as `status`.
@@ -110,10 +54,6 @@ fn ctr_in_terminal(containerd: &Containerd, args: &str) -> String {
         text(&out.stderr)
     );
     output
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Nothing of a sandbox may outlive it: no VMM, no mount, no state.
@@ -244,16 +184,6 @@ fn a_missing_command_fails_fast_and_cleanly() {
     assert_nothing_left(&containerd);
 }
 
-fn ok(out: std::process::Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn detached_tasks_exec_pause_metrics_kill_and_leave_nothing() {
@@ -306,14 +236,14 @@ fn detached_tasks_exec_pause_metrics_kill_and_leave_nothing() {
         assert!(Instant::now() < deadline, "SIGTERM did not end the task");
         std::thread::sleep(Duration::from_millis(100));
     }
-    delete(&containerd, "bg");
+    containerd.delete("bg");
     assert_nothing_left(&containerd);
 
     // SIGKILL: 137; and many cycles leave nothing behind.
     for cycle in 0..20 {
         let id = format!("cycle{cycle}");
         run_detached(&containerd, &id, &["sleep", "600"]);
-        kill_and_delete(&containerd, &id);
+        containerd.kill_and_delete(&id);
     }
     assert_nothing_left(&containerd);
 }
@@ -371,7 +301,7 @@ fn a_dead_vmm_stops_its_tasks_and_leaves_nothing() {
         "task stopped {:?} after its VMM was killed",
         killed.elapsed()
     );
-    let said = delete(&containerd, "victim");
+    let said = containerd.delete("victim");
     assert!(
         said.contains("137"),
         "a task whose VM died exits with 128 + SIGKILL: {said}"
@@ -401,7 +331,7 @@ fn ctr_run_with_a_tty() {
         output.contains("/dev/pts/"),
         "the exec has a terminal: {output:?}"
     );
-    kill_and_delete(&containerd, "host");
+    containerd.kill_and_delete("host");
     assert_nothing_left(&containerd);
 }
 

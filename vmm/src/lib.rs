@@ -8,6 +8,7 @@
 pub mod attach;
 pub mod boot;
 pub mod bus;
+pub mod cli;
 pub mod devices;
 pub mod layout;
 pub mod memory;

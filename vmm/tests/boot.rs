@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use cocoon_vmm_command::{Console, VmmCommand};
 use cocoon_tests::{
     build_output, busybox_initramfs, require_hardware_kvm, run_vmm, wait_for_text, wait_or_kill,
     VmmRun,
@@ -13,12 +14,12 @@ use cocoon_tests::{
 const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 
-fn boot(kernel: &Path, initrd: &Path, extra: &[&str]) -> VmmRun {
-    let kernel = kernel.to_str().expect("utf-8 path");
-    let initrd = initrd.to_str().expect("utf-8 path");
-    let mut args = vec!["--kernel", kernel, "--initrd", initrd];
-    args.extend_from_slice(extra);
-    run_vmm(Path::new(VMM), &args, BOOT_LIMIT)
+fn boot(kernel: &Path, initrd: &Path) -> VmmCommand {
+    VmmCommand::new(kernel).initrd(initrd)
+}
+
+fn run(command: VmmCommand) -> VmmRun {
+    run_vmm(Path::new(VMM), command, BOOT_LIMIT)
 }
 
 #[test]
@@ -28,7 +29,7 @@ fn vmlinux_and_bzimage_boot_a_foreign_initramfs() {
     let dir = tempfile::tempdir().unwrap();
     let initrd = busybox_initramfs(dir.path(), "echo MARKER-$((6 * 7))\nreboot -f");
     for kernel in ["vmlinux", "bzImage"] {
-        let run = boot(&build_output(kernel), &initrd, &[]);
+        let run = run(boot(&build_output(kernel), &initrd));
         run.assert_success();
         assert!(
             run.console.contains("MARKER-42"),
@@ -51,11 +52,9 @@ fn guest_sees_the_requested_vcpus_memory_and_entropy() {
                   echo FLAGS=$(grep -m1 ^flags /proc/cpuinfo | cut -d: -f2)\n\
                   reboot -f";
     let initrd = busybox_initramfs(dir.path(), script);
-    let run = boot(
-        &build_output("vmlinux"),
-        &initrd,
-        &["--vcpus", "2", "--memory-mib", "512"],
-    );
+    let run = run(boot(&build_output("vmlinux"), &initrd)
+        .vcpus(2)
+        .memory_mib(512));
     run.assert_success();
     let value = |key: &str| {
         run.console
@@ -100,7 +99,7 @@ fn a_panicking_guest_fails_the_vmm_with_the_console_tail() {
     let dir = tempfile::tempdir().unwrap();
     // /init exiting makes the kernel panic ("Attempted to kill init!").
     let initrd = busybox_initramfs(dir.path(), "echo about to exit init\nexit 3");
-    let run = boot(&build_output("vmlinux"), &initrd, &[]);
+    let run = run(boot(&build_output("vmlinux"), &initrd));
     let status = run.status.as_ref().expect("the VMM exits by itself");
     assert!(
         !status.success(),
@@ -126,14 +125,11 @@ fn our_guest_reaches_the_agent_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let console = dir.path().join("console.log");
     let launched = std::time::Instant::now();
-    let mut vmm = std::process::Command::new(VMM)
-        .arg("--kernel")
-        .arg(build_output("vmlinux"))
-        .arg("--initrd")
-        .arg(build_output("initramfs.img"))
-        .args(["--cmdline", "quiet", "--shutdown-timeout", "30"])
-        .arg("--console")
-        .arg(&console)
+    let mut vmm = boot(&build_output("vmlinux"), &build_output("initramfs.img"))
+        .kernel_arg("quiet")
+        .shutdown_timeout_seconds(30)
+        .console(Console::File(console.clone()))
+        .command(Path::new(VMM))
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

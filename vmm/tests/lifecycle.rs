@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cocoon_vmm_command::{Console, VmmCommand};
 use cocoon_tests::{
     build_output, busybox_initramfs, require_hardware_kvm, tail, wait_for_text, wait_or_kill,
 };
@@ -15,19 +16,17 @@ const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
 /// returns (exit status, time from SIGTERM to exit, console, stderr).
 fn terminate(
     script: &str,
-    shutdown_timeout: &str,
+    shutdown_timeout: u64,
 ) -> (std::process::ExitStatus, Duration, String, String) {
     let scratch = tempfile::tempdir().unwrap();
     let initrd = busybox_initramfs(scratch.path(), script);
     let console = scratch.path().join("console.log");
     let stderr = scratch.path().join("stderr.log");
-    let mut vmm = Command::new(VMM)
-        .arg("--kernel")
-        .arg(build_output("vmlinux"))
-        .arg("--initrd")
-        .arg(&initrd)
-        .args(["--shutdown-timeout", shutdown_timeout, "--console"])
-        .arg(&console)
+    let mut vmm = VmmCommand::new(build_output("vmlinux"))
+        .initrd(&initrd)
+        .shutdown_timeout_seconds(shutdown_timeout)
+        .console(Console::File(console.clone()))
+        .command(Path::new(VMM))
         .stdin(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
@@ -50,7 +49,7 @@ fn sigterm_asks_the_guest_to_shut_down() {
     require_hardware_kvm();
     let (status, elapsed, console, stderr) = terminate(
         "echo READY\nread -r request\necho GOT-SHUTDOWN-REQUEST\nreboot -f",
-        "30",
+        30,
     );
     assert!(status.success(), "{status}; stderr:\n{stderr}");
     assert!(
@@ -68,7 +67,7 @@ fn sigterm_asks_the_guest_to_shut_down() {
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn sigterm_stops_a_guest_that_ignores_it() {
     require_hardware_kvm();
-    let (status, elapsed, _console, stderr) = terminate("echo READY\nexec sleep 3600", "2");
+    let (status, elapsed, _console, stderr) = terminate("echo READY\nexec sleep 3600", 2);
     assert!(status.success(), "{status}; stderr:\n{stderr}");
     assert!(stderr.contains("did not shut down"), "stderr:\n{stderr}");
     assert!(
@@ -85,16 +84,12 @@ fn a_killed_vmm_leaves_only_its_socket_and_the_next_start_reuses_the_path() {
     let initrd = busybox_initramfs(scratch.path(), "echo READY\nexec sleep 3600");
     let uds = scratch.path().join("vsock.sock");
     let start = |console: &Path| {
-        Command::new(VMM)
-            .arg("--kernel")
-            .arg(build_output("vmlinux"))
-            .arg("--initrd")
-            .arg(&initrd)
-            .arg("--vsock-uds")
-            .arg(&uds)
-            .arg("--console")
-            .arg(console)
-            .args(["--shutdown-timeout", "1"])
+        VmmCommand::new(build_output("vmlinux"))
+            .initrd(&initrd)
+            .vsock(&uds)
+            .console(Console::File(console.to_path_buf()))
+            .shutdown_timeout_seconds(1)
+            .command(Path::new(VMM))
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -6,6 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
+use cocoon_vmm_command::VmmCommand;
 use cocoon_tests::{
     build_output, busybox_initramfs_with, guest_probe, require_hardware_kvm, run_vmm,
 };
@@ -40,20 +41,12 @@ fn guest_uses_a_shared_directory_like_a_root_file_system() {
     // trusted.* rather than user.*: the share sits on /tmp, a tmpfs, which
     // (before Linux 6.6) keeps no user.* attributes.
     let initrd = busybox_initramfs_with(scratch.path(), script, &[(&guest_probe(), "/bin/probe")]);
-    let share_arg = format!("shared={}", share.display());
-    let kernel = build_output("vmlinux");
     let run = run_vmm(
         Path::new(VMM),
-        &[
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--memory-mib",
-            "256",
-            "--share",
-            &share_arg,
-        ],
+        VmmCommand::new(build_output("vmlinux"))
+            .initrd(&initrd)
+            .memory_mib(256)
+            .share("shared", &share),
         Duration::from_secs(180),
     );
     run.assert_success();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use cocoon_vmm_command::{Console, VmmCommand};
 use cocoon_tests::pattern::{checksum_stream, pattern_checksum, PatternReader};
 use cocoon_tests::{
     build_output, busybox_initramfs_with, guest_probe, require_hardware_kvm, tail, wait_for_text,
@@ -89,17 +90,14 @@ fn vsock_moves_data_both_ways_with_many_connections() {
     );
     let initrd = busybox_initramfs_with(scratch.path(), &script, &[(&guest_probe(), "/bin/probe")]);
     let console = scratch.path().join("console.log");
-    let kernel = build_output("vmlinux");
-    let mut vmm = Command::new(VMM)
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .args(["--memory-mib", "512", "--vcpus", "2", "--vsock-cid", "3"])
-        .arg("--vsock-uds")
-        .arg(&uds)
-        .arg("--console")
-        .arg(&console)
+    let mut vmm = VmmCommand::new(build_output("vmlinux"))
+        .initrd(&initrd)
+        .memory_mib(512)
+        .vcpus(2)
+        .vsock(&uds)
+        .vsock_cid(3)
+        .console(Console::File(console.clone()))
+        .command(Path::new(VMM))
         .stdin(Stdio::null())
         .spawn()
         .expect("cocoon-vmm starts");

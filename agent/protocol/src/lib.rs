@@ -33,6 +33,16 @@ pub const AGENT_RPC_PORT: u32 = 1024;
 /// Guest vsock port on which process stdio streams are accepted.
 pub const AGENT_STDIO_PORT: u32 = 1025;
 
+/// The virtio-fs tag of a sandbox's share (the shim's per-sandbox directory
+/// holding every container's root file system).
+pub const SHARE_TAG: &str = "cocoon";
+
+/// Where the agent mounts the share [`SHARE_TAG`] in the guest.
+pub const GUEST_SHARE_DIR: &str = "/run/cocoon/share";
+
+/// The kernel argument that makes the agent log verbosely on the console.
+pub const GUEST_DEBUG_ARG: &str = "cocoon.debug";
+
 /// What cocoon-vmm writes to the guest's console input (the agent's stdin)
 /// to ask for an orderly shutdown, e.g. on SIGTERM. An escape sequence no
 /// keyboard produces, ended by a newline so a line-buffered reader sees it.

@@ -1,67 +1,16 @@
 //! `cocoon-vmm`: boot a Linux guest in a KVM microVM.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use cocoon_vmm::cli::Args;
 use cocoon_vmm::vm::{Vm, VmConfig, VmEvent, VsockConfig};
 
 /// Kernel arguments every Cocoon guest needs: the console on COM1, a restart
 /// through the i8042 (which ends the VM), and an immediate restart on panic
 /// (which the VMM recognises on the console and reports as a failure).
 const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
-
-#[derive(Parser, Debug)]
-#[command(name = "cocoon-vmm", version, about = "Boot a Linux guest in a KVM microVM", long_about = None)]
-struct Args {
-    /// Guest kernel: an ELF vmlinux or a bzImage.
-    #[arg(long)]
-    kernel: PathBuf,
-    /// Initramfs (cpio, optionally compressed).
-    #[arg(long)]
-    initrd: Option<PathBuf>,
-    /// Extra kernel arguments, appended to "console=ttyS0 reboot=k panic=-1".
-    #[arg(long, default_value = "")]
-    cmdline: String,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u8,
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 128)]
-    memory_mib: u64,
-    /// Where the guest console goes: a file path, "-" for stdout, or "none".
-    #[arg(long, default_value = "-")]
-    console: String,
-    /// Share a host directory with the guest over virtio-fs
-    /// (guest: mount -t virtiofs TAG /mnt). Repeatable.
-    #[arg(long = "share", value_name = "TAG=DIR", value_parser = parse_share)]
-    shares: Vec<(String, PathBuf)>,
-    /// Unix socket of the hybrid vsock device: connect and write
-    /// "CONNECT <port>\n" to reach a guest port; guest connections to host
-    /// port P go to "<PATH>_P".
-    #[arg(long, value_name = "PATH")]
-    vsock_uds: Option<PathBuf>,
-    /// Seconds the guest gets to shut down after SIGTERM/SIGINT before the
-    /// VM is stopped anyway.
-    #[arg(long, default_value_t = 5)]
-    shutdown_timeout: u64,
-    /// The guest's vsock CID (with --vsock-uds).
-    #[arg(long, default_value_t = 3, requires = "vsock_uds")]
-    vsock_cid: u64,
-    /// Attach a virtio-balloon device offering only free page reporting:
-    /// memory the guest frees is dropped from the VMM's resident memory
-    /// (the guest kernel needs CONFIG_VIRTIO_BALLOON).
-    #[arg(long)]
-    balloon: bool,
-}
-
-fn parse_share(value: &str) -> Result<(String, PathBuf), String> {
-    match value.split_once('=') {
-        Some((tag, dir)) if !tag.is_empty() && !dir.is_empty() => Ok((tag.to_string(), dir.into())),
-        _ => Err(format!("expected TAG=DIR, got {value:?}")),
-    }
-}
 
 fn console_sink(target: &str) -> anyhow::Result<Option<Box<dyn std::io::Write + Send>>> {
     Ok(match target {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use cocoon_tests::containerd::{Containerd, BUSYBOX, RUNTIME};
+use cocoon_tests::containerd::{ok, Containerd, RUNTIME};
 use cocoon_tests::{build_output, release_dir};
 
 use crate::{median_ms, on_local_storage};
@@ -110,17 +110,7 @@ fn mib(kib: u64) -> f64 {
 /// fail saying so.
 fn time_ctr_run(containerd: &Containerd, runtime: &str, id: &str, command: &str) -> Duration {
     let started = Instant::now();
-    let out = containerd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        runtime,
-        "--snapshotter",
-        "native",
-        BUSYBOX,
-        id,
-        command,
-    ]);
+    let out = containerd.run(runtime, &["--rm"], id, &[command]);
     let elapsed = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
     let as_expected = if command == MISSING {
@@ -154,22 +144,9 @@ fn idle_sandboxes(containerd: &Containerd, count: usize) -> IdleSandbox {
     let ids: Vec<String> = (0..count).map(|i| format!("idle{i}")).collect();
     let mut vmm_pids = Vec::new();
     for id in &ids {
-        let out = containerd.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            "--snapshotter",
-            "native",
-            BUSYBOX,
-            id,
-            "sleep",
-            "3600",
-        ]);
-        assert!(
-            out.status.success(),
-            "ctr run -d: {}",
-            String::from_utf8_lossy(&out.stderr)
+        ok(
+            containerd.run(RUNTIME, &["-d"], id, &["sleep", "3600"]),
+            "ctr run -d",
         );
         let pid_file = containerd
             .cocoon_state
@@ -215,13 +192,7 @@ fn idle_sandboxes(containerd: &Containerd, count: usize) -> IdleSandbox {
     };
 
     for id in &ids {
-        let _ = containerd.ctr(&["task", "kill", "-s", "KILL", id]);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !containerd.ctr(&["task", "delete", id]).status.success() {
-            assert!(Instant::now() < deadline, "the idle task {id} would not go");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = containerd.ctr(&["container", "delete", id]);
+        containerd.kill_and_delete(id);
     }
     IdleSandbox {
         shim: mean(shim),

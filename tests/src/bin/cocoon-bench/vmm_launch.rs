@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cocoon_tests::{build_output, busybox_initramfs};
+use cocoon_vmm_command::{Console, VmmCommand};
 
 use crate::{median_ms, on_local_storage};
 
@@ -54,21 +55,12 @@ pub fn measure(vmm: &Path, runs: usize) {
 }
 
 fn cocoon_command(vmm: &Path, kernel: &Path, initramfs: &Path) -> Command {
-    let mut command = Command::new(vmm);
-    command
-        .arg("--kernel")
-        .arg(kernel)
-        .arg("--initrd")
-        .arg(initramfs)
-        .args([
-            "--memory-mib",
-            &GUEST_MEMORY_MIB.to_string(),
-            "--cmdline",
-            "quiet",
-            "--console",
-            "-",
-        ]);
-    command
+    VmmCommand::new(kernel)
+        .initrd(initramfs)
+        .memory_mib(GUEST_MEMORY_MIB)
+        .kernel_arg("quiet")
+        .console(Console::Stdout)
+        .command(vmm)
 }
 
 fn qemu_command(kernel: &Path, initramfs: &Path) -> Command {

@@ -1,0 +1,253 @@
+//! The cocoon-vmm command line, typed.
+//!
+//! The shim, the end-to-end tests and the bench all start cocoon-vmm; they
+//! build its arguments here and nowhere else, so a test boots a VM exactly as
+//! production does ([`VmmCommand::sandbox`]) and a renamed flag is one edit.
+//! cocoon-vmm parses these arguments with clap (`cocoon_vmm::cli`), whose
+//! tests check that every setting here survives the round trip.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where the guest console goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// The VMM's standard output (cocoon-vmm's default).
+    Stdout,
+    /// A file the VMM creates (and truncates).
+    File(PathBuf),
+    /// Nowhere.
+    Discard,
+}
+
+/// A cocoon-vmm invocation. Settings left unset get cocoon-vmm's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmmCommand {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Kernel arguments after the VMM's own base command line.
+    pub cmdline: Vec<String>,
+    pub vcpus: Option<u8>,
+    pub memory_mib: Option<u64>,
+    pub console: Option<Console>,
+    /// virtio-fs shares: (tag, host directory).
+    pub shares: Vec<(String, PathBuf)>,
+    /// The hybrid vsock device's Unix socket.
+    pub vsock_uds: Option<PathBuf>,
+    pub vsock_cid: Option<u64>,
+    pub shutdown_timeout_seconds: Option<u64>,
+    /// Free page reporting (virtio-balloon).
+    pub balloon: bool,
+}
+
+/// What the shim gives every sandbox's VM; [`VmmCommand::sandbox`] turns it
+/// into the one command line production uses.
+#[derive(Clone, Debug)]
+pub struct SandboxVm<'a> {
+    pub kernel: &'a Path,
+    pub initramfs: &'a Path,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    /// The host side of the share the agent mounts at
+    /// [`cocoon_protocol::GUEST_SHARE_DIR`].
+    pub share: &'a Path,
+    pub vsock_uds: &'a Path,
+    pub console: &'a Path,
+    /// Verbose guest kernel and agent logs on the console.
+    pub guest_debug: bool,
+}
+
+impl VmmCommand {
+    /// A VM booting `kernel`, everything else cocoon-vmm's default.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmmCommand {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: Vec::new(),
+            vcpus: None,
+            memory_mib: None,
+            console: None,
+            shares: Vec::new(),
+            vsock_uds: None,
+            vsock_cid: None,
+            shutdown_timeout_seconds: None,
+            balloon: false,
+        }
+    }
+
+    /// A sandbox VM as the shim starts it: the agent's initramfs, the share
+    /// under [`cocoon_protocol::SHARE_TAG`], the agent's vsock socket, the
+    /// console in a file and free page reporting.
+    pub fn sandbox(vm: &SandboxVm) -> Self {
+        VmmCommand::new(vm.kernel)
+            .initrd(vm.initramfs)
+            .vcpus(vm.vcpus)
+            .memory_mib(vm.memory_mib)
+            .share(cocoon_protocol::SHARE_TAG, vm.share)
+            .vsock(vm.vsock_uds)
+            .console(Console::File(vm.console.to_path_buf()))
+            // What the guest frees goes back to the host.
+            .balloon(true)
+            // Every console byte is a trap to the VMM: a quiet kernel boots
+            // much faster (warnings, oopses and panics are still printed).
+            // The debug console gets everything, the agent's logs included.
+            .kernel_arg(if vm.guest_debug {
+                cocoon_protocol::GUEST_DEBUG_ARG
+            } else {
+                "quiet"
+            })
+    }
+
+    pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
+        self.initrd = Some(path.into());
+        self
+    }
+
+    /// Appends one kernel argument.
+    pub fn kernel_arg(mut self, arg: impl Into<String>) -> Self {
+        self.cmdline.push(arg.into());
+        self
+    }
+
+    pub fn vcpus(mut self, vcpus: u8) -> Self {
+        self.vcpus = Some(vcpus);
+        self
+    }
+
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.memory_mib = Some(mib);
+        self
+    }
+
+    pub fn console(mut self, console: Console) -> Self {
+        self.console = Some(console);
+        self
+    }
+
+    pub fn share(mut self, tag: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        self.shares.push((tag.into(), dir.into()));
+        self
+    }
+
+    pub fn vsock(mut self, uds: impl Into<PathBuf>) -> Self {
+        self.vsock_uds = Some(uds.into());
+        self
+    }
+
+    pub fn vsock_cid(mut self, cid: u64) -> Self {
+        self.vsock_cid = Some(cid);
+        self
+    }
+
+    pub fn shutdown_timeout_seconds(mut self, seconds: u64) -> Self {
+        self.shutdown_timeout_seconds = Some(seconds);
+        self
+    }
+
+    pub fn balloon(mut self, on: bool) -> Self {
+        self.balloon = on;
+        self
+    }
+
+    /// The arguments, without the program name.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--kernel".into(), self.kernel.clone().into()];
+        let mut push = |flag: &str, value: OsString| {
+            args.push(flag.into());
+            args.push(value);
+        };
+        if let Some(initrd) = &self.initrd {
+            push("--initrd", initrd.into());
+        }
+        if !self.cmdline.is_empty() {
+            push("--cmdline", self.cmdline.join(" ").into());
+        }
+        if let Some(vcpus) = self.vcpus {
+            push("--vcpus", vcpus.to_string().into());
+        }
+        if let Some(mib) = self.memory_mib {
+            push("--memory-mib", mib.to_string().into());
+        }
+        match &self.console {
+            None => {}
+            Some(Console::Stdout) => push("--console", "-".into()),
+            Some(Console::Discard) => push("--console", "none".into()),
+            Some(Console::File(path)) => push("--console", path.into()),
+        }
+        for (tag, dir) in &self.shares {
+            let mut share = OsString::from(format!("{tag}="));
+            share.push(dir);
+            push("--share", share);
+        }
+        if let Some(uds) = &self.vsock_uds {
+            push("--vsock-uds", uds.into());
+        }
+        if let Some(cid) = self.vsock_cid {
+            push("--vsock-cid", cid.to_string().into());
+        }
+        if let Some(seconds) = self.shutdown_timeout_seconds {
+            push("--shutdown-timeout", seconds.to_string().into());
+        }
+        if self.balloon {
+            args.push("--balloon".into());
+        }
+        args
+    }
+
+    /// A [`Command`] running the cocoon-vmm binary at `vmm` with these
+    /// arguments; stdio and the rest are the caller's.
+    pub fn command(&self, vmm: &Path) -> Command {
+        let mut command = Command::new(vmm);
+        command.args(self.args());
+        command
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_command_names_only_the_kernel() {
+        assert_eq!(
+            VmmCommand::new("/k").args(),
+            vec![OsString::from("--kernel"), "/k".into()]
+        );
+    }
+
+    #[test]
+    fn kernel_arguments_are_joined_into_one_cmdline() {
+        let args = VmmCommand::new("/k")
+            .kernel_arg("quiet")
+            .kernel_arg("cocoon.debug")
+            .args();
+        assert_eq!(&args[2..], &[OsString::from("--cmdline"), "quiet cocoon.debug".into()]);
+    }
+
+    #[test]
+    fn a_sandbox_has_the_share_vsock_console_and_balloon() {
+        let args = VmmCommand::sandbox(&SandboxVm {
+            kernel: Path::new("/k"),
+            initramfs: Path::new("/i"),
+            vcpus: 2,
+            memory_mib: 300,
+            share: Path::new("/state/share"),
+            vsock_uds: Path::new("/state/vsock.sock"),
+            console: Path::new("/state/console.log"),
+            guest_debug: false,
+        })
+        .args();
+        let line: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
+        let line = line.join(" ");
+        assert_eq!(
+            line,
+            format!(
+                "--kernel /k --initrd /i --cmdline quiet --vcpus 2 --memory-mib 300 \
+                 --console /state/console.log --share {}=/state/share \
+                 --vsock-uds /state/vsock.sock --balloon",
+                cocoon_protocol::SHARE_TAG
+            )
+        );
+    }
+}
