@@ -22,10 +22,9 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use virtio_queue::Queue;
-pub use vm_memory::GuestMemoryMmap;
 
-/// The guest memory type every device works with.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+/// The guest memory type every device works with (defined with guest RAM).
+pub use crate::memory::GuestMemory;
 
 /// Virtio device type of the entropy device.
 pub const VIRTIO_ID_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
