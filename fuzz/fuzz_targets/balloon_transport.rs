@@ -40,8 +40,10 @@ fuzz_target!(|data: &[u8]| {
     .expect("guest memory");
     let irq = EventFd::new(EFD_NONBLOCK).expect("irq eventfd");
     let interrupt = Arc::new(VirtioInterrupt::new(irq));
+    // As the VM builds it: the first report switches guest RAM to small pages.
+    let balloon = Balloon::with_small_pages_switch(cocoon_vmm::memory::prefer_small_pages);
     let mut transport =
-        MmioTransport::new(Box::new(Balloon::new()), mem.clone(), interrupt).expect("transport");
+        MmioTransport::new(Box::new(balloon), mem.clone(), interrupt).expect("transport");
 
     for op in data.chunks_exact(8).take(MAX_OPS) {
         let [kind, a, b, c, v0, v1, v2, v3] = op.try_into().expect("8 bytes");

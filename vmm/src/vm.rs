@@ -333,7 +333,8 @@ fn attach_virtio_devices(
     }
     // Last, so that the other devices keep their windows and IRQs either way.
     if config.balloon {
-        virtio.attach(Box::new(Balloon::new()), &mut mmio)?;
+        let balloon = Balloon::with_small_pages_switch(memory::prefer_small_pages);
+        virtio.attach(Box::new(balloon), &mut mmio)?;
     }
     let cmdline = std::iter::once(config.cmdline.as_str())
         .chain(virtio.cmdline_entries().iter().map(String::as_str))

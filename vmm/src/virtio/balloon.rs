@@ -8,8 +8,9 @@
 //! zero page.
 //!
 //! The first report also means the guest has booted: from then on guest RAM
-//! gets small pages (`memory::prefer_small_pages`), so that reports smaller
-//! than a huge page free memory too.
+//! gets small pages (the switch the VM hands over at construction,
+//! `memory::prefer_small_pages`), so that reports smaller than a huge page
+//! free memory too.
 //!
 //! No ballooning proper: `num_pages` stays 0, so the driver never inflates,
 //! and whatever it still posts on the inflate and deflate queues is completed
@@ -63,9 +64,13 @@ const ACTUAL_OFFSET: u64 = 4;
 // The only mappings where MADV_DONTNEED frees memory and later reads give zeros.
 const ANONYMOUS_PRIVATE: i32 = libc::MAP_ANONYMOUS | libc::MAP_PRIVATE;
 
+/// Switches guest RAM to small pages; the balloon calls it at the first
+/// report of each activation.
+pub type SmallPagesSwitch = fn(&GuestMemory);
+
 /// The virtio memory balloon device, reduced to free page reporting.
-#[derive(Default)]
 pub struct Balloon {
+    switch_to_small_pages: SmallPagesSwitch,
     acked_features: u64,
     // Pages the driver says it holds in the balloon (always 0 from Linux).
     actual: u32,
@@ -75,9 +80,23 @@ pub struct Balloon {
 }
 
 impl Balloon {
-    /// A new, not yet activated balloon device.
-    pub fn new() -> Self {
-        Self::default()
+    /// A new, not yet activated balloon device; `switch_to_small_pages`
+    /// runs when the guest first reports free pages (it has booted).
+    pub fn with_small_pages_switch(switch_to_small_pages: SmallPagesSwitch) -> Self {
+        Self {
+            switch_to_small_pages,
+            acked_features: 0,
+            actual: 0,
+            reported: Arc::default(),
+            worker: None,
+            warn_limit: WarnLimiter::default(),
+        }
+    }
+
+    /// The balloon as the VM builds it.
+    #[cfg(test)]
+    pub(crate) fn new() -> Self {
+        Self::with_small_pages_switch(crate::memory::prefer_small_pages)
     }
 
     /// Bytes of reported guest memory dropped from the host so far, across
@@ -181,7 +200,7 @@ impl VirtioDevice for Balloon {
             stop: stop.try_clone().map_err(ActivateError::Worker)?,
             reported: Arc::clone(&self.reported),
             warn_limit: WarnLimiter::default(),
-            small_pages: false,
+            switch_to_small_pages: Some(self.switch_to_small_pages),
         };
         let thread = WorkerThread::spawn("virtio-balloon", stop, move || worker.run());
         self.worker = Some(thread.map_err(ActivateError::Worker)?);
@@ -265,7 +284,8 @@ struct Worker {
     stop: EventFd,
     reported: Arc<AtomicU64>,
     warn_limit: WarnLimiter,
-    small_pages: bool,
+    // Taken at the first report.
+    switch_to_small_pages: Option<SmallPagesSwitch>,
 }
 
 impl Worker {
@@ -357,9 +377,8 @@ impl Worker {
                 };
                 let head = chain.head_index();
                 if kind == QueueKind::Reporting {
-                    if !self.small_pages {
-                        crate::memory::prefer_small_pages(&self.mem);
-                        self.small_pages = true;
+                    if let Some(switch) = self.switch_to_small_pages.take() {
+                        switch(&self.mem);
                     }
                     report(&self.reported, &mut self.warn_limit, chain);
                 } else {
