@@ -6,9 +6,12 @@
 
 pub mod balloon;
 pub mod config;
+mod device;
+mod epoll_worker;
 pub mod fs;
 pub mod interrupt;
 pub mod mmio;
+mod queue_drain;
 pub mod rng;
 pub mod vsock;
 mod worker_thread;
@@ -61,7 +64,7 @@ pub enum ActivateError {
     AlreadyActive,
     /// The worker thread or one of its resources could not be created.
     #[error("cannot start the device worker: {0}")]
-    Worker(#[source] std::io::Error),
+    Worker(#[from] std::io::Error),
 }
 
 /// A virtio device behind a transport. Devices run their own worker thread after activation.
