@@ -85,6 +85,7 @@ pub(crate) trait Device: Send {
     /// Features offered to the driver, [`VIRTIO_F_VERSION_1`](super::VIRTIO_F_VERSION_1) included.
     const FEATURES: u64;
 
+    /// The state the device keeps for the shared half.
     fn state(&mut self) -> &mut DeviceState;
 
     /// The queues the driver must enable before the device can start.

@@ -68,6 +68,7 @@ impl WorkerThreads {
     ) -> io::Result<()> {
         let exit_tx = self.exit_tx.clone();
         let thread = crate::thread::builder(name).spawn(move || {
+            // Per-thread seccomp filters go here, before `work` runs.
             work();
             drop(exit_tx);
         })?;

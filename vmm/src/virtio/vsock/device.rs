@@ -209,7 +209,7 @@ impl EpollHandler for Worker {
         match index {
             RX_QUEUE => self.process_rx(),
             TX_QUEUE => self.process_tx(),
-            // Nothing for rx, and we never send transport events.
+            // The event queue: we never send transport events.
             _ => Ok(()),
         }
     }
