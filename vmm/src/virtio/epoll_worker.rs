@@ -119,6 +119,7 @@ impl EpollWorker {
 
     /// Serves `handler` until told to stop.
     pub(crate) fn run<H: EpollHandler>(self, mut handler: H) {
+        // The driver may have posted buffers before it set DRIVER_OK.
         for index in self.queue_events.iter().map(|&(index, _)| index) {
             self.serve_notified(&mut handler, index);
         }
