@@ -16,6 +16,7 @@ pub mod thread;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;
+pub mod vm_event;
 
 /// Version of this VMM, as reported by `cocoon-vmm --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

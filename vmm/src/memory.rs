@@ -18,6 +18,7 @@ use vm_memory::{
 
 use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
+/// Guest RAM as the VM, the boot code and every device see it.
 pub type GuestMemory = GuestMemoryMmap<()>;
 
 const HUGE_PAGE: usize = 2 << 20;

@@ -26,6 +26,8 @@ use crate::virtio::balloon::Balloon;
 use crate::virtio::fs::Fs;
 use crate::virtio::rng::Rng;
 use crate::virtio::vsock::Vsock;
+// Re-exported: the binary and embedders know it as `vm::VmEvent`.
+pub use crate::vm_event::VmEvent;
 
 /// What a VM is made of. Paths are checked when the VM is built.
 pub struct VmConfig {
@@ -52,19 +54,6 @@ pub struct VmConfig {
 pub struct VsockConfig {
     pub guest_cid: u64,
     pub uds_path: PathBuf,
-}
-
-/// Why the guest stopped, or why the VM could not go on.
-#[derive(Debug, Clone)]
-pub enum VmEvent {
-    /// The guest restarted or powered off: it is done.
-    GuestReset,
-    VcpuFailed {
-        vcpu: u8,
-        reason: String,
-    },
-    /// The host asked us to stop (SIGTERM/SIGINT).
-    Stop,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,178 +125,41 @@ fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::KvmSetup { step, source }
 }
 
+// Logs how long building the VM has taken so far, step by step.
+struct BuildClock(std::time::Instant);
+
+impl BuildClock {
+    fn done(&self, step: &str) {
+        let after_us = self.0.elapsed().as_micros() as u64;
+        tracing::debug!(after_us, "{step}");
+    }
+}
+
 impl Vm {
     pub fn new(mut config: VmConfig) -> Result<Self, VmError> {
-        // Inputs first: a wrong path is the most common mistake, and it
-        // deserves its own message before anything touches KVM.
-        let inputs = [
-            ("kernel", Some(&config.kernel)),
-            ("initramfs", config.initrd.as_ref()),
-        ];
-        for (what, path) in inputs {
-            if let Some(path) = path {
-                std::fs::File::open(path).map_err(|source| VmError::Input {
-                    what,
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            }
-        }
-        if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
-            return Err(VmError::VcpuCount(config.vcpus));
-        }
-        if config.memory_mib < 64 {
-            return Err(VmError::MemorySize(config.memory_mib));
-        }
-        if config.cmdline.len() >= layout::CMDLINE_MAX_SIZE {
-            return Err(VmError::CmdlineTooLong(config.cmdline.len()));
-        }
-        let building = std::time::Instant::now();
-        tracing::debug!(
-            after_us = building.elapsed().as_micros() as u64,
-            "opening KVM"
-        );
-        let kvm = Kvm::new().map_err(VmError::Kvm)?;
-        for cap in [
-            Cap::Irqchip,
-            Cap::Ioeventfd,
-            Cap::Irqfd,
-            Cap::UserMemory,
-            Cap::Pit2,
-            Cap::ExtCpuid,
-        ] {
-            if !kvm.check_extension(cap) {
-                return Err(VmError::MissingCapability(cap));
-            }
-        }
-        let vm = Arc::new(kvm.create_vm().map_err(kvm_step("KVM_CREATE_VM"))?);
-        vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
-            .map_err(kvm_step("KVM_SET_TSS_ADDR"))?;
-        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
-            .map_err(kvm_step("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_step("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(kvm_step("KVM_CREATE_PIT2"))?;
-
-        tracing::debug!(
-            after_us = building.elapsed().as_micros() as u64,
-            "KVM VM created"
-        );
-        let memory = memory::create_guest_memory(config.memory_mib << 20).map_err(|source| {
-            VmError::Memory {
-                mib: config.memory_mib,
-                source,
-            }
-        })?;
-        for (slot, region) in memory.iter().enumerate() {
-            let region = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-            };
-            // SAFETY: the region is a live mapping owned by `memory`, which the
-            // Vm keeps (and so outlives every vCPU that can access it).
-            unsafe { vm.set_user_memory_region(region) }
-                .map_err(kvm_step("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-
-        tracing::debug!(
-            after_us = building.elapsed().as_micros() as u64,
-            "guest memory mapped"
-        );
+        check_config(&config)?;
+        let clock = BuildClock(std::time::Instant::now());
+        clock.done("opening KVM");
+        let (kvm, vm) = create_kvm_vm()?;
+        clock.done("KVM VM created");
+        let memory = create_guest_memory(&vm, config.memory_mib)?;
+        clock.done("guest memory mapped");
         let kernel = boot::load_kernel(&memory, &config.kernel)?;
-        let initrd = match &config.initrd {
-            Some(path) => {
-                let addr_max = kernel
-                    .result
-                    .setup_header
-                    .map(|header| header.initrd_addr_max);
-                Some(boot::load_initrd(&memory, path, addr_max)?)
-            }
-            None => None,
-        };
+        let initrd = load_initrd(&memory, &config, &kernel)?;
         // virtio devices first: their command line entries go to the kernel.
-        let mut mmio = Bus::default();
-        let mut virtio = VirtioAttacher::new(vm.clone(), memory.clone());
-        virtio.attach(Box::new(Rng::new()), &mut mmio)?;
-        if let Some(vsock) = &config.vsock {
-            let device =
-                Vsock::new(vsock.guest_cid, &vsock.uds_path).map_err(|source| VmError::Vsock {
-                    path: vsock.uds_path.display().to_string(),
-                    source,
-                })?;
-            virtio.attach(Box::new(device), &mut mmio)?;
-        }
-        for (tag, dir) in &config.shares {
-            let fs = Fs::new(tag, dir).map_err(|source| VmError::Share {
-                tag: tag.clone(),
-                dir: dir.display().to_string(),
-                source,
-            })?;
-            virtio.attach(Box::new(fs), &mut mmio)?;
-        }
-        // Last, so that the other devices keep their windows and IRQs either way.
-        if config.balloon {
-            virtio.attach(Box::new(Balloon::new()), &mut mmio)?;
-        }
-        let cmdline = std::iter::once(config.cmdline.as_str())
-            .chain(virtio.cmdline_entries().iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join(" ");
-        if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
-            return Err(VmError::CmdlineTooLong(cmdline.len()));
-        }
-        tracing::debug!(
-            after_us = building.elapsed().as_micros() as u64,
-            "kernel, initramfs and devices ready"
-        );
+        let (mmio, cmdline) = attach_virtio_devices(&vm, &memory, &config)?;
+        clock.done("kernel, initramfs and devices ready");
         params::write_boot_params(&memory, &kernel, initrd.as_ref(), &cmdline)?;
         mptable::write(&memory, config.vcpus).map_err(boot::BootError::from)?;
         long_mode::write_tables(&memory)?;
 
         let events = channel();
         let console = ConsoleLog::default();
-        let serial_irq = IrqLine::new(vm.clone(), layout::SERIAL_IRQ);
-        let serial = SerialConsole::new(
-            serial_irq,
-            ConsoleWriter::new(config.console.take(), console.clone()),
-        );
-        let serial = Arc::new(Mutex::new(serial));
-        let mut pio = Bus::default();
-        pio.insert(COM1_PORT, COM1_PORTS, serial.clone())?;
-        let reset = ResetController::new(events.0.clone(), VmEvent::GuestReset);
-        pio.insert(I8042_PORT, I8042_PORTS, Arc::new(Mutex::new(reset)))?;
+        let (pio, serial) = legacy_devices(&vm, &events.0, config.console.take(), &console)?;
         let buses = Arc::new(Buses { pio, mmio });
-
-        tracing::debug!(
-            after_us = building.elapsed().as_micros() as u64,
-            "boot tables written"
-        );
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_step("KVM_GET_SUPPORTED_CPUID"))?;
-        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
-        for id in 0..config.vcpus {
-            let fd = vm
-                .create_vcpu(u64::from(id))
-                .map_err(kvm_step("KVM_CREATE_VCPU"))?;
-            setup::configure_common(&fd, id, &setup::cpuid_for(&supported, id, config.vcpus))?;
-            if id == 0 {
-                setup::configure_boot_processor(&fd, kernel.entry.raw_value())?;
-            }
-            vcpus.push(Vcpu { id, fd });
-        }
-
-        tracing::debug!(
-            after_us = building.elapsed().as_micros() as u64,
-            "vCPUs configured"
-        );
+        clock.done("boot tables written");
+        let vcpus = create_vcpus(&kvm, &vm, config.vcpus, kernel.entry.raw_value())?;
+        clock.done("vCPUs configured");
         Ok(Self {
             _kvm: kvm,
             _vm: vm,
@@ -355,4 +207,181 @@ impl Vm {
         let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         serial.enqueue_input(cocoon_protocol::GUEST_SHUTDOWN_REQUEST);
     }
+}
+
+// Inputs first: a wrong path is the most common mistake, and it deserves its
+// own message before anything touches KVM.
+fn check_config(config: &VmConfig) -> Result<(), VmError> {
+    let inputs = [
+        ("kernel", Some(&config.kernel)),
+        ("initramfs", config.initrd.as_ref()),
+    ];
+    for (what, path) in inputs {
+        if let Some(path) = path {
+            std::fs::File::open(path).map_err(|source| VmError::Input {
+                what,
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+    }
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(VmError::VcpuCount(config.vcpus));
+    }
+    if config.memory_mib < 64 {
+        return Err(VmError::MemorySize(config.memory_mib));
+    }
+    if config.cmdline.len() >= layout::CMDLINE_MAX_SIZE {
+        return Err(VmError::CmdlineTooLong(config.cmdline.len()));
+    }
+    Ok(())
+}
+
+// The KVM VM with the capabilities we rely on, its in-kernel irqchip and PIT.
+fn create_kvm_vm() -> Result<(Kvm, Arc<VmFd>), VmError> {
+    let kvm = Kvm::new().map_err(VmError::Kvm)?;
+    for cap in [
+        Cap::Irqchip,
+        Cap::Ioeventfd,
+        Cap::Irqfd,
+        Cap::UserMemory,
+        Cap::Pit2,
+        Cap::ExtCpuid,
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCapability(cap));
+        }
+    }
+    let vm = Arc::new(kvm.create_vm().map_err(kvm_step("KVM_CREATE_VM"))?);
+    vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+        .map_err(kvm_step("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+        .map_err(kvm_step("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_step("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_step("KVM_CREATE_PIT2"))?;
+    Ok((kvm, vm))
+}
+
+// Guest RAM, each region registered with KVM as a memory slot.
+fn create_guest_memory(vm: &VmFd, memory_mib: u64) -> Result<GuestMemory, VmError> {
+    let memory =
+        memory::create_guest_memory(memory_mib << 20).map_err(|source| VmError::Memory {
+            mib: memory_mib,
+            source,
+        })?;
+    for (slot, region) in memory.iter().enumerate() {
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mapping owned by `memory`, which the
+        // Vm keeps (and so outlives every vCPU that can access it).
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_step("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(memory)
+}
+
+fn load_initrd(
+    memory: &GuestMemory,
+    config: &VmConfig,
+    kernel: &boot::LoadedKernel,
+) -> Result<Option<boot::LoadedInitrd>, VmError> {
+    let Some(path) = &config.initrd else {
+        return Ok(None);
+    };
+    let addr_max = kernel
+        .result
+        .setup_header
+        .map(|header| header.initrd_addr_max);
+    Ok(Some(boot::load_initrd(memory, path, addr_max)?))
+}
+
+// Attaches the configured virtio devices to a fresh MMIO bus; returns the bus
+// and the full kernel command line, which tells the guest where they are.
+fn attach_virtio_devices(
+    vm: &Arc<VmFd>,
+    memory: &GuestMemory,
+    config: &VmConfig,
+) -> Result<(Bus, String), VmError> {
+    let mut mmio = Bus::default();
+    let mut virtio = VirtioAttacher::new(vm.clone(), memory.clone());
+    virtio.attach(Box::new(Rng::new()), &mut mmio)?;
+    if let Some(vsock) = &config.vsock {
+        let device =
+            Vsock::new(vsock.guest_cid, &vsock.uds_path).map_err(|source| VmError::Vsock {
+                path: vsock.uds_path.display().to_string(),
+                source,
+            })?;
+        virtio.attach(Box::new(device), &mut mmio)?;
+    }
+    for (tag, dir) in &config.shares {
+        let fs = Fs::new(tag, dir).map_err(|source| VmError::Share {
+            tag: tag.clone(),
+            dir: dir.display().to_string(),
+            source,
+        })?;
+        virtio.attach(Box::new(fs), &mut mmio)?;
+    }
+    // Last, so that the other devices keep their windows and IRQs either way.
+    if config.balloon {
+        let balloon = Balloon::with_small_pages_switch(memory::prefer_small_pages);
+        virtio.attach(Box::new(balloon), &mut mmio)?;
+    }
+    let cmdline = std::iter::once(config.cmdline.as_str())
+        .chain(virtio.cmdline_entries().iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
+        return Err(VmError::CmdlineTooLong(cmdline.len()));
+    }
+    Ok((mmio, cmdline))
+}
+
+// The port I/O bus: the serial console on COM1 (writing to `console_sink` and
+// `console`) and the i8042 reset line (reporting to `events`).
+fn legacy_devices(
+    vm: &Arc<VmFd>,
+    events: &Sender<VmEvent>,
+    console_sink: Option<Box<dyn std::io::Write + Send>>,
+    console: &ConsoleLog,
+) -> Result<(Bus, Arc<Mutex<SerialConsole>>), VmError> {
+    let serial_irq = IrqLine::new(vm.clone(), layout::SERIAL_IRQ);
+    let serial = SerialConsole::new(
+        serial_irq,
+        ConsoleWriter::new(console_sink, console.clone()),
+    );
+    let serial = Arc::new(Mutex::new(serial));
+    let mut pio = Bus::default();
+    pio.insert(COM1_PORT, COM1_PORTS, serial.clone())?;
+    let reset = ResetController::new(events.clone(), VmEvent::GuestReset);
+    pio.insert(I8042_PORT, I8042_PORTS, Arc::new(Mutex::new(reset)))?;
+    Ok((pio, serial))
+}
+
+// The vCPUs, configured; the boot processor starts at `entry`.
+fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8, entry: u64) -> Result<Vec<Vcpu>, VmError> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_step("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vcpus = Vec::with_capacity(count as usize);
+    for id in 0..count {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_step("KVM_CREATE_VCPU"))?;
+        setup::configure_common(&fd, id, &setup::cpuid_for(&supported, id, count))?;
+        if id == 0 {
+            setup::configure_boot_processor(&fd, entry)?;
+        }
+        vcpus.push(Vcpu { id, fd });
+    }
+    Ok(vcpus)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
-use crate::vm::VmEvent;
+use crate::vm_event::VmEvent;
 
 pub struct Vcpu {
     pub id: u8,

@@ -8,8 +8,9 @@
 //! zero page.
 //!
 //! The first report also means the guest has booted: from then on guest RAM
-//! gets small pages (`memory::prefer_small_pages`), so that reports smaller
-//! than a huge page free memory too.
+//! gets small pages (the switch the VM hands over at construction,
+//! `memory::prefer_small_pages`), so that reports smaller than a huge page
+//! free memory too.
 //!
 //! No ballooning proper: `num_pages` stays 0, so the driver never inflates,
 //! and whatever it still posts on the inflate and deflate queues is completed
@@ -18,24 +19,29 @@
 //! reporting_vq (2).
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tracing::{debug, error};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use tracing::debug;
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::mmap::GuestRegionMmap;
 use vm_memory::{GuestAddress, GuestMemory as _, GuestMemoryRegion};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::config::{read_config_bytes, write_config_bytes};
+use super::device::{Activation, Device, DeviceState};
+use super::epoll_worker::{EpollHandler, EpollWorker};
 use super::interrupt::VirtioInterrupt;
+use super::queue_drain::drain_queue;
 use super::warn_limit::{limited, WarnLimiter};
-use super::worker_thread::WorkerThread;
+use super::worker_thread::WorkerThreads;
 use super::{
-    ActivateError, GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_ID_BALLOON,
-    VIRTIO_RING_F_EVENT_IDX,
+    ActivateError, GuestMemory, VIRTIO_F_VERSION_1, VIRTIO_ID_BALLOON, VIRTIO_RING_F_EVENT_IDX,
+};
+// The tests drive the device through the transport's interface.
+#[cfg(test)]
+use {
+    super::VirtioDevice,
+    vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK},
 };
 
 /// Feature bit of free page reporting (virtio 1.2, 5.5.3). virtio-bindings has
@@ -48,7 +54,7 @@ pub const QUEUE_SIZE: u16 = 256;
 /// host page size; Linux reports whole 2 MiB pageblocks on x86).
 pub const PAGE_SIZE: u64 = 4096;
 
-const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
+const NAME: &str = "virtio-balloon";
 const INFLATE_QUEUE: usize = 0;
 const DEFLATE_QUEUE: usize = 1;
 const REPORTING_QUEUE: usize = 2;
@@ -63,21 +69,35 @@ const ACTUAL_OFFSET: u64 = 4;
 // The only mappings where MADV_DONTNEED frees memory and later reads give zeros.
 const ANONYMOUS_PRIVATE: i32 = libc::MAP_ANONYMOUS | libc::MAP_PRIVATE;
 
+/// Switches guest RAM to small pages; the balloon calls it at the first
+/// report of each activation.
+pub type SmallPagesSwitch = fn(&GuestMemory);
+
 /// The virtio memory balloon device, reduced to free page reporting.
-#[derive(Default)]
 pub struct Balloon {
-    acked_features: u64,
+    state: DeviceState,
+    switch_to_small_pages: SmallPagesSwitch,
     // Pages the driver says it holds in the balloon (always 0 from Linux).
     actual: u32,
     reported: Arc<AtomicU64>,
-    worker: Option<WorkerThread>,
-    warn_limit: WarnLimiter,
 }
 
 impl Balloon {
-    /// A new, not yet activated balloon device.
-    pub fn new() -> Self {
-        Self::default()
+    /// A new, not yet activated balloon device; `switch_to_small_pages`
+    /// runs when the guest first reports free pages (it has booted).
+    pub fn with_small_pages_switch(switch_to_small_pages: SmallPagesSwitch) -> Self {
+        Self {
+            state: DeviceState::default(),
+            switch_to_small_pages,
+            actual: 0,
+            reported: Arc::default(),
+        }
+    }
+
+    /// The balloon as the VM builds it.
+    #[cfg(test)]
+    pub(crate) fn new() -> Self {
+        Self::with_small_pages_switch(crate::memory::prefer_small_pages)
     }
 
     /// Bytes of reported guest memory dropped from the host so far, across
@@ -91,36 +111,32 @@ impl Balloon {
         config[4..8].copy_from_slice(&self.actual.to_le_bytes());
         config
     }
-
-    fn stop_worker(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
-    }
 }
 
-impl VirtioDevice for Balloon {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BALLOON
+impl Device for Balloon {
+    const NAME: &'static str = NAME;
+    const TYPE: u32 = VIRTIO_ID_BALLOON;
+    const QUEUE_SIZES: &'static [u16] = &[QUEUE_SIZE; 3];
+    const FEATURES: u64 = AVAIL_FEATURES;
+
+    fn state(&mut self) -> &mut DeviceState {
+        &mut self.state
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+    fn required_queues(acked_features: u64) -> &'static [usize] {
+        // The reporting queue exists only if the driver took the feature.
+        if acked_features & VIRTIO_BALLOON_F_REPORTING != 0 {
+            &[INFLATE_QUEUE, DEFLATE_QUEUE, REPORTING_QUEUE]
+        } else {
+            &[INFLATE_QUEUE, DEFLATE_QUEUE]
+        }
     }
 
-    fn avail_features(&self) -> u64 {
-        AVAIL_FEATURES
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & AVAIL_FEATURES;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
+    fn read_config_space(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config(), offset, data);
     }
 
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
+    fn write_config_space(&mut self, offset: u64, data: &[u8]) -> bool {
         // Only `actual` is the driver's to write, and a write must fit in it.
         let mut actual = self.actual.to_le_bytes();
         let written = offset
@@ -128,88 +144,56 @@ impl VirtioDevice for Balloon {
             .is_some_and(|at| write_config_bytes(&mut actual, at, data));
         if written {
             self.actual = u32::from_le_bytes(actual);
-        } else {
-            limited!(
-                self.warn_limit,
-                warn,
-                offset,
-                len = data.len(),
-                "virtio-balloon: ignoring config write outside `actual`"
-            );
         }
+        written
     }
 
-    fn activate(
+    fn start_workers(
         &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<VirtioInterrupt>,
-        queues: Vec<Queue>,
-        queue_events: Vec<EventFd>,
-    ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if queues.len() != QUEUE_SIZES.len() || queue_events.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                queues: queues.len(),
-                events: queue_events.len(),
-            });
-        }
-        // The reporting queue exists only if the driver took the feature.
-        let reporting = self.acked_features & VIRTIO_BALLOON_F_REPORTING != 0;
-        let needed: &[usize] = if reporting {
-            &[INFLATE_QUEUE, DEFLATE_QUEUE, REPORTING_QUEUE]
-        } else {
-            &[INFLATE_QUEUE, DEFLATE_QUEUE]
-        };
-        if let Some(&index) = needed.iter().find(|&&index| !queues[index].ready()) {
-            return Err(ActivateError::QueueNotReady(index));
-        }
-        let queues = [QueueKind::Inflate, QueueKind::Deflate, QueueKind::Reporting]
+        mut activation: Activation,
+    ) -> Result<WorkerThreads, ActivateError> {
+        let reporting = activation.acked_features & VIRTIO_BALLOON_F_REPORTING != 0;
+        let mut queues = Vec::new();
+        let mut queue_events = Vec::new();
+        for (kind, active) in QueueKind::ALL
             .into_iter()
-            .zip(queues.into_iter().zip(queue_events))
-            .filter(|(kind, _)| *kind != QueueKind::Reporting || reporting)
-            .map(|(kind, (queue, event))| DeviceQueue { kind, queue, event })
-            .collect();
-
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+            .zip(activation.take_queues::<3>()?)
+        {
+            if kind != QueueKind::Reporting || reporting {
+                queues.push((kind, active.queue));
+                queue_events.push((active.index, active.event));
+            }
+        }
         let worker = Worker {
-            mem,
-            interrupt,
+            mem: activation.mem,
+            interrupt: Arc::clone(&activation.interrupt),
             queues,
-            stop: stop.try_clone().map_err(ActivateError::Worker)?,
             reported: Arc::clone(&self.reported),
             warn_limit: WarnLimiter::default(),
-            small_pages: false,
+            switch_to_small_pages: Some(self.switch_to_small_pages),
         };
-        let thread = WorkerThread::spawn("virtio-balloon", stop, move || worker.run());
-        self.worker = Some(thread.map_err(ActivateError::Worker)?);
-        Ok(())
+        EpollWorker::spawn_single(NAME, activation.interrupt, queue_events, worker)
+            .map_err(ActivateError::Worker)
     }
 
-    fn reset(&mut self) -> bool {
-        self.stop_worker();
-        self.acked_features = 0;
+    fn forget_driver_state(&mut self, _workers_were_running: bool) {
         self.actual = 0;
-        true
     }
 }
 
-impl Drop for Balloon {
-    fn drop(&mut self) {
-        self.stop_worker();
-    }
-}
-
+// A queue's kind; its discriminant is the virtio queue index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 enum QueueKind {
-    Inflate,
-    Deflate,
-    Reporting,
+    Inflate = INFLATE_QUEUE,
+    Deflate = DEFLATE_QUEUE,
+    Reporting = REPORTING_QUEUE,
 }
 
 impl QueueKind {
+    // In virtio queue index order.
+    const ALL: [Self; 3] = [Self::Inflate, Self::Deflate, Self::Reporting];
+
     fn name(self) -> &'static str {
         match self {
             Self::Inflate => "inflateq",
@@ -249,144 +233,51 @@ struct FreeRange {
     host: *mut u8,
 }
 
-struct DeviceQueue {
-    kind: QueueKind,
-    queue: Queue,
-    event: EventFd,
-}
-
-const TOKEN_STOP: u64 = u64::MAX;
-
-// Everything the worker thread owns. Queue tokens are indices into `queues`.
+// Everything the worker thread owns.
 struct Worker {
     mem: GuestMemory,
     interrupt: Arc<VirtioInterrupt>,
-    queues: Vec<DeviceQueue>,
-    stop: EventFd,
+    // The queues in use.
+    queues: Vec<(QueueKind, Queue)>,
     reported: Arc<AtomicU64>,
     warn_limit: WarnLimiter,
-    small_pages: bool,
+    // Taken at the first report.
+    switch_to_small_pages: Option<SmallPagesSwitch>,
 }
 
-impl Worker {
-    fn run(mut self) {
-        let epoll = match self.epoll() {
-            Ok(epoll) => epoll,
-            Err(e) => {
-                error!(error = %e, "virtio-balloon: cannot set up epoll");
-                self.interrupt.signal_needs_reset();
-                return;
-            }
-        };
-        // The driver may have posted buffers before it set DRIVER_OK.
-        let mut broken = false;
-        for index in 0..self.queues.len() {
-            broken = broken || !self.process_queue(index);
-        }
-        let mut events = [EpollEvent::default(); QUEUE_SIZES.len() + 1];
-        loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    error!(error = %e, "virtio-balloon: epoll wait failed, worker exits");
-                    return;
-                }
-            };
-            for event in events.iter().take(n) {
-                let token = event.data();
-                if token == TOKEN_STOP {
-                    return;
-                }
-                let Some(index) = usize::try_from(token)
-                    .ok()
-                    .filter(|&i| i < self.queues.len())
-                else {
-                    continue;
-                };
-                // Drain the counter; EAGAIN only means someone else did.
-                let _ = self.queues[index].event.read();
-                // A broken device leaves every queue alone until the driver resets it.
-                if !broken {
-                    broken = !self.process_queue(index);
-                }
-            }
-        }
-    }
-
-    fn epoll(&self) -> io::Result<Epoll> {
-        let epoll = Epoll::new()?;
-        let queues = self.queues.iter().map(|q| &q.event).zip(0u64..);
-        for (fd, token) in queues.chain([(&self.stop, TOKEN_STOP)]) {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, token),
-            )?;
-        }
-        Ok(epoll)
-    }
-
-    // Serves every pending buffer of queue `index`. Returns false (after
-    // flagging the device as needing reset) if the queue itself is corrupt.
-    fn process_queue(&mut self, index: usize) -> bool {
-        match self.try_process_queue(index) {
-            Ok(()) => true,
-            Err(e) => {
-                let queue = self.queues.get(index).map_or("?", |q| q.kind.name());
-                error!(queue, error = %e, "virtio-balloon: queue is corrupt, device needs reset");
-                self.interrupt.signal_needs_reset();
-                false
-            }
-        }
-    }
-
-    fn try_process_queue(&mut self, index: usize) -> Result<(), virtio_queue::Error> {
-        let Some(device_queue) = self.queues.get_mut(index) else {
+impl EpollHandler for Worker {
+    fn process_queue(&mut self, index: usize) -> Result<(), virtio_queue::Error> {
+        let Self {
+            mem,
+            interrupt,
+            queues,
+            reported,
+            warn_limit,
+            switch_to_small_pages,
+        } = self;
+        let Some((kind, queue)) = queues.iter_mut().find(|(kind, _)| *kind as usize == index)
+        else {
             return Ok(());
         };
-        let kind = device_queue.kind;
-        let queue = &mut device_queue.queue;
-        let mut used_any = false;
-        loop {
-            queue.disable_notification(&self.mem)?;
-            loop {
-                let next = queue.iter(&self.mem)?.next();
-                let Some(chain) = next else {
-                    break;
-                };
-                let head = chain.head_index();
-                if kind == QueueKind::Reporting {
-                    if !self.small_pages {
-                        crate::memory::prefer_small_pages(&self.mem);
-                        self.small_pages = true;
-                    }
-                    report(&self.reported, &mut self.warn_limit, chain);
-                } else {
-                    limited!(
-                        self.warn_limit,
-                        warn,
-                        queue = kind.name(),
-                        head,
-                        "virtio-balloon: we never resize the balloon, completing the buffer untouched"
-                    );
+        let kind = *kind;
+        drain_queue(NAME, queue, mem, interrupt, |chain| {
+            if kind == QueueKind::Reporting {
+                if let Some(switch) = switch_to_small_pages.take() {
+                    switch(mem);
                 }
-                // Nothing is ever written into the driver's buffers.
-                queue.add_used(&self.mem, head, 0)?;
-                used_any = true;
+                report(reported, warn_limit, chain);
+            } else {
+                limited!(
+                    warn_limit,
+                    warn,
+                    queue = kind.name(),
+                    head = chain.head_index(),
+                    "virtio-balloon: we never resize the balloon, completing the buffer untouched"
+                );
             }
-            // Re-check after re-enabling notifications so a buffer posted in
-            // between is not left waiting for a kick that never comes.
-            if !queue.enable_notification(&self.mem)? {
-                break;
-            }
-        }
-        if used_any && queue.needs_notification(&self.mem)? {
-            if let Err(e) = self.interrupt.signal_used_queue() {
-                error!(error = %e, "virtio-balloon: cannot signal used queue");
-            }
-        }
-        Ok(())
+            // Nothing is ever written into the driver's buffers.
+            0
+        })
     }
 }
 

@@ -61,10 +61,15 @@ impl VirtioInterrupt {
     }
 
     /// Marks the device as needing reset (the driver sees DEVICE_NEEDS_RESET in
-    /// Status) and tells the driver through a config-change interrupt.
-    pub fn signal_needs_reset(&self) {
-        self.needs_reset.store(true, Ordering::SeqCst);
+    /// Status) and tells the driver through a config-change interrupt. Returns
+    /// whether this call marked it (false: it was marked already).
+    ///
+    /// Device workers read the mark as "the device is broken": they leave
+    /// their queues alone until the driver resets the device.
+    pub fn signal_needs_reset(&self) -> bool {
+        let first = !self.needs_reset.swap(true, Ordering::SeqCst);
         self.signal_config_change();
+        first
     }
 
     /// Whether [`signal_needs_reset`](Self::signal_needs_reset) was called since the last reset.

@@ -6,9 +6,12 @@
 
 pub mod balloon;
 pub mod config;
+mod device;
+mod epoll_worker;
 pub mod fs;
 pub mod interrupt;
 pub mod mmio;
+mod queue_drain;
 pub mod rng;
 pub mod vsock;
 mod worker_thread;
@@ -22,10 +25,9 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use virtio_queue::Queue;
-pub use vm_memory::GuestMemoryMmap;
 
-/// The guest memory type every device works with.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+/// The guest memory type every device works with (defined with guest RAM).
+pub use crate::memory::GuestMemory;
 
 /// Virtio device type of the entropy device.
 pub const VIRTIO_ID_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
@@ -62,7 +64,7 @@ pub enum ActivateError {
     AlreadyActive,
     /// The worker thread or one of its resources could not be created.
     #[error("cannot start the device worker: {0}")]
-    Worker(#[source] std::io::Error),
+    Worker(#[from] std::io::Error),
 }
 
 /// A virtio device behind a transport. Devices run their own worker thread after activation.

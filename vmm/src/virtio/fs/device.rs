@@ -6,21 +6,15 @@ use std::sync::Arc;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::api::Vfs;
 use tracing::info;
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::config_space::ConfigSpace;
-use super::passthrough::{self, FsServer};
-use super::worker::{VirtQueue, WorkerPool, WORKER_THREADS};
-use crate::virtio::config::read_config_bytes;
-use crate::virtio::interrupt::VirtioInterrupt;
-use crate::virtio::warn_limit::{limited, WarnLimiter};
-use crate::virtio::{
-    ActivateError, GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_ID_FS,
-    VIRTIO_RING_F_EVENT_IDX,
-};
-
 use super::error::FsError;
+use super::passthrough::{self, FsServer};
+use super::worker;
+use crate::virtio::config::read_config_bytes;
+use crate::virtio::device::{Activation, Device, DeviceState};
+use crate::virtio::worker_thread::WorkerThreads;
+use crate::virtio::{ActivateError, VIRTIO_F_VERSION_1, VIRTIO_ID_FS, VIRTIO_RING_F_EVENT_IDX};
 
 /// Size of each queue. Linux caps a request at (queue size - a few) pages, so
 /// 1024 lets the guest use fuse-backend-rs's full 1 MiB (256 pages) requests.
@@ -35,19 +29,16 @@ pub const NUM_QUEUES: usize = 1 + NUM_REQUEST_QUEUES as usize;
 const HIPRIO_QUEUE: usize = 0;
 const REQUEST_QUEUE: usize = 1;
 
-const QUEUE_SIZES: [u16; NUM_QUEUES] = [QUEUE_SIZE; NUM_QUEUES];
 const AVAIL_FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
 
 /// A virtio-fs device sharing one host directory under one tag.
 pub struct Fs {
+    state: DeviceState,
     tag: String,
     root: PathBuf,
     config: ConfigSpace,
     vfs: Arc<Vfs>,
     server: Arc<FsServer>,
-    acked_features: u64,
-    workers: Option<WorkerPool>,
-    warn_limit: WarnLimiter,
 }
 
 impl Fs {
@@ -66,14 +57,12 @@ impl Fs {
         let vfs = passthrough::open(&root)?;
         info!(tag, root = %root.display(), "virtio-fs: sharing directory");
         Ok(Self {
+            state: DeviceState::default(),
             tag: tag.to_owned(),
             root,
             config,
             server: Arc::new(Server::new(Arc::clone(&vfs))),
             vfs,
-            acked_features: 0,
-            workers: None,
-            warn_limit: WarnLimiter::default(),
         })
     }
 
@@ -86,112 +75,54 @@ impl Fs {
     pub fn root(&self) -> &Path {
         &self.root
     }
-
-    /// Stops the workers; returns whether any were running.
-    fn stop_workers(&mut self) -> bool {
-        match self.workers.take() {
-            Some(mut workers) => {
-                workers.stop();
-                true
-            }
-            None => false,
-        }
-    }
 }
 
-impl VirtioDevice for Fs {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_FS
+impl Device for Fs {
+    const NAME: &'static str = "virtio-fs";
+    const TYPE: u32 = VIRTIO_ID_FS;
+    const QUEUE_SIZES: &'static [u16] = &[QUEUE_SIZE; NUM_QUEUES];
+    const FEATURES: u64 = AVAIL_FEATURES;
+
+    fn state(&mut self) -> &mut DeviceState {
+        &mut self.state
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+    fn required_queues(_acked_features: u64) -> &'static [usize] {
+        // Linux always enables the high-priority queue, but the device works
+        // without it: FORGETs are an optimisation, INTERRUPTs advisory.
+        &[REQUEST_QUEUE]
     }
 
-    fn avail_features(&self) -> u64 {
-        AVAIL_FEATURES
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & AVAIL_FEATURES;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
+    fn read_config_space(&self, offset: u64, data: &mut [u8]) {
         // Out-of-range parts read as zero; Linux never asks for them.
         read_config_bytes(self.config.as_bytes(), offset, data);
     }
 
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        limited!(
-            self.warn_limit,
-            warn,
-            offset,
-            len = data.len(),
-            "virtio-fs: ignoring write to read-only config space"
-        );
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<VirtioInterrupt>,
-        queues: Vec<Queue>,
-        queue_events: Vec<EventFd>,
-    ) -> Result<(), ActivateError> {
-        if self.workers.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if queues.len() != NUM_QUEUES || queue_events.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                queues: queues.len(),
-                events: queue_events.len(),
-            });
-        }
-        if !queues[REQUEST_QUEUE].ready() {
-            return Err(ActivateError::QueueNotReady(REQUEST_QUEUE));
-        }
-        // Linux always enables the high-priority queue, but the device works
-        // without it: FORGETs are an optimisation, INTERRUPTs advisory.
-        let enabled: Vec<VirtQueue> = queues
+    fn start_workers(&mut self, activation: Activation) -> Result<WorkerThreads, ActivateError> {
+        let enabled: Vec<_> = activation
+            .queues
             .into_iter()
-            .zip(queue_events)
-            .enumerate()
-            .filter(|(_, (queue, _))| queue.ready())
-            .map(|(index, (queue, event))| VirtQueue {
-                index,
-                queue,
-                event,
-            })
+            .filter(|active| active.ready)
             .collect();
         if enabled.iter().all(|q| q.index != HIPRIO_QUEUE) {
             info!(tag = %self.tag, "virtio-fs: driver left the high-priority queue disabled");
         }
-        let workers = WorkerPool::start(
-            Arc::clone(&self.server),
-            mem,
-            interrupt,
+        let server = Arc::clone(&self.server);
+        worker::start(
+            Self::NAME,
+            server,
+            activation.mem,
+            activation.interrupt,
             enabled,
-            WORKER_THREADS,
         )
-        .map_err(ActivateError::Worker)?;
-        self.workers = Some(workers);
-        Ok(())
+        .map_err(ActivateError::Worker)
     }
 
-    fn reset(&mut self) -> bool {
-        if self.stop_workers() {
+    fn forget_driver_state(&mut self, workers_were_running: bool) {
+        if workers_were_running {
             // The old driver's inodes and open files die with it; close their
             // host fds now rather than when (if ever) the guest says DESTROY.
             passthrough::forget_all(&self.vfs);
         }
-        self.acked_features = 0;
-        true
-    }
-}
-
-impl Drop for Fs {
-    fn drop(&mut self) {
-        self.stop_workers();
     }
 }

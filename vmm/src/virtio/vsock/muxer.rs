@@ -24,6 +24,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::connection::{ConnKey, Connection, GuestOutcome, Kill, BUF_ALLOC};
 use super::header::{Op, VsockHeader, HEADER_SIZE, HOST_CID};
 use super::unix_backend::{connect_nonblocking, guest_service_path, ConnectLine};
+use crate::virtio::epoll_worker::FIRST_DEVICE_TOKEN;
 use crate::virtio::warn_limit::{limited, WarnLimiter};
 
 /// Most live connections per device; guest requests beyond it are refused
@@ -38,8 +39,9 @@ const MAX_PENDING_RSTS: usize = 4096;
 /// the well-known ports guests connect to.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
-/// epoll token of the listening socket. Tokens below it belong to the device worker.
-pub const TOKEN_LISTENER: u64 = 8;
+/// epoll token of the listening socket, the first of the device's own: the
+/// ones below it belong to the device worker.
+pub const TOKEN_LISTENER: u64 = FIRST_DEVICE_TOKEN;
 const FIRST_DYNAMIC_TOKEN: u64 = 16;
 
 // What an epoll token of a host socket stands for.
@@ -68,7 +70,8 @@ fn host_interest(out: bool) -> EventSet {
 pub struct Muxer {
     guest_cid: u64,
     uds_path: PathBuf,
-    epoll: Epoll,
+    // Shared with the device worker, which waits on it.
+    epoll: Arc<Epoll>,
     listener: UnixListener,
     conns: HashMap<ConnKey, Connection>,
     handshakes: HashMap<u64, Handshake>,
@@ -99,7 +102,7 @@ impl Muxer {
         max_connections: usize,
         live: Arc<AtomicUsize>,
     ) -> io::Result<Self> {
-        let epoll = Epoll::new()?;
+        let epoll = Arc::new(Epoll::new()?);
         epoll.ctl(
             ControlOperation::Add,
             listener.as_raw_fd(),
@@ -127,9 +130,10 @@ impl Muxer {
         })
     }
 
-    /// The epoll instance; the worker adds its own fds with tokens below [`TOKEN_LISTENER`].
-    pub fn epoll(&self) -> &Epoll {
-        &self.epoll
+    /// The epoll instance, for the device worker to wait on; it adds its own
+    /// fds with tokens below [`TOKEN_LISTENER`].
+    pub fn epoll(&self) -> Arc<Epoll> {
+        Arc::clone(&self.epoll)
     }
 
     /// Handles an epoll event for a token of ours.
