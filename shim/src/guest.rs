@@ -12,8 +12,7 @@ use containerd_shim::protos::api::{CreateTaskRequest, Mount};
 use tokio::sync::watch;
 
 use crate::error::Result;
-use crate::io::{IoError, Relay, StdioPaths};
-use crate::rootfs::RootfsError;
+use crate::io::{Relay, StdioPaths};
 
 #[async_trait]
 pub trait Guest: Send + Sync {
@@ -21,27 +20,15 @@ pub trait Guest: Send + Sync {
     fn agent(&self) -> &dyn AgentCalls;
 
     /// Mounts container `id`'s root file system where the guest sees it
-    /// (`mounts`, else the bundle's `root_path`); returns the guest path.
-    async fn mount_rootfs(
-        &self,
-        id: &str,
-        mounts: &[Mount],
-        bundle: &Path,
-        root_path: &str,
-    ) -> std::result::Result<String, RootfsError>;
+    /// (`mounts`, else the directory `root`); returns the guest path.
+    async fn mount_rootfs(&self, id: &str, mounts: &[Mount], root: &Path) -> Result<String>;
 
     /// Undoes [`Guest::mount_rootfs`], also a partial one.
     fn unmount_rootfs(&self, id: &str);
 
     /// Connects process (`id`, `exec`)'s streams to containerd's stdio and
     /// starts copying.
-    async fn attach_stdio(
-        &self,
-        namespace: &str,
-        id: &str,
-        exec: &str,
-        stdio: &StdioPaths,
-    ) -> std::result::Result<Relay, IoError>;
+    async fn attach_stdio(&self, id: &str, exec: &str, stdio: &StdioPaths) -> Result<Relay>;
 
     /// The VMM's exit status, once it has exited.
     fn vmm_exit(&self) -> watch::Receiver<Option<i32>>;

@@ -37,6 +37,8 @@ impl Launch for VmLauncher {
         if let Err(error) = sandbox::record_state_dir(Path::new(&req.bundle), &dir) {
             tracing::warn!("recording the state directory in {}: {error}", req.bundle);
         }
-        Ok(Arc::new(Sandbox::start(&config, dir, &shape).await?))
+        Ok(Arc::new(
+            Sandbox::start(&config, &self.namespace, dir, &shape).await?,
+        ))
     }
 }

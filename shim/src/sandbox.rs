@@ -18,9 +18,10 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::error::Result as ShimResult;
 use crate::guest::{vm_exited, Guest};
-use crate::io::{self, IoError, Relay, StdioPaths};
-use crate::rootfs::{self, RootfsError};
+use crate::io::{self, Relay, StdioPaths};
+use crate::rootfs;
 use crate::vm_shape::VmShape;
 
 /// The virtio-fs tag of the sandbox share, and where the guest mounts it.
@@ -63,6 +64,8 @@ pub enum SandboxError {
 }
 
 pub struct Sandbox {
+    /// containerd's namespace, which log drivers are told.
+    namespace: String,
     dir: PathBuf,
     share: PathBuf,
     vmm_pid: i32,
@@ -98,6 +101,7 @@ pub fn recorded_state_dir(bundle: &Path, namespace: &str, id: &str) -> Option<Pa
 impl Sandbox {
     pub async fn start(
         config: &Config,
+        namespace: &str,
         dir: PathBuf,
         shape: &VmShape,
     ) -> Result<Self, SandboxError> {
@@ -204,6 +208,7 @@ impl Sandbox {
             launched.elapsed()
         );
         let sandbox = Sandbox {
+            namespace: namespace.into(),
             dir,
             share,
             vmm_pid,
@@ -262,15 +267,9 @@ impl Guest for Sandbox {
         &self.agent
     }
 
-    async fn mount_rootfs(
-        &self,
-        id: &str,
-        mounts: &[Mount],
-        bundle: &Path,
-        root_path: &str,
-    ) -> Result<String, RootfsError> {
+    async fn mount_rootfs(&self, id: &str, mounts: &[Mount], root: &Path) -> ShimResult<String> {
         let target = rootfs::target(&self.share, id);
-        rootfs::mount_rootfs(mounts, bundle, root_path, &target).await?;
+        rootfs::mount_rootfs(mounts, root, &target).await?;
         Ok(self.guest_path(&target).unwrap_or_default())
     }
 
@@ -278,14 +277,8 @@ impl Guest for Sandbox {
         rootfs::unmount_rootfs(&self.share, id);
     }
 
-    async fn attach_stdio(
-        &self,
-        namespace: &str,
-        id: &str,
-        exec: &str,
-        stdio: &StdioPaths,
-    ) -> Result<Relay, IoError> {
-        io::attach(&self.agent, namespace, id, exec, stdio).await
+    async fn attach_stdio(&self, id: &str, exec: &str, stdio: &StdioPaths) -> ShimResult<Relay> {
+        Ok(io::attach(&self.agent, &self.namespace, id, exec, stdio).await?)
     }
 
     fn vmm_exit(&self) -> watch::Receiver<Option<i32>> {

@@ -42,18 +42,15 @@ impl TaskService {
         let sandbox = self.ensure_sandbox(&req, &spec).await?;
 
         let rootfs = MountedRootfs::new(&sandbox, &req.id);
-        let root_path = spec["root"]["path"].as_str().unwrap_or("rootfs");
-        let guest_rootfs = sandbox
-            .mount_rootfs(&req.id, &req.rootfs, bundle, root_path)
-            .await?;
+        // Relative to the bundle, as runc reads it.
+        let root = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
+        let guest_rootfs = sandbox.mount_rootfs(&req.id, &req.rootfs, &root).await?;
         let pid = sandbox
             .agent()
             .create_container(&req.id, spec_json, &guest_rootfs, stdio.wanted())
             .await?;
         let created = GuestContainer::new(&sandbox, &req.id, rootfs);
-        let relay = sandbox
-            .attach_stdio(&self.namespace, &req.id, "", &stdio)
-            .await?;
+        let relay = sandbox.attach_stdio(&req.id, "", &stdio).await?;
         created.keep();
         self.containers.with_process(&req.id, "", |p| p.pid = pid)?;
         registered.keep();

@@ -18,7 +18,6 @@ use crate::error::Result;
 use crate::events::EventSink;
 use crate::guest::{Guest, Launch};
 use crate::io::{IoError, Relay, StdioPaths};
-use crate::rootfs::RootfsError;
 
 /// How long a test waits for something the service does in the background.
 pub const PATIENCE: Duration = Duration::from_secs(5);
@@ -211,13 +210,7 @@ impl Guest for FakeGuest {
         self
     }
 
-    async fn mount_rootfs(
-        &self,
-        id: &str,
-        _: &[Mount],
-        _: &Path,
-        _: &str,
-    ) -> std::result::Result<String, RootfsError> {
+    async fn mount_rootfs(&self, id: &str, _: &[Mount], _: &Path) -> Result<String> {
         self.record(format!("mount-rootfs {id}"));
         Ok(format!("/run/cocoon/share/{id}/rootfs"))
     }
@@ -226,20 +219,16 @@ impl Guest for FakeGuest {
         self.record(format!("unmount-rootfs {id}"));
     }
 
-    async fn attach_stdio(
-        &self,
-        _: &str,
-        id: &str,
-        exec: &str,
-        _: &StdioPaths,
-    ) -> std::result::Result<Relay, IoError> {
+    async fn attach_stdio(&self, id: &str, exec: &str, _: &StdioPaths) -> Result<Relay> {
         let process = format!("{id}/{exec}");
         self.record(format!("attach {process}"));
         if self.refuse_attach.lock().unwrap().contains(&process) {
+            let message = "refused".into();
             return Err(IoError::Attach {
                 what: process,
-                message: "refused".into(),
-            });
+                message,
+            }
+            .into());
         }
         Ok(Relay {
             output: tokio::spawn(async {}),

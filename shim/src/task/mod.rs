@@ -28,7 +28,6 @@ use crate::guest::{Guest, Launch};
 
 #[derive(Clone)]
 pub struct TaskService {
-    namespace: String,
     launcher: Arc<dyn Launch>,
     events: Events,
     /// Ends the shim's server (after Shutdown).
@@ -47,7 +46,6 @@ impl TaskService {
         exit: Arc<ExitSignal>,
     ) -> Self {
         TaskService {
-            namespace: namespace.into(),
             launcher,
             events: Events::new(events, namespace),
             exit,

@@ -86,9 +86,7 @@ impl TaskService {
         let spec = spec.ok_or_else(|| ShimError::ExecStarted(exec.into()))?;
         let pid = sandbox.agent().exec(id, exec, spec, stdio.wanted()).await?;
         let running = RunningExec::new(&sandbox, id, exec);
-        let relay = sandbox
-            .attach_stdio(&self.namespace, id, exec, &stdio)
-            .await?;
+        let relay = sandbox.attach_stdio(id, exec, &stdio).await?;
         self.containers.with_process(id, exec, |p| {
             p.pid = pid;
             p.status = Status::RUNNING;
