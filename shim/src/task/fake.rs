@@ -66,6 +66,15 @@ impl FakeGuest {
 
     /// Process (`id`, `exec`) exits with `status`, unless it has.
     pub fn exit(&self, id: &str, exec: &str, status: u32) {
+        self.end(id, exec, status, false);
+    }
+
+    /// The kernel's OOM killer ends container `id`'s init.
+    pub fn oom_kill(&self, id: &str) {
+        self.end(id, "", 137, true);
+    }
+
+    fn end(&self, id: &str, exec: &str, status: u32, oom_killed: bool) {
         let exits = self.exits.lock().unwrap();
         if let Some(slot) = exits.get(&(id.to_owned(), exec.to_owned())) {
             slot.send_if_modified(|exit| {
@@ -73,6 +82,7 @@ impl FakeGuest {
                 if first {
                     let mut ended = ProcessExit::new();
                     ended.exit_status = status;
+                    ended.oom_killed = oom_killed;
                     ended.exited_at_unix_nanos = 1_000_000_000 + u64::from(status);
                     *exit = Some(ended);
                 }

@@ -9,18 +9,17 @@ use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::api::{self, Status};
 use containerd_shim::protos::events::task::{TaskDelete, TaskExit};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::topics::{
+    TASK_CREATE_EVENT_TOPIC as CREATE, TASK_DELETE_EVENT_TOPIC as DELETE,
+    TASK_EXEC_ADDED_EVENT_TOPIC as EXEC_ADDED, TASK_EXEC_STARTED_EVENT_TOPIC as EXEC_STARTED,
+    TASK_EXIT_EVENT_TOPIC as EXIT, TASK_OOM_EVENT_TOPIC as OOM, TASK_PAUSED_EVENT_TOPIC as PAUSED,
+    TASK_RESUMED_EVENT_TOPIC as RESUMED, TASK_START_EVENT_TOPIC as START,
+};
 use containerd_shim::{Task, TtrpcContext};
 use ttrpc::Code;
 
 use super::fake::{FakeGuest, FakeLauncher, RecordedEvents, PATIENCE};
 use super::TaskService;
-
-const CREATE: &str = "/tasks/create";
-const START: &str = "/tasks/start";
-const EXIT: &str = "/tasks/exit";
-const DELETE: &str = "/tasks/delete";
-const EXEC_ADDED: &str = "/tasks/exec-added";
-const EXEC_STARTED: &str = "/tasks/exec-started";
 
 struct Harness {
     service: TaskService,
@@ -402,4 +401,40 @@ async fn the_first_create_starts_the_vm_and_a_duplicate_is_refused() {
         h.state("web", "").await.unwrap().status,
         Status::RUNNING.into()
     );
+}
+
+#[tokio::test]
+async fn an_oom_kill_is_reported_before_the_exit() {
+    let h = harness();
+    h.run("web").await;
+    h.guest.oom_kill("web");
+    assert_eq!(h.wait("web", "").await.unwrap(), 137);
+    let _: TaskExit = h.events.published(EXIT).await;
+    assert_eq!(h.events.topics(), [CREATE, START, OOM, EXIT]);
+}
+
+#[tokio::test]
+async fn pause_and_resume_show_in_state_and_events() {
+    let h = harness();
+    h.run("web").await;
+    let id = || "web".to_owned();
+    let paused = api::PauseRequest {
+        id: id(),
+        ..Default::default()
+    };
+    h.service.pause(&context(), paused).await.unwrap();
+    assert_eq!(
+        h.state("web", "").await.unwrap().status,
+        Status::PAUSED.into()
+    );
+    let resumed = api::ResumeRequest {
+        id: id(),
+        ..Default::default()
+    };
+    h.service.resume(&context(), resumed).await.unwrap();
+    assert_eq!(
+        h.state("web", "").await.unwrap().status,
+        Status::RUNNING.into()
+    );
+    assert_eq!(h.events.topics(), [CREATE, START, PAUSED, RESUMED]);
 }
