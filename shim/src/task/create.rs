@@ -51,8 +51,8 @@ impl TaskService {
             .await?;
         let created = GuestContainer::new(&sandbox, &req.id, rootfs);
         let relay = sandbox.attach_stdio(&req.id, "", &stdio).await?;
-        created.keep();
         self.containers.with_process(&req.id, "", |p| p.pid = pid)?;
+        created.keep();
         registered.keep();
         tracing::info!("container {} created in {:?}", req.id, started.elapsed());
 
