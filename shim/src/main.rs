@@ -3,14 +3,22 @@
 //! agent runs the containers (see docs/architecture.md).
 
 mod config;
+mod container;
+mod error;
+mod events;
+mod exits;
+mod guest;
 mod io;
+mod launch;
 mod log_driver;
 mod metrics;
+mod process;
 mod rootfs;
 mod runtime_options;
 mod sandbox;
 mod service;
 mod task;
+mod vm_shape;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

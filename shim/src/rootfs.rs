@@ -36,24 +36,18 @@ pub fn target(share: &Path, id: &str) -> PathBuf {
 }
 
 /// Mounts the container's root file system at `target`: `mounts`, or else
-/// `root_path` (the spec's, relative to `bundle`).
-pub async fn mount_rootfs(
-    mounts: &[Mount],
-    bundle: &Path,
-    root_path: &str,
-    target: &Path,
-) -> Result<(), RootfsError> {
+/// the directory `root` (the spec's `root.path` in the bundle).
+pub async fn mount_rootfs(mounts: &[Mount], root: &Path, target: &Path) -> Result<(), RootfsError> {
     std::fs::create_dir_all(target).map_err(|source| RootfsError::Create {
         path: target.display().to_string(),
         source,
     })?;
     if mounts.is_empty() {
-        let own = bundle.join(root_path);
-        if !own.is_dir() {
-            return Err(RootfsError::Missing(own.display().to_string()));
+        if !root.is_dir() {
+            return Err(RootfsError::Missing(root.display().to_string()));
         }
         return mount(
-            Some(&own),
+            Some(root),
             target,
             None::<&str>,
             MsFlags::MS_BIND | MsFlags::MS_REC,
@@ -61,7 +55,7 @@ pub async fn mount_rootfs(
         )
         .map_err(|e| RootfsError::Mount {
             kind: "bind".into(),
-            source_path: own.display().to_string(),
+            source_path: root.display().to_string(),
             message: e.to_string(),
         });
     }

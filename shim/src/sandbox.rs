@@ -9,14 +9,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cocoon_protocol::api::agent::{MountRequest, ShutdownRequest};
-use cocoon_protocol::client::{deadline, Agent};
+use async_trait::async_trait;
+use cocoon_protocol::client::{Agent, AgentCalls};
 use containerd_shim::monitor::{monitor_subscribe, monitor_unsubscribe, Subject, Topic};
+use containerd_shim::protos::api::Mount;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::error::Result as ShimResult;
+use crate::guest::{vm_exited, Guest};
+use crate::io::{self, Relay, StdioPaths};
+use crate::rootfs;
+use crate::vm_shape::VmShape;
 
 /// The virtio-fs tag of the sandbox share, and where the guest mounts it.
 const SHARE_TAG: &str = "cocoon";
@@ -24,6 +30,10 @@ pub const GUEST_SHARE: &str = "/run/cocoon/share";
 
 /// How long the guest gets to stop by itself before the VMM is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long the agent may take to answer a Shutdown call.
+const SHUTDOWN_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the agent may take to mount the share.
+const MOUNT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Console lines quoted in boot failures.
 const CONSOLE_TAIL_LINES: usize = 20;
 
@@ -54,17 +64,13 @@ pub enum SandboxError {
 }
 
 pub struct Sandbox {
+    /// containerd's namespace, which log drivers are told.
+    namespace: String,
     dir: PathBuf,
-    pub share: PathBuf,
+    share: PathBuf,
     vmm_pid: i32,
-    pub agent: Agent,
+    agent: Agent,
     vmm_exit: watch::Receiver<Option<i32>>,
-}
-
-/// Size and placement of a sandbox's VM.
-pub struct VmShape {
-    pub vcpus: u32,
-    pub memory_mib: u32,
 }
 
 pub fn state_dir(config: &Config, namespace: &str, id: &str) -> PathBuf {
@@ -95,6 +101,7 @@ pub fn recorded_state_dir(bundle: &Path, namespace: &str, id: &str) -> Option<Pa
 impl Sandbox {
     pub async fn start(
         config: &Config,
+        namespace: &str,
         dir: PathBuf,
         shape: &VmShape,
     ) -> Result<Self, SandboxError> {
@@ -182,7 +189,7 @@ impl Sandbox {
         let mut died = vmm_exit.clone();
         let connected = tokio::select! {
             agent = Agent::connect(&vsock, boot_timeout) => agent.map_err(|e| e.to_string()),
-            () = exited(&mut died) => {
+            () = vm_exited(&mut died) => {
                 // Let the VMM's last words reach its log.
                 Err(format!("cocoon-vmm exited: {}", last_line(&dir.join("vmm.log"))))
             }
@@ -201,22 +208,19 @@ impl Sandbox {
             launched.elapsed()
         );
         let sandbox = Sandbox {
+            namespace: namespace.into(),
             dir,
             share,
             vmm_pid,
             agent,
             vmm_exit,
         };
-        let mut mount = MountRequest::new();
-        mount.source = SHARE_TAG.into();
-        mount.fstype = "virtiofs".into();
-        mount.target = GUEST_SHARE.into();
-        if let Err(error) = sandbox
+        let mounted = sandbox
             .agent
-            .rpc()
-            .mount(deadline(Duration::from_secs(10)), &mount)
-            .await
-        {
+            .with_call_timeout(MOUNT_CALL_TIMEOUT)
+            .mount(SHARE_TAG, "virtiofs", GUEST_SHARE, &[])
+            .await;
+        if let Err(error) = mounted {
             sandbox.stop().await;
             return Err(SandboxError::Agent(format!(
                 "mounting the share in the guest: {error}"
@@ -230,26 +234,18 @@ impl Sandbox {
     }
 
     /// The guest path of a path under the share.
-    pub fn guest_path(&self, host: &Path) -> Option<String> {
+    fn guest_path(&self, host: &Path) -> Option<String> {
         let relative = host.strip_prefix(&self.share).ok()?;
         Some(format!("{GUEST_SHARE}/{}", relative.display()))
-    }
-
-    /// Resolves with the VMM's exit status once it has exited.
-    pub fn vmm_exit(&self) -> watch::Receiver<Option<i32>> {
-        self.vmm_exit.clone()
     }
 
     /// Shuts the guest down (the agent stops its containers), kills the VMM
     /// if it lingers, and removes the sandbox's state.
     pub async fn stop(&self) {
-        let mut exit = self.vmm_exit();
+        let mut exit = self.vmm_exit.clone();
         if exit.borrow().is_none() {
-            let _ = self
-                .agent
-                .rpc()
-                .shutdown(deadline(Duration::from_secs(2)), &ShutdownRequest::new())
-                .await;
+            let agent = self.agent.with_call_timeout(SHUTDOWN_CALL_TIMEOUT);
+            let _ = agent.shutdown().await;
             if tokio::time::timeout(STOP_GRACE, exit.wait_for(Option::is_some))
                 .await
                 .is_err()
@@ -265,9 +261,33 @@ impl Sandbox {
     }
 }
 
-/// Resolves once the VMM has exited.
-pub async fn exited(exit: &mut watch::Receiver<Option<i32>>) {
-    let _ = exit.wait_for(Option::is_some).await;
+#[async_trait]
+impl Guest for Sandbox {
+    fn agent(&self) -> &dyn AgentCalls {
+        &self.agent
+    }
+
+    async fn mount_rootfs(&self, id: &str, mounts: &[Mount], root: &Path) -> ShimResult<String> {
+        let target = rootfs::target(&self.share, id);
+        rootfs::mount_rootfs(mounts, root, &target).await?;
+        Ok(self.guest_path(&target).unwrap_or_default())
+    }
+
+    fn unmount_rootfs(&self, id: &str) {
+        rootfs::unmount_rootfs(&self.share, id);
+    }
+
+    async fn attach_stdio(&self, id: &str, exec: &str, stdio: &StdioPaths) -> ShimResult<Relay> {
+        Ok(io::attach(&self.agent, &self.namespace, id, exec, stdio).await?)
+    }
+
+    fn vmm_exit(&self) -> watch::Receiver<Option<i32>> {
+        self.vmm_exit.clone()
+    }
+
+    async fn stop(&self) {
+        Sandbox::stop(self).await;
+    }
 }
 
 /// Removes what a sandbox leaves in `dir`: its VMM (if the pid file still

@@ -12,6 +12,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config as ShimConfig, Error, Flags, StartOpts};
 
 use crate::config::Config;
+use crate::launch::VmLauncher;
 use crate::sandbox;
 use crate::task::TaskService;
 
@@ -77,11 +78,15 @@ impl Shim for CocoonShim {
 
     /// The config is read at the first Create, which may name it.
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        let launcher = VmLauncher {
+            namespace: self.namespace.clone(),
+            sandbox_id: self.id.clone(),
+            debug: self.debug,
+        };
         TaskService::new(
             &self.namespace,
-            &self.id,
-            self.debug,
-            publisher,
+            Arc::new(launcher),
+            Arc::new(publisher),
             self.exit.clone(),
         )
     }

@@ -6,12 +6,12 @@
 use std::time::{Duration, Instant};
 
 use cocoon_protocol::api::agent::*;
-use cocoon_protocol::client::Agent;
+use cocoon_protocol::client::{Agent, AgentCalls, CallError};
 use cocoon_protocol::stream::{StreamHeader, StreamKind};
 use cocoon_tests::oci;
 use cocoon_tests::pattern::{checksum_stream, pattern_checksum};
 use cocoon_tests::require_hardware_kvm;
-use cocoon_tests::sandbox::{deadline, Sandbox};
+use cocoon_tests::sandbox::Sandbox;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -41,30 +41,10 @@ async fn create(
     id: &str,
     spec: &Value,
     stdio: Stdio,
-) -> Result<u32, ttrpc::Error> {
-    let mut request = CreateContainerRequest::new();
-    request.container_id = id.into();
-    request.oci_spec_json = serde_json::to_vec(spec).unwrap();
-    request.rootfs = sandbox.busybox_rootfs(id);
-    request.stdio = Some(stdio).into();
-    agent
-        .rpc()
-        .create_container(deadline(), &request)
-        .await
-        .map(|r| r.pid)
-}
-
-fn container(id: &str) -> ContainerRequest {
-    let mut request = ContainerRequest::new();
-    request.container_id = id.into();
-    request
-}
-
-fn process(id: &str, exec: &str) -> ProcessRequest {
-    let mut request = ProcessRequest::new();
-    request.container_id = id.into();
-    request.exec_id = exec.into();
-    request
+) -> Result<u32, CallError> {
+    let spec = serde_json::to_vec(spec).unwrap();
+    let rootfs = sandbox.busybox_rootfs(id);
+    agent.create_container(id, spec, &rootfs, stdio).await
 }
 
 async fn read_all(mut stream: UnixStream) -> Vec<u8> {
@@ -94,16 +74,8 @@ async fn run_to_end(agent: &Agent, sandbox: &Sandbox, id: &str, spec: &Value) ->
         .unwrap();
     let stdout = tokio::spawn(read_all(stdout));
     let stderr = tokio::spawn(read_all(stderr));
-    agent
-        .rpc()
-        .start_container(deadline(), &container(id))
-        .await
-        .unwrap();
-    let exit = agent
-        .rpc()
-        .wait_process(deadline(), &process(id, ""))
-        .await
-        .unwrap();
+    agent.start(id).await.unwrap();
+    let exit = agent.wait(id, "").await.unwrap();
     let finished = Finished {
         stdout: String::from_utf8_lossy(&stdout.await.unwrap()).into_owned(),
         stderr: String::from_utf8_lossy(&stderr.await.unwrap()).into_owned(),
@@ -114,14 +86,7 @@ async fn run_to_end(agent: &Agent, sandbox: &Sandbox, id: &str, spec: &Value) ->
 }
 
 async fn remove(agent: &Agent, id: &str) {
-    let mut request = RemoveContainerRequest::new();
-    request.container_id = id.into();
-    request.force = true;
-    agent
-        .rpc()
-        .remove_container(deadline(), &request)
-        .await
-        .unwrap();
+    agent.remove_container(id, true).await.unwrap();
 }
 
 /// Creates and starts container `id` running `sleep 600`.
@@ -135,11 +100,7 @@ async fn start_sleeper(agent: &Agent, sandbox: &Sandbox, id: &str) {
     )
     .await
     .unwrap();
-    agent
-        .rpc()
-        .start_container(deadline(), &container(id))
-        .await
-        .unwrap();
+    agent.start(id).await.unwrap();
 }
 
 fn sh(script: &str) -> Value {
@@ -153,11 +114,7 @@ async fn containers_run_with_their_output_exit_codes_and_settings() {
     let sandbox = Sandbox::boot(MEMORY_MIB);
     let agent = sandbox.agent().await;
 
-    let health = agent
-        .rpc()
-        .health(deadline(), &HealthRequest::new())
-        .await
-        .unwrap();
+    let health = agent.health().await.unwrap();
     assert_eq!(health.version, env!("CARGO_PKG_VERSION"));
 
     for code in [0, 1, 42] {
@@ -249,22 +206,11 @@ async fn containers_run_with_their_output_exit_codes_and_settings() {
 
     // SIGKILL from outside ends even a namespace init.
     start_sleeper(&agent, &sandbox, "sleeper").await;
-    let mut kill = SignalProcessRequest::new();
-    kill.container_id = "sleeper".into();
-    kill.signal = 9;
-    agent.rpc().signal_process(deadline(), &kill).await.unwrap();
-    let exit = agent
-        .rpc()
-        .wait_process(deadline(), &process("sleeper", ""))
-        .await
-        .unwrap();
+    agent.signal("sleeper", "", 9, false).await.unwrap();
+    let exit = agent.wait("sleeper", "").await.unwrap();
     assert_eq!(exit.exit_status, 137);
     remove(&agent, "sleeper").await;
-    agent
-        .rpc()
-        .health(deadline(), &HealthRequest::new())
-        .await
-        .expect("agent alive after a crash");
+    agent.health().await.expect("agent alive after a crash");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,11 +225,7 @@ async fn execs_ttys_stdin_pause_and_stats() {
     create(&agent, &sandbox, id, &spec, stdio(false, false))
         .await
         .unwrap();
-    agent
-        .rpc()
-        .start_container(deadline(), &container(id))
-        .await
-        .unwrap();
+    agent.start(id).await.unwrap();
     let counter = sandbox.share.join(id).join("rootfs/count");
     let read_count = || {
         std::fs::read_to_string(&counter)
@@ -307,45 +249,28 @@ async fn execs_ttys_stdin_pause_and_stats() {
         sandbox.diagnostics()
     );
 
-    let exec = |exec_id: &str, args: &[&str], stdin: bool, terminal: bool| {
-        let mut request = ExecProcessRequest::new();
-        request.container_id = id.into();
-        request.exec_id = exec_id.into();
+    let exec = |exec_id: &'static str, args: &[&str], stdin: bool, terminal: bool| {
         let mut process = oci::process(args);
         process["terminal"] = json!(terminal);
-        request.oci_process_json = serde_json::to_vec(&process).unwrap();
-        request.stdio = Some(stdio(stdin, terminal)).into();
-        request
+        let process = serde_json::to_vec(&process).unwrap();
+        agent.exec(id, exec_id, process, stdio(stdin, terminal))
     };
 
     // Pause stops progress; resume continues it.
-    agent
-        .rpc()
-        .pause_container(deadline(), &container(id))
-        .await
-        .unwrap();
+    agent.pause(id).await.unwrap();
     let paused_at = read_count();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(read_count(), paused_at, "no progress while paused");
-    agent
-        .rpc()
-        .resume_container(deadline(), &container(id))
-        .await
-        .unwrap();
+    agent.resume(id).await.unwrap();
     assert!(progressed(paused_at).await, "progress after resume");
 
-    let stats = agent.rpc().stats(deadline(), &container(id)).await.unwrap();
+    let stats = agent.stats(id).await.unwrap();
     assert!(stats.memory.usage > 0, "memory usage: {:?}", stats.memory);
     assert!(stats.cpu.usage_usec > 0, "cpu usage: {:?}", stats.cpu);
     assert!(stats.pids.current >= 1, "pids: {:?}", stats.pids);
 
     // Exec without a tty.
-    agent
-        .rpc()
-        .exec_process(
-            deadline(),
-            &exec("hello", &["echo", "hello from exec"], false, false),
-        )
+    exec("hello", &["echo", "hello from exec"], false, false)
         .await
         .unwrap();
     let out = agent
@@ -353,19 +278,11 @@ async fn execs_ttys_stdin_pause_and_stats() {
         .await
         .unwrap();
     assert_eq!(read_all(out).await, b"hello from exec\n");
-    let exit = agent
-        .rpc()
-        .wait_process(deadline(), &process(id, "hello"))
-        .await
-        .unwrap();
+    let exit = agent.wait(id, "hello").await.unwrap();
     assert_eq!(exit.exit_status, 0);
 
     // stdin piped to cat; closing it ends cat.
-    agent
-        .rpc()
-        .exec_process(deadline(), &exec("cat", &["cat"], true, false))
-        .await
-        .unwrap();
+    exec("cat", &["cat"], true, false).await.unwrap();
     let mut input = agent
         .open_stream(&header(id, "cat", StreamKind::Stdin))
         .await
@@ -377,20 +294,12 @@ async fn execs_ttys_stdin_pause_and_stats() {
     let output = tokio::spawn(read_all(output));
     input.write_all(b"through stdin\n").await.unwrap();
     input.shutdown().await.unwrap();
-    let exit = agent
-        .rpc()
-        .wait_process(deadline(), &process(id, "cat"))
-        .await
-        .unwrap();
+    let exit = agent.wait(id, "cat").await.unwrap();
     assert_eq!(exit.exit_status, 0);
     assert_eq!(output.await.unwrap(), b"through stdin\n");
 
     // CloseStdin ends a cat whose stream stays open.
-    agent
-        .rpc()
-        .exec_process(deadline(), &exec("cat2", &["cat"], true, false))
-        .await
-        .unwrap();
+    exec("cat2", &["cat"], true, false).await.unwrap();
     let mut input = agent
         .open_stream(&header(id, "cat2", StreamKind::Stdin))
         .await
@@ -404,49 +313,27 @@ async fn execs_ttys_stdin_pause_and_stats() {
     input.write_all(b"then close\n").await.unwrap();
     input.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    agent
-        .rpc()
-        .close_stdin(deadline(), &process(id, "cat2"))
-        .await
-        .unwrap();
-    let exit = agent
-        .rpc()
-        .wait_process(deadline(), &process(id, "cat2"))
-        .await
-        .unwrap();
+    agent.close_stdin(id, "cat2").await.unwrap();
+    let exit = agent.wait(id, "cat2").await.unwrap();
     assert_eq!(exit.exit_status, 0);
     assert_eq!(output.await.unwrap(), b"then close\n");
 
     // Exec with a tty; a resize is seen by `stty size`.
-    agent
-        .rpc()
-        .exec_process(
-            deadline(),
-            &exec(
-                "tty",
-                &["sh", "-c", "read line; stty size; tty"],
-                false,
-                true,
-            ),
-        )
-        .await
-        .unwrap();
-    let mut resize = ResizeTtyRequest::new();
-    resize.container_id = id.into();
-    resize.exec_id = "tty".into();
-    resize.rows = 33;
-    resize.columns = 111;
-    agent.rpc().resize_tty(deadline(), &resize).await.unwrap();
+    exec(
+        "tty",
+        &["sh", "-c", "read line; stty size; tty"],
+        false,
+        true,
+    )
+    .await
+    .unwrap();
+    agent.resize_tty(id, "tty", 33, 111).await.unwrap();
     let mut tty = agent
         .open_stream(&header(id, "tty", StreamKind::Tty))
         .await
         .unwrap();
     tty.write_all(b"go\n").await.unwrap();
-    let exit = agent
-        .rpc()
-        .wait_process(deadline(), &process(id, "tty"))
-        .await
-        .unwrap();
+    let exit = agent.wait(id, "tty").await.unwrap();
     assert_eq!(exit.exit_status, 0);
     let text = String::from_utf8_lossy(&read_all(tty).await).into_owned();
     assert!(
@@ -456,21 +343,12 @@ async fn execs_ttys_stdin_pause_and_stats() {
     assert!(text.contains("/dev/pts/"), "tty name: {text:?}");
 
     // Processes of the container are listed, the execs by id.
-    let listed = agent
-        .rpc()
-        .list_processes(deadline(), &container(id))
-        .await
-        .unwrap();
-    assert!(!listed.processes.is_empty());
+    let listed = agent.list_processes(id).await.unwrap();
+    assert!(!listed.is_empty());
 
     // A missing binary fails at once, with a message that says so.
     let started = Instant::now();
-    let error = agent
-        .rpc()
-        .exec_process(
-            deadline(),
-            &exec("missing", &["/no/such/binary"], false, false),
-        )
+    let error = exec("missing", &["/no/such/binary"], false, false)
         .await
         .expect_err("exec of a missing binary must fail");
     let elapsed = started.elapsed();
@@ -494,11 +372,7 @@ async fn execs_ttys_stdin_pause_and_stats() {
         .await
         .unwrap();
     drop(raw);
-    agent
-        .rpc()
-        .health(deadline(), &HealthRequest::new())
-        .await
-        .expect("agent alive after garbage");
+    agent.health().await.expect("agent alive after garbage");
 
     remove(&agent, id).await;
 }
@@ -535,11 +409,7 @@ async fn oom_kills_and_large_output_are_reported() {
         .open_stream(&header(id, "", StreamKind::Stdout))
         .await
         .unwrap();
-    agent
-        .rpc()
-        .start_container(deadline(), &container(id))
-        .await
-        .unwrap();
+    agent.start(id).await.unwrap();
     let stdout = stdout.into_std().unwrap();
     stdout.set_nonblocking(false).unwrap();
     let (len, checksum) =
@@ -551,11 +421,7 @@ async fn oom_kills_and_large_output_are_reported() {
         (bytes, pattern_checksum(bytes)),
         "100 MiB through stdout"
     );
-    let exit = agent
-        .rpc()
-        .wait_process(deadline(), &process(id, ""))
-        .await
-        .unwrap();
+    let exit = agent.wait(id, "").await.unwrap();
     assert_eq!(exit.exit_status, 0);
     remove(&agent, id).await;
 }
@@ -578,11 +444,7 @@ async fn bad_requests_get_clear_errors() {
     .expect_err("a broken spec is refused");
     assert!(error.to_string().contains("invalid OCI spec"), "{error}");
 
-    let error = agent
-        .rpc()
-        .start_container(deadline(), &container("ghost"))
-        .await
-        .expect_err("no such container");
+    let error = agent.start("ghost").await.expect_err("no such container");
     assert!(error.to_string().contains("ghost not found"), "{error}");
 
     let refused = agent
@@ -608,11 +470,7 @@ async fn the_guest_shuts_down_on_request_with_containers_running() {
         start_sleeper(&agent, &sandbox, "left").await;
         let asked = Instant::now();
         if through_api {
-            agent
-                .rpc()
-                .shutdown(deadline(), &ShutdownRequest::new())
-                .await
-                .unwrap();
+            agent.shutdown().await.unwrap();
         } else {
             sandbox.terminate();
         }

@@ -1,5 +1,10 @@
 //! The host side of the agent API: what the shim (and the tests) use to talk
-//! to a guest through cocoon-vmm's hybrid vsock socket.
+//! to a guest through cocoon-vmm's hybrid vsock socket: the connection and
+//! readiness wait, stdio streams, and the typed calls ([`AgentCalls`]).
+
+mod calls;
+
+pub use calls::{AgentCalls, CallError, CallResult};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,6 +22,8 @@ use crate::{AGENT_RPC_PORT, AGENT_STDIO_PORT};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts while the guest boots.
 const RETRY_INTERVAL: Duration = Duration::from_millis(20);
+/// The deadline of a call, unless [`Agent::with_call_timeout`] sets another.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -39,6 +46,7 @@ pub enum ClientError {
 pub struct Agent {
     vsock_uds: PathBuf,
     rpc: AgentClient,
+    call_timeout: Duration,
 }
 
 impl Agent {
@@ -75,10 +83,23 @@ impl Agent {
         Ok(Agent {
             vsock_uds: vsock_uds.to_owned(),
             rpc,
+            call_timeout: CALL_TIMEOUT,
         })
     }
 
-    /// The generated ttrpc client, for every call of the API.
+    /// The same connection, whose calls get `timeout` instead.
+    pub fn with_call_timeout(&self, timeout: Duration) -> Agent {
+        Agent {
+            call_timeout: timeout,
+            ..self.clone()
+        }
+    }
+
+    fn deadline(&self) -> ttrpc::context::Context {
+        deadline(self.call_timeout)
+    }
+
+    /// The generated ttrpc client, for raw requests; prefer [`AgentCalls`].
     pub fn rpc(&self) -> &AgentClient {
         &self.rpc
     }

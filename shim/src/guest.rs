@@ -1,0 +1,54 @@
+//! The seam between the task service and the sandbox VM: what the service
+//! asks of a running VM ([`Guest`]) and how the first Create gets one
+//! ([`Launch`]). [`crate::sandbox::Sandbox`] and [`crate::launch::VmLauncher`]
+//! are the real ones; the task service's tests use fakes, without KVM.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cocoon_protocol::client::AgentCalls;
+use containerd_shim::protos::api::{CreateTaskRequest, Mount};
+use tokio::sync::watch;
+
+use crate::error::Result;
+use crate::io::{Relay, StdioPaths};
+
+#[async_trait]
+pub trait Guest: Send + Sync {
+    /// The agent in the guest.
+    fn agent(&self) -> &dyn AgentCalls;
+
+    /// Mounts container `id`'s root file system where the guest sees it
+    /// (`mounts`, else the directory `root`); returns the guest path.
+    async fn mount_rootfs(&self, id: &str, mounts: &[Mount], root: &Path) -> Result<String>;
+
+    /// Undoes [`Guest::mount_rootfs`], also a partial one.
+    fn unmount_rootfs(&self, id: &str);
+
+    /// Connects process (`id`, `exec`)'s streams to containerd's stdio and
+    /// starts copying.
+    async fn attach_stdio(&self, id: &str, exec: &str, stdio: &StdioPaths) -> Result<Relay>;
+
+    /// The VMM's exit status, once it has exited.
+    fn vmm_exit(&self) -> watch::Receiver<Option<i32>>;
+
+    /// Shuts the VM down and removes its state.
+    async fn stop(&self);
+}
+
+#[async_trait]
+pub trait Launch: Send + Sync {
+    /// Starts the sandbox VM for the first container, `req` with its OCI
+    /// `spec` (which sizes the VM).
+    async fn launch(
+        &self,
+        req: &CreateTaskRequest,
+        spec: &serde_json::Value,
+    ) -> Result<Arc<dyn Guest>>;
+}
+
+/// Resolves once the VMM has exited.
+pub async fn vm_exited(exit: &mut watch::Receiver<Option<i32>>) {
+    let _ = exit.wait_for(Option::is_some).await;
+}
