@@ -6,11 +6,13 @@
 //! `vmm.pid`. [`clean_up_leftovers`] removes all of it, also after a crash.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cocoon_protocol::client::{Agent, AgentCalls};
+use cocoon_protocol::GUEST_SHARE_DIR;
+use cocoon_vmm_command::{SandboxVm, VmmCommand};
 use containerd_shim::monitor::{monitor_subscribe, monitor_unsubscribe, Subject, Topic};
 use containerd_shim::protos::api::Mount;
 use nix::sys::signal::{kill, Signal};
@@ -23,10 +25,6 @@ use crate::guest::{vm_exited, Guest};
 use crate::io::{self, Relay, StdioPaths};
 use crate::rootfs;
 use crate::vm_shape::VmShape;
-
-/// The virtio-fs tag of the sandbox share, and where the guest mounts it.
-const SHARE_TAG: &str = "cocoon";
-pub const GUEST_SHARE: &str = "/run/cocoon/share";
 
 /// How long the guest gets to stop by itself before the VMM is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -137,36 +135,21 @@ impl Sandbox {
         let mut exits = monitor_subscribe(Topic::Pid)
             .await
             .map_err(|e| SandboxError::Agent(format!("watching the VMM: {e}")))?;
-        let mut command = Command::new(&config.vmm);
+        let mut command = VmmCommand::sandbox(&SandboxVm {
+            kernel: &config.kernel,
+            initramfs: &config.initramfs,
+            vcpus: shape.vcpus,
+            memory_mib: shape.memory_mib.into(),
+            share: &share,
+            vsock_uds: &vsock,
+            console: &console,
+            guest_debug: config.guest_debug,
+        })
+        .command(&config.vmm);
         command
-            .arg("--kernel")
-            .arg(&config.kernel)
-            .arg("--initrd")
-            .arg(&config.initramfs)
-            .args(["--vcpus", &shape.vcpus.to_string()])
-            .args(["--memory-mib", &shape.memory_mib.to_string()])
-            .arg("--share")
-            .arg(format!("{SHARE_TAG}={}", share.display()))
-            .arg("--vsock-uds")
-            .arg(&vsock)
-            .arg("--console")
-            .arg(&console)
-            // Free page reporting: what the guest frees goes back to the host.
-            .arg("--balloon")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(vmm_log);
-        // Every console byte is a trap to the VMM: a quiet kernel boots
-        // much faster (its warnings, oopses and panics are still printed).
-        // The debug console gets everything, the agent's logs included.
-        command.args([
-            "--cmdline",
-            if config.guest_debug {
-                "cocoon.debug"
-            } else {
-                "quiet"
-            },
-        ]);
         let launched = std::time::Instant::now();
         let child = command.spawn().map_err(|source| SandboxError::Spawn {
             vmm: config.vmm.display().to_string(),
@@ -218,7 +201,7 @@ impl Sandbox {
         let mounted = sandbox
             .agent
             .with_call_timeout(MOUNT_CALL_TIMEOUT)
-            .mount(SHARE_TAG, "virtiofs", GUEST_SHARE, &[])
+            .mount_share()
             .await;
         if let Err(error) = mounted {
             sandbox.stop().await;
@@ -236,7 +219,7 @@ impl Sandbox {
     /// The guest path of a path under the share.
     fn guest_path(&self, host: &Path) -> Option<String> {
         let relative = host.strip_prefix(&self.share).ok()?;
-        Some(format!("{GUEST_SHARE}/{}", relative.display()))
+        Some(format!("{GUEST_SHARE_DIR}/{}", relative.display()))
     }
 
     /// Shuts the guest down (the agent stops its containers), kills the VMM

@@ -146,7 +146,10 @@ impl Containerd {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        ok(self.ctr(&["container", "delete", id]), "ctr container delete");
+        ok(
+            self.ctr(&["container", "delete", id]),
+            "ctr container delete",
+        );
         said
     }
 

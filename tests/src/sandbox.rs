@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cocoon_protocol::client::Agent;
+use cocoon_protocol::client::{Agent, AgentCalls};
 use cocoon_vmm_command::{SandboxVm, VmmCommand};
 
 use crate::{build_output, guest_probe, release_dir, tail};
@@ -54,10 +54,10 @@ impl Sandbox {
         })
         .command(&vmm)
         .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("vmm.log")).expect("vmm log"))
-            .spawn()
-            .expect("cocoon-vmm starts");
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("vmm.log")).expect("vmm log"))
+        .spawn()
+        .expect("cocoon-vmm starts");
         Sandbox {
             dir,
             vmm: std::sync::Mutex::new(child),
@@ -86,11 +86,7 @@ impl Sandbox {
                 );
             }
         };
-        let mut mount = cocoon_protocol::api::agent::MountRequest::new();
-        mount.source = cocoon_protocol::SHARE_TAG.into();
-        mount.fstype = "virtiofs".into();
-        mount.target = GUEST_SHARE.into();
-        if let Err(error) = agent.rpc().mount(crate::sandbox::deadline(), &mount).await {
+        if let Err(error) = agent.mount_share().await {
             panic!("mounting the share: {error}\n{}", self.diagnostics());
         }
         agent

@@ -57,7 +57,6 @@ fn parse_share(value: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,7 +86,10 @@ mod tests {
             .balloon(true);
         let args = parse(&command);
         assert_eq!(args.kernel, Path::new("/boot/vmlinux"));
-        assert_eq!(args.initrd.as_deref(), Some(Path::new("/boot/initramfs.img")));
+        assert_eq!(
+            args.initrd.as_deref(),
+            Some(Path::new("/boot/initramfs.img"))
+        );
         assert_eq!(args.cmdline, "quiet cocoon.debug");
         assert_eq!(args.vcpus, 3);
         assert_eq!(args.memory_mib, 384);
@@ -99,7 +101,10 @@ mod tests {
                 ("two".to_string(), PathBuf::from("/srv/two=with-equals")),
             ]
         );
-        assert_eq!(args.vsock_uds.as_deref(), Some(Path::new("/state/vsock.sock")));
+        assert_eq!(
+            args.vsock_uds.as_deref(),
+            Some(Path::new("/state/vsock.sock"))
+        );
         assert_eq!(args.vsock_cid, 7);
         assert_eq!(args.shutdown_timeout, 9);
         assert!(args.balloon);
@@ -114,7 +119,10 @@ mod tests {
         assert_eq!(args.console, "-");
         assert!(args.shares.is_empty() && args.vsock_uds.is_none() && !args.balloon);
         for (console, expected) in [(Console::Stdout, "-"), (Console::Discard, "none")] {
-            assert_eq!(parse(&VmmCommand::new("/k").console(console)).console, expected);
+            assert_eq!(
+                parse(&VmmCommand::new("/k").console(console)).console,
+                expected
+            );
         }
     }
 

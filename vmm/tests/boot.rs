@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cocoon_vmm_command::{Console, VmmCommand};
 use cocoon_tests::{
     build_output, busybox_initramfs, require_hardware_kvm, run_vmm, wait_for_text, wait_or_kill,
     VmmRun,
 };
+use cocoon_vmm_command::{Console, VmmCommand};
 
 const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
 const BOOT_LIMIT: Duration = Duration::from_secs(120);

@@ -2,13 +2,13 @@
 //! the VM anyway when the guest does not within --shutdown-timeout.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cocoon_vmm_command::{Console, VmmCommand};
 use cocoon_tests::{
     build_output, busybox_initramfs, require_hardware_kvm, tail, wait_for_text, wait_or_kill,
 };
+use cocoon_vmm_command::{Console, VmmCommand};
 
 const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
 

@@ -6,10 +6,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use cocoon_vmm_command::VmmCommand;
 use cocoon_tests::{
     build_output, busybox_initramfs_with, guest_probe, require_hardware_kvm, run_vmm,
 };
+use cocoon_vmm_command::VmmCommand;
 
 const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
 

@@ -6,15 +6,15 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use cocoon_vmm_command::{Console, VmmCommand};
 use cocoon_tests::pattern::{checksum_stream, pattern_checksum, PatternReader};
 use cocoon_tests::{
     build_output, busybox_initramfs_with, guest_probe, require_hardware_kvm, tail, wait_for_text,
     wait_or_kill,
 };
+use cocoon_vmm_command::{Console, VmmCommand};
 
 const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
 const BIG: u64 = 256 << 20;

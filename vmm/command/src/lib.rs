@@ -28,7 +28,7 @@ pub struct VmmCommand {
     pub initrd: Option<PathBuf>,
     /// Kernel arguments after the VMM's own base command line.
     pub cmdline: Vec<String>,
-    pub vcpus: Option<u8>,
+    pub vcpus: Option<u32>,
     pub memory_mib: Option<u64>,
     pub console: Option<Console>,
     /// virtio-fs shares: (tag, host directory).
@@ -47,7 +47,7 @@ pub struct VmmCommand {
 pub struct SandboxVm<'a> {
     pub kernel: &'a Path,
     pub initramfs: &'a Path,
-    pub vcpus: u8,
+    pub vcpus: u32,
     pub memory_mib: u64,
     /// The host side of the share the agent mounts at
     /// [`cocoon_protocol::GUEST_SHARE_DIR`].
@@ -110,7 +110,7 @@ impl VmmCommand {
         self
     }
 
-    pub fn vcpus(mut self, vcpus: u8) -> Self {
+    pub fn vcpus(mut self, vcpus: u32) -> Self {
         self.vcpus = Some(vcpus);
         self
     }
@@ -222,7 +222,10 @@ mod tests {
             .kernel_arg("quiet")
             .kernel_arg("cocoon.debug")
             .args();
-        assert_eq!(&args[2..], &[OsString::from("--cmdline"), "quiet cocoon.debug".into()]);
+        assert_eq!(
+            &args[2..],
+            &[OsString::from("--cmdline"), "quiet cocoon.debug".into()]
+        );
     }
 
     #[test]

@@ -52,6 +52,12 @@ pub trait AgentCalls: Send + Sync {
         target: &str,
         options: &[String],
     ) -> CallResult<()>;
+    /// Mounts the sandbox share ([`crate::SHARE_TAG`], virtio-fs) at
+    /// [`crate::GUEST_SHARE_DIR`], where container root file systems are.
+    async fn mount_share(&self) -> CallResult<()> {
+        self.mount(crate::SHARE_TAG, "virtiofs", crate::GUEST_SHARE_DIR, &[])
+            .await
+    }
     /// Creates container `id` from its OCI spec; returns its init's pid.
     async fn create_container(
         &self,
