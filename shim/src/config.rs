@@ -35,6 +35,14 @@ pub struct Config {
     pub log_level: String,
     /// Verbose agent logs on the guest console (`cocoon.debug`).
     pub guest_debug: bool,
+    /// The most a sandbox's console.log holds (MiB); later output is dropped.
+    pub console_limit_mib: u64,
+    /// Size of a sandbox's host-only mount directory (a tmpfs, MiB): all the
+    /// share can ever hold outside the container file systems mounted in it.
+    pub share_size_mib: u64,
+    /// The most guest RAM (MiB) a sandbox may ask for; 0 means the host's
+    /// total memory.
+    pub max_memory_mib: u64,
 }
 
 impl Default for Config {
@@ -49,6 +57,9 @@ impl Default for Config {
             state_dir: "/run/cocoon".into(),
             log_level: "info".into(),
             guest_debug: false,
+            console_limit_mib: 1,
+            share_size_mib: 16,
+            max_memory_mib: 0,
         }
     }
 }

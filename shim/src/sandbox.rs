@@ -123,6 +123,11 @@ impl Sandbox {
             source,
         })?;
         let vsock = dir.join("vsock.sock");
+        let jail = dir.join("jail");
+        std::fs::create_dir_all(&jail).map_err(|source| SandboxError::State {
+            path: jail.display().to_string(),
+            source,
+        })?;
         let console = dir.join("console.log");
         let vmm_log =
             std::fs::File::create(dir.join("vmm.log")).map_err(|source| SandboxError::State {
@@ -144,6 +149,9 @@ impl Sandbox {
             vsock_uds: &vsock,
             console: &console,
             guest_debug: config.guest_debug,
+            console_limit_bytes: config.console_limit_mib << 20,
+            jail: &jail,
+            cgroup: None,
         })
         .command(&config.vmm);
         command

@@ -19,6 +19,9 @@ pub const GUEST_SHARE: &str = cocoon_protocol::GUEST_SHARE_DIR;
 /// emulated host VM.
 const BOOT_DEADLINE: Duration = Duration::from_secs(60);
 
+/// What the console file of a test sandbox may hold.
+pub const CONSOLE_LIMIT_BYTES: u64 = 1 << 20;
+
 pub struct Sandbox {
     dir: tempfile::TempDir,
     vmm: std::sync::Mutex<Child>,
@@ -42,6 +45,8 @@ impl Sandbox {
         std::fs::create_dir(&share).expect("share directory");
         let vsock = dir.path().join("vsock.sock");
         let console = dir.path().join("console.log");
+        let jail = dir.path().join("jail");
+        std::fs::create_dir(&jail).expect("jail directory");
         let child = VmmCommand::sandbox(&SandboxVm {
             kernel: &build_output("vmlinux"),
             initramfs: &build_output("initramfs.img"),
@@ -51,6 +56,9 @@ impl Sandbox {
             vsock_uds: &vsock,
             console: &console,
             guest_debug: std::env::var_os("COCOON_TEST_GUEST_DEBUG").is_some(),
+            console_limit_bytes: CONSOLE_LIMIT_BYTES,
+            jail: &jail,
+            cgroup: None,
         })
         .command(&vmm)
         .stdin(Stdio::null())

@@ -48,6 +48,20 @@ pub struct Args {
     /// (the guest kernel needs CONFIG_VIRTIO_BALLOON).
     #[arg(long)]
     pub balloon: bool,
+    /// The most bytes of guest output the console file gets; later output
+    /// is dropped (the last lines stay in memory for error messages).
+    #[arg(long, value_name = "BYTES")]
+    pub console_limit: Option<u64>,
+    /// Jail the VMM before the guest runs: its own mount namespace whose root
+    /// (pivot_root) is a tmpfs on this empty directory holding only the
+    /// shares, every capability but the file server's dropped, no new
+    /// privileges, a bounded number of open files.
+    #[arg(long, value_name = "DIR")]
+    pub jail: Option<PathBuf>,
+    /// A cgroup v2 directory the VMM moves itself into before it allocates
+    /// guest memory, so that the VM is charged to it.
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
 }
 
 fn parse_share(value: &str) -> Result<(String, PathBuf), String> {
@@ -83,6 +97,9 @@ mod tests {
             .vsock("/state/vsock.sock")
             .vsock_cid(7)
             .shutdown_timeout_seconds(9)
+            .console_limit_bytes(4096)
+            .jail("/state/jail")
+            .cgroup("/sys/fs/cgroup/pod")
             .balloon(true);
         let args = parse(&command);
         assert_eq!(args.kernel, Path::new("/boot/vmlinux"));
@@ -107,6 +124,12 @@ mod tests {
         );
         assert_eq!(args.vsock_cid, 7);
         assert_eq!(args.shutdown_timeout, 9);
+        assert_eq!(args.console_limit, Some(4096));
+        assert_eq!(args.jail.as_deref(), Some(Path::new("/state/jail")));
+        assert_eq!(
+            args.cgroup.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/pod"))
+        );
         assert!(args.balloon);
     }
 
@@ -137,6 +160,9 @@ mod tests {
             vsock_uds: Path::new("/state/vsock.sock"),
             console: Path::new("/state/console.log"),
             guest_debug: true,
+            console_limit_bytes: 1 << 20,
+            jail: Path::new("/state/jail"),
+            cgroup: None,
         }));
         assert_eq!(args.cmdline, cocoon_protocol::GUEST_DEBUG_ARG);
         assert_eq!(args.shares[0].0, cocoon_protocol::SHARE_TAG);

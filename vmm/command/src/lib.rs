@@ -39,6 +39,13 @@ pub struct VmmCommand {
     pub shutdown_timeout_seconds: Option<u64>,
     /// Free page reporting (virtio-balloon).
     pub balloon: bool,
+    /// Bytes of console output the console file may hold.
+    pub console_limit_bytes: Option<u64>,
+    /// An empty directory the VMM makes its root (its own mount namespace,
+    /// pivot_root, capabilities dropped) before the guest runs.
+    pub jail: Option<PathBuf>,
+    /// The cgroup v2 directory the VMM moves itself into first.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// What the shim gives every sandbox's VM; [`VmmCommand::sandbox`] turns it
@@ -56,6 +63,12 @@ pub struct SandboxVm<'a> {
     pub console: &'a Path,
     /// Verbose guest kernel and agent logs on the console.
     pub guest_debug: bool,
+    /// The most the console file may hold.
+    pub console_limit_bytes: u64,
+    /// The empty directory the VMM jails itself in.
+    pub jail: &'a Path,
+    /// The cgroup (a cgroup v2 directory) the VM is charged to.
+    pub cgroup: Option<&'a Path>,
 }
 
 impl VmmCommand {
@@ -73,6 +86,9 @@ impl VmmCommand {
             vsock_cid: None,
             shutdown_timeout_seconds: None,
             balloon: false,
+            console_limit_bytes: None,
+            jail: None,
+            cgroup: None,
         }
     }
 
@@ -80,13 +96,15 @@ impl VmmCommand {
     /// under [`cocoon_protocol::SHARE_TAG`], the agent's vsock socket, the
     /// console in a file and free page reporting.
     pub fn sandbox(vm: &SandboxVm) -> Self {
-        VmmCommand::new(vm.kernel)
+        let command = VmmCommand::new(vm.kernel)
             .initrd(vm.initramfs)
             .vcpus(vm.vcpus)
             .memory_mib(vm.memory_mib)
             .share(cocoon_protocol::SHARE_TAG, vm.share)
             .vsock(vm.vsock_uds)
             .console(Console::File(vm.console.to_path_buf()))
+            .console_limit_bytes(vm.console_limit_bytes)
+            .jail(vm.jail)
             // What the guest frees goes back to the host.
             .balloon(true)
             // Every console byte is a trap to the VMM: a quiet kernel boots
@@ -96,7 +114,11 @@ impl VmmCommand {
                 cocoon_protocol::GUEST_DEBUG_ARG
             } else {
                 "quiet"
-            })
+            });
+        match vm.cgroup {
+            Some(cgroup) => command.cgroup(cgroup),
+            None => command,
+        }
     }
 
     pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
@@ -150,6 +172,21 @@ impl VmmCommand {
         self
     }
 
+    pub fn console_limit_bytes(mut self, bytes: u64) -> Self {
+        self.console_limit_bytes = Some(bytes);
+        self
+    }
+
+    pub fn jail(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.jail = Some(dir.into());
+        self
+    }
+
+    pub fn cgroup(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cgroup = Some(dir.into());
+        self
+    }
+
     /// The arguments, without the program name.
     pub fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["--kernel".into(), self.kernel.clone().into()];
@@ -188,6 +225,15 @@ impl VmmCommand {
         }
         if let Some(seconds) = self.shutdown_timeout_seconds {
             push("--shutdown-timeout", seconds.to_string().into());
+        }
+        if let Some(bytes) = self.console_limit_bytes {
+            push("--console-limit", bytes.to_string().into());
+        }
+        if let Some(jail) = &self.jail {
+            push("--jail", jail.into());
+        }
+        if let Some(cgroup) = &self.cgroup {
+            push("--cgroup", cgroup.into());
         }
         if self.balloon {
             args.push("--balloon".into());
@@ -239,6 +285,9 @@ mod tests {
             vsock_uds: Path::new("/state/vsock.sock"),
             console: Path::new("/state/console.log"),
             guest_debug: false,
+            console_limit_bytes: 1024,
+            jail: Path::new("/state/jail"),
+            cgroup: Some(Path::new("/sys/fs/cgroup/pod")),
         })
         .args();
         let line: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
@@ -248,7 +297,8 @@ mod tests {
             format!(
                 "--kernel /k --initrd /i --cmdline quiet --vcpus 2 --memory-mib 300 \
                  --console /state/console.log --share {}=/state/share \
-                 --vsock-uds /state/vsock.sock --balloon",
+                 --vsock-uds /state/vsock.sock --console-limit 1024 --jail /state/jail \
+                 --cgroup /sys/fs/cgroup/pod --balloon",
                 cocoon_protocol::SHARE_TAG
             )
         );
