@@ -7,6 +7,7 @@ pub mod containers;
 pub mod error;
 pub mod events;
 pub mod helper;
+pub mod host_only;
 pub mod init;
 pub mod mounts;
 pub mod pty;

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 
 use cocoon_agent::containers::Containers;
 use cocoon_agent::events::Events;
+use cocoon_agent::host_only::HostOnlyListener;
 use cocoon_agent::reaper::Reaper;
 use cocoon_agent::service::AgentService;
 use cocoon_agent::stdio::StreamBroker;
@@ -96,8 +97,11 @@ async fn serve() -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
     };
     let mut server = ttrpc::r#async::Server::new()
-        .bind(&format!("vsock://-1:{AGENT_RPC_PORT}"))
-        .context("listening on the agent port")?
+        .add_listener(ttrpc::r#async::transport::Listener::new(
+            HostOnlyListener::bind(AGENT_RPC_PORT)
+                .context("listening on the agent port")?
+                .into_stream(),
+        ))
         .register_service(cocoon_protocol::api::agent_ttrpc::create_agent(Arc::new(
             service,
         )));

@@ -17,7 +17,9 @@ use cocoon_protocol::stream::{self, StreamHeader, StreamKind, MAX_HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
-use tokio_vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY};
+use tokio_vsock::VsockStream;
+
+use crate::host_only::HostOnlyListener;
 
 use crate::pty::PtyMaster;
 
@@ -149,9 +151,9 @@ impl StreamBroker {
 
     /// Accepts stream connections on `port` forever.
     pub async fn serve(self, port: u32) -> std::io::Result<()> {
-        let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port))?;
+        let listener = HostOnlyListener::bind(port)?;
         loop {
-            let (connection, _) = listener.accept().await?;
+            let connection = listener.accept().await?;
             let broker = self.clone();
             tokio::spawn(async move {
                 if let Err(error) = broker.attach(connection).await {

@@ -41,6 +41,8 @@ pub enum ShimError {
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
     #[error(transparent)]
+    Shape(#[from] crate::vm_shape::ShapeError),
+    #[error(transparent)]
     Stdio(#[from] IoError),
     #[error("encoding metrics: {0}")]
     Metrics(#[from] protobuf::Error),
@@ -54,9 +56,10 @@ impl ShimError {
         match self {
             ShimError::NotFound(_) | ShimError::AlreadyExited(_) => Code::NOT_FOUND,
             ShimError::ContainerExists(_) | ShimError::ExecExists(_) => Code::ALREADY_EXISTS,
-            ShimError::BadRequest(_) | ShimError::RuntimeOptions(_) | ShimError::Config(_) => {
-                Code::INVALID_ARGUMENT
-            }
+            ShimError::BadRequest(_)
+            | ShimError::RuntimeOptions(_)
+            | ShimError::Config(_)
+            | ShimError::Shape(_) => Code::INVALID_ARGUMENT,
             ShimError::ExecStarted(_)
             | ShimError::ExecRunning(_)
             | ShimError::NoSandbox

@@ -30,6 +30,11 @@ pub trait Guest: Send + Sync {
     /// starts copying.
     async fn attach_stdio(&self, id: &str, exec: &str, stdio: &StdioPaths) -> Result<Relay>;
 
+    /// The pid containerd is told for every process of the sandbox: the
+    /// VMM's, a host process that belongs to the sandbox. (Guest pids mean
+    /// nothing on the host; they are for ListPids only.)
+    fn host_pid(&self) -> u32;
+
     /// The VMM's exit status, once it has exited.
     fn vmm_exit(&self) -> watch::Receiver<Option<i32>>;
 

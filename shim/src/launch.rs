@@ -2,18 +2,19 @@
 //! runtime options name (or the default one), the VM sized by the first
 //! container, the state directory recorded in its bundle.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use containerd_shim::protos::api::CreateTaskRequest;
 
+use crate::cgroup;
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Result, ShimError};
 use crate::guest::{Guest, Launch};
 use crate::runtime_options;
 use crate::sandbox::{self, Sandbox};
-use crate::vm_shape::VmShape;
+use crate::vm_shape::{HostLimits, VmShape};
 
 pub struct VmLauncher {
     pub namespace: String,
@@ -32,13 +33,33 @@ impl Launch for VmLauncher {
         let source = runtime_options::config_source(req.options.as_ref())?;
         let config = Config::resolve(source)?;
         log::set_max_level(config.log_filter(self.debug));
-        let shape = VmShape::for_spec(&config, spec);
+        let shape = VmShape::for_spec(&config, spec, &HostLimits::of_host(&config))?;
+        let cgroup = sandbox_cgroup(spec)?;
         let dir = sandbox::state_dir(&config, &self.namespace, &self.sandbox_id);
         if let Err(error) = sandbox::record_state_dir(Path::new(&req.bundle), &dir) {
             tracing::warn!("recording the state directory in {}: {error}", req.bundle);
         }
         Ok(Arc::new(
-            Sandbox::start(&config, &self.namespace, dir, &shape).await?,
+            Sandbox::start(&config, &self.namespace, dir, &shape, cgroup.as_deref()).await?,
         ))
     }
+}
+
+/// The cgroup the VMM joins: the first container's `linux.cgroupsPath`, on a
+/// cgroup v2 host (else the VMM stays in the shim's, with a warning).
+fn sandbox_cgroup(spec: &serde_json::Value) -> Result<Option<PathBuf>> {
+    let path = spec
+        .get("linux")
+        .and_then(|l| l.get("cgroupsPath"))
+        .and_then(|p| p.as_str())
+        .unwrap_or_default();
+    let relative = cgroup::relative_path(path).map_err(|e| ShimError::BadRequest(e.to_string()))?;
+    if relative.is_some() && !cgroup::is_cgroup_v2() {
+        tracing::warn!(
+            "{} is not cgroup v2: the VM is not charged to {path}",
+            cgroup::CGROUP_ROOT
+        );
+        return Ok(None);
+    }
+    Ok(relative)
 }

@@ -2,6 +2,7 @@
 //! `io.containerd.cocoon.v1`. Every sandbox is a cocoon-vmm microVM whose
 //! agent runs the containers (see docs/architecture.md).
 
+mod cgroup;
 mod config;
 mod container;
 mod error;
@@ -17,6 +18,7 @@ mod rootfs;
 mod runtime_options;
 mod sandbox;
 mod service;
+mod share;
 mod task;
 mod vm_shape;
 

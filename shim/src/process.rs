@@ -43,7 +43,8 @@ fn now_nanos() -> u64 {
 }
 
 pub struct Process {
-    /// 0 until the process runs in the guest.
+    /// The pid containerd is told: the sandbox VMM's (guest pids name
+    /// unrelated processes on the host). 0 until the process runs.
     pub pid: u32,
     pub status: Status,
     pub stdio: StdioPaths,

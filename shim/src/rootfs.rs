@@ -1,13 +1,14 @@
-//! A container's root file system in the sandbox share: the mounts
-//! containerd's snapshotter hands over in Create (usually one overlay), or
-//! else the directory the spec's `root.path` names (relative to the bundle,
-//! as runc reads it: `ctr run --rootfs`, `ctr run --config`), mounted at
-//! `share/<id>/rootfs`.
+//! A container's root file system: the mounts containerd's snapshotter hands
+//! over in Create (usually one overlay), or else the directory the spec's
+//! `root.path` names (relative to the bundle, as runc reads it: `ctr run
+//! --rootfs`, `ctr run --config`), mounted where the share says
+//! ([`crate::share::Share::mount_rootfs`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use containerd_shim::protos::api::Mount;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
+use nix::sys::statvfs::{statvfs, FsFlags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -28,20 +29,13 @@ pub enum RootfsError {
          is not a directory"
     )]
     Missing(String),
-}
-
-/// Where container `id`'s root file system goes in the share.
-pub fn target(share: &Path, id: &str) -> PathBuf {
-    share.join(id).join("rootfs")
+    #[error("container id {0:?} is not a valid id (letters, digits, '.', '_', '-')")]
+    BadId(String),
 }
 
 /// Mounts the container's root file system at `target`: `mounts`, or else
 /// the directory `root` (the spec's `root.path` in the bundle).
 pub async fn mount_rootfs(mounts: &[Mount], root: &Path, target: &Path) -> Result<(), RootfsError> {
-    std::fs::create_dir_all(target).map_err(|source| RootfsError::Create {
-        path: target.display().to_string(),
-        source,
-    })?;
     if mounts.is_empty() {
         if !root.is_dir() {
             return Err(RootfsError::Missing(root.display().to_string()));
@@ -71,19 +65,29 @@ pub async fn mount_rootfs(mounts: &[Mount], root: &Path, target: &Path) -> Resul
     Ok(())
 }
 
-/// Unmounts everything at and under the container's directory in the share
-/// and removes it.
-pub fn unmount_rootfs(share: &Path, id: &str) {
-    let dir = share.join(id);
-    let rootfs = target(share, id);
-    // Stacked mounts (several layers of the same target) come off one by one.
-    while umount2(&rootfs, MntFlags::MNT_DETACH).is_ok() {}
-    if crate::sandbox::has_mounts_under(&dir) {
-        tracing::error!(
-            "{} still has mounts under it; leaving it in place",
-            dir.display()
-        );
-        return;
+/// Makes the mount at `target` nosuid and nodev (keeping read-only and
+/// noexec as they were): the guest writes in it, and a setuid binary or a
+/// device node it made must give no host user anything. A bind mount ignores
+/// these flags when made, hence a remount, which works for every type.
+pub fn harden(target: &Path) -> Result<(), RootfsError> {
+    let failed = |message: String| RootfsError::Mount {
+        kind: "remount nosuid,nodev".into(),
+        source_path: target.display().to_string(),
+        message,
+    };
+    let current = statvfs(target).map_err(|e| failed(e.to_string()))?.flags();
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    for (kept, flag) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if current.contains(kept) {
+            flags |= flag;
+        }
     }
-    let _ = std::fs::remove_dir_all(dir);
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+        .map_err(|e| failed(e.to_string()))
 }

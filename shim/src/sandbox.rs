@@ -1,9 +1,11 @@
 //! A sandbox: one cocoon-vmm process, its guest, and the agent in it.
 //!
-//! State lives in `<state_dir>/<namespace>/<sandbox id>/`: `share/` (the
-//! virtio-fs share; container root file systems are mounted under it),
-//! `vsock.sock` (the hybrid vsock socket), `console.log`, `vmm.log` and
-//! `vmm.pid`. [`clean_up_leftovers`] removes all of it, also after a crash.
+//! State lives in `<state_dir>/<namespace>/<sandbox id>/` (0700, as is every
+//! directory the shim makes): `mounts/` and `share/` (the virtio-fs share and
+//! the host-only directory behind it, see [`crate::share`]), `jail/` (the
+//! VMM's root), `vsock.sock` (the hybrid vsock socket), `console.log`
+//! (capped), `vmm.log`, `vmm.pid` and `cgroup` (the VMM's cgroup).
+//! [`clean_up_leftovers`] removes all of it, also after a crash.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,7 +13,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cocoon_protocol::client::{Agent, AgentCalls};
-use cocoon_protocol::GUEST_SHARE_DIR;
 use cocoon_vmm_command::{SandboxVm, VmmCommand};
 use containerd_shim::monitor::{monitor_subscribe, monitor_unsubscribe, Subject, Topic};
 use containerd_shim::protos::api::Mount;
@@ -19,11 +20,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
+use crate::cgroup;
 use crate::config::Config;
 use crate::error::Result as ShimResult;
 use crate::guest::{vm_exited, Guest};
 use crate::io::{self, Relay, StdioPaths};
-use crate::rootfs;
+use crate::share::{Share, ShareError};
 use crate::vm_shape::VmShape;
 
 /// How long the guest gets to stop by itself before the VMM is killed.
@@ -59,13 +61,17 @@ pub enum SandboxError {
     Boot { reason: String, console: String },
     #[error("the agent: {0}")]
     Agent(String),
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
 }
 
 pub struct Sandbox {
     /// containerd's namespace, which log drivers are told.
     namespace: String,
     dir: PathBuf,
-    share: PathBuf,
+    share: Share,
     vmm_pid: i32,
     agent: Agent,
     vmm_exit: watch::Receiver<Option<i32>>,
@@ -102,6 +108,7 @@ impl Sandbox {
         namespace: &str,
         dir: PathBuf,
         shape: &VmShape,
+        cgroup: Option<&Path>,
     ) -> Result<Self, SandboxError> {
         for (what, key, path) in [
             ("guest kernel", "kernel", &config.kernel),
@@ -117,23 +124,66 @@ impl Sandbox {
             }
         }
         clean_up_leftovers(&dir);
-        let share = dir.join("share");
-        std::fs::create_dir_all(&share).map_err(|source| SandboxError::State {
-            path: share.display().to_string(),
-            source,
-        })?;
-        let vsock = dir.join("vsock.sock");
-        let jail = dir.join("jail");
-        std::fs::create_dir_all(&jail).map_err(|source| SandboxError::State {
-            path: jail.display().to_string(),
-            source,
-        })?;
-        let console = dir.join("console.log");
-        let vmm_log =
-            std::fs::File::create(dir.join("vmm.log")).map_err(|source| SandboxError::State {
-                path: dir.display().to_string(),
+        let booted = match Self::prepare(config, &dir, cgroup) {
+            Ok(prepared) => Self::boot(config, namespace, dir.clone(), shape, prepared).await,
+            Err(error) => Err(error),
+        };
+        if booted.is_err() {
+            clean_up_leftovers(&dir);
+        }
+        booted
+    }
+
+    // The state directory, the share, the VMM's jail and cgroup.
+    fn prepare(
+        config: &Config,
+        dir: &Path,
+        cgroup: Option<&Path>,
+    ) -> Result<Prepared, SandboxError> {
+        let state = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SandboxError::State {
+                path: path.display().to_string(),
                 source,
-            })?;
+            }
+        };
+        create_private_dir(dir).map_err(state(dir))?;
+        let share = Share::create(dir, config.share_size_mib)?;
+        let jail = dir.join("jail");
+        create_private_dir(&jail).map_err(state(&jail))?;
+        let cgroup = match cgroup {
+            Some(relative) => {
+                let path = cgroup::create(Path::new(cgroup::CGROUP_ROOT), relative)?;
+                std::fs::write(dir.join(CGROUP_RECORD), path.as_os_str().as_encoded_bytes())
+                    .map_err(state(dir))?;
+                Some(path)
+            }
+            None => None,
+        };
+        let vmm_log = std::fs::File::create(dir.join("vmm.log")).map_err(state(dir))?;
+        Ok(Prepared {
+            share,
+            jail,
+            cgroup,
+            vmm_log,
+        })
+    }
+
+    async fn boot(
+        config: &Config,
+        namespace: &str,
+        dir: PathBuf,
+        shape: &VmShape,
+        prepared: Prepared,
+    ) -> Result<Self, SandboxError> {
+        let Prepared {
+            share,
+            jail,
+            cgroup,
+            vmm_log,
+        } = prepared;
+        let vsock = dir.join("vsock.sock");
+        let console = dir.join("console.log");
 
         // Subscribe before spawning: the shim's reaper collects every child
         // (waitpid(-1)), so the VMM's exit only ever arrives through here.
@@ -145,13 +195,13 @@ impl Sandbox {
             initramfs: &config.initramfs,
             vcpus: shape.vcpus,
             memory_mib: shape.memory_mib.into(),
-            share: &share,
+            share: share.exposed(),
             vsock_uds: &vsock,
             console: &console,
             guest_debug: config.guest_debug,
             console_limit_bytes: config.console_limit_mib << 20,
             jail: &jail,
-            cgroup: None,
+            cgroup: cgroup.as_deref(),
         })
         .command(&config.vmm);
         command
@@ -224,12 +274,6 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// The guest path of a path under the share.
-    fn guest_path(&self, host: &Path) -> Option<String> {
-        let relative = host.strip_prefix(&self.share).ok()?;
-        Some(format!("{GUEST_SHARE_DIR}/{}", relative.display()))
-    }
-
     /// Shuts the guest down (the agent stops its containers), kills the VMM
     /// if it lingers, and removes the sandbox's state.
     pub async fn stop(&self) {
@@ -259,13 +303,16 @@ impl Guest for Sandbox {
     }
 
     async fn mount_rootfs(&self, id: &str, mounts: &[Mount], root: &Path) -> ShimResult<String> {
-        let target = rootfs::target(&self.share, id);
-        rootfs::mount_rootfs(mounts, root, &target).await?;
-        Ok(self.guest_path(&target).unwrap_or_default())
+        self.share.mount_rootfs(id, mounts, root).await?;
+        Ok(Share::guest_rootfs(id))
     }
 
     fn unmount_rootfs(&self, id: &str) {
-        rootfs::unmount_rootfs(&self.share, id);
+        self.share.unmount_rootfs(id);
+    }
+
+    fn host_pid(&self) -> u32 {
+        self.vmm_pid as u32
     }
 
     async fn attach_stdio(&self, id: &str, exec: &str, stdio: &StdioPaths) -> ShimResult<Relay> {
@@ -282,8 +329,8 @@ impl Guest for Sandbox {
 }
 
 /// Removes what a sandbox leaves in `dir`: its VMM (if the pid file still
-/// names a live cocoon-vmm), mounts under the share, sockets, the directory.
-/// Safe to call on a directory that does not exist.
+/// names a live cocoon-vmm), the share's mounts, its cgroup, sockets, the
+/// directory. Safe to call on a directory that does not exist.
 pub fn clean_up_leftovers(dir: &Path) {
     if let Some(pid) = std::fs::read_to_string(dir.join("vmm.pid"))
         .ok()
@@ -292,11 +339,12 @@ pub fn clean_up_leftovers(dir: &Path) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmdline).contains("cocoon-vmm") {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            wait_until_gone(pid);
         }
     }
-    let share = dir.join("share");
-    if share.exists() {
-        let _ = containerd_shim::mount::umount_recursive(share.to_str(), libc::MNT_DETACH);
+    Share::unmount_all(dir);
+    if let Ok(path) = std::fs::read_to_string(dir.join(CGROUP_RECORD)) {
+        cgroup::remove(Path::new(&path));
     }
     // Never delete through a mount: that would delete the container's files.
     if has_mounts_under(dir) {
@@ -320,6 +368,50 @@ pub fn has_mounts_under(dir: &Path) -> bool {
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
         .any(|mount_point| Path::new(mount_point).starts_with(dir))
+}
+
+/// The file in the state directory naming the VMM's cgroup, which the shim
+/// created and removes.
+const CGROUP_RECORD: &str = "cgroup";
+
+/// What a sandbox's VM needs made before it starts.
+struct Prepared {
+    share: Share,
+    jail: PathBuf,
+    cgroup: Option<PathBuf>,
+    vmm_log: std::fs::File,
+}
+
+/// Creates `dir` and any missing parent, each readable by root only: the
+/// state holds the guest's console, sockets and the mounts behind the share.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Waits (at most 2 s) for a killed process to be gone: its cgroup cannot
+/// be removed before.
+fn wait_until_gone(pid: i32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while Path::new(&format!("/proc/{pid}/stat")).exists() {
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false);
+        if zombie || std::time::Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn console_tail(path: &Path, lines: usize) -> String {

@@ -16,38 +16,135 @@ pub struct VmShape {
     pub memory_mib: u32,
 }
 
+/// The most a VM may have on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    pub cpus: u32,
+    pub memory_mib: u64,
+}
+
+impl HostLimits {
+    /// The host's online CPUs, and the config's `max_memory_mib` or else
+    /// the host's total memory.
+    pub fn of_host(config: &Config) -> Self {
+        let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+            .ok()
+            .flatten()
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(1);
+        let total_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| mem_total_kib(&text))
+            .map_or(u64::MAX, |kib| kib >> 10);
+        let memory_mib = match config.max_memory_mib {
+            0 => total_mib,
+            max => max,
+        };
+        HostLimits { cpus, memory_mib }
+    }
+}
+
+fn mem_total_kib(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+/// A size the host cannot give; the message names where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ShapeError {
+    #[error(
+        "{source_name} asks for {asked} vCPUs; this host has {max} (the most a sandbox may have)"
+    )]
+    TooManyVcpus {
+        source_name: &'static str,
+        asked: u64,
+        max: u32,
+    },
+    #[error(
+        "{source_name} asks for {asked} MiB of guest memory; at most {max} MiB are allowed \
+         (`max_memory_mib` in the cocoon config, else the host's memory)"
+    )]
+    TooMuchMemory {
+        source_name: &'static str,
+        asked: u64,
+        max: u64,
+    },
+    #[error("annotation {key}={value:?} is not a positive whole number")]
+    BadAnnotation { key: &'static str, value: String },
+}
+
 impl VmShape {
-    /// The shape for the OCI `spec` of the sandbox's first container.
-    pub fn for_spec(config: &Config, spec: &serde_json::Value) -> Self {
-        let annotation = |key: &str| {
-            spec.get("annotations")
+    /// The shape for the OCI `spec` of the sandbox's first container, within
+    /// what `host` allows.
+    pub fn for_spec(
+        config: &Config,
+        spec: &serde_json::Value,
+        host: &HostLimits,
+    ) -> Result<Self, ShapeError> {
+        let annotation = |key: &'static str| -> Result<Option<u64>, ShapeError> {
+            let Some(value) = spec
+                .get("annotations")
                 .and_then(|a| a.get(key))
                 .and_then(|v| v.as_str())
-                .and_then(|v| v.parse::<u32>().ok())
-                .filter(|v| *v > 0)
+            else {
+                return Ok(None);
+            };
+            match value.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err(ShapeError::BadAnnotation {
+                    key,
+                    value: value.into(),
+                }),
+            }
         };
         let resources = spec.get("linux").and_then(|l| l.get("resources"));
         let cpu_limit = resources.and_then(|r| r.get("cpu")).and_then(|cpu| {
             let quota = cpu.get("quota")?.as_i64()?;
             let period = cpu.get("period")?.as_u64()?;
-            (quota > 0 && period > 0).then(|| (quota as u64).div_ceil(period) as u32)
+            (quota > 0 && period > 0).then(|| (quota as u64).div_ceil(period))
         });
         let memory_limit = resources
             .and_then(|r| r.get("memory"))
             .and_then(|m| m.get("limit"))
             .and_then(|l| l.as_i64())
             .filter(|l| *l > 0)
-            .map(|l| ((l as u64) >> 20) as u32 + GUEST_OVERHEAD_MIB);
-        VmShape {
-            vcpus: annotation(VCPUS_ANNOTATION)
-                .or(cpu_limit)
-                .unwrap_or(config.vcpus)
-                .max(1),
-            memory_mib: annotation(MEMORY_ANNOTATION)
-                .or(memory_limit)
-                .unwrap_or(config.memory_mib)
-                .max(config.memory_mib.min(128)),
+            .map(|l| ((l as u64) >> 20) + u64::from(GUEST_OVERHEAD_MIB));
+
+        let (vcpus_from, vcpus) = match (annotation(VCPUS_ANNOTATION)?, cpu_limit) {
+            (Some(n), _) => (VCPUS_ANNOTATION, n),
+            (None, Some(n)) => ("the container's CPU limit (linux.resources.cpu)", n),
+            (None, None) => ("`vcpus` in the cocoon config", u64::from(config.vcpus)),
+        };
+        if vcpus > u64::from(host.cpus) {
+            return Err(ShapeError::TooManyVcpus {
+                source_name: vcpus_from,
+                asked: vcpus,
+                max: host.cpus,
+            });
         }
+        let (memory_from, memory_mib) = match (annotation(MEMORY_ANNOTATION)?, memory_limit) {
+            (Some(n), _) => (MEMORY_ANNOTATION, n),
+            (None, Some(n)) => (
+                "the container's memory limit (linux.resources.memory.limit, plus 64 MiB for the guest)",
+                n,
+            ),
+            (None, None) => ("`memory_mib` in the cocoon config", u64::from(config.memory_mib)),
+        };
+        if memory_mib > host.memory_mib {
+            return Err(ShapeError::TooMuchMemory {
+                source_name: memory_from,
+                asked: memory_mib,
+                max: host.memory_mib,
+            });
+        }
+        Ok(VmShape {
+            // Both fit in u32: they are at most the host's.
+            vcpus: (vcpus as u32).max(1),
+            memory_mib: (memory_mib as u32).max(config.memory_mib.min(128)),
+        })
     }
 }
 
@@ -56,9 +153,20 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const HOST: HostLimits = HostLimits {
+        cpus: 8,
+        memory_mib: 16384,
+    };
+
     fn shape(config: &Config, spec: &serde_json::Value) -> (u32, u32) {
-        let shape = VmShape::for_spec(config, spec);
+        let shape = VmShape::for_spec(config, spec, &HOST).unwrap();
         (shape.vcpus, shape.memory_mib)
+    }
+
+    fn refusal(spec: &serde_json::Value) -> String {
+        VmShape::for_spec(&Config::default(), spec, &HOST)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -79,9 +187,50 @@ mod tests {
         annotated["annotations"] =
             json!({ "io.cocoon.vcpus": "4", "io.cocoon.memory-mib": "1024" });
         assert_eq!(shape(&config, &annotated), (4, 1024));
+    }
 
-        annotated["annotations"] =
-            json!({ "io.cocoon.vcpus": "zero", "io.cocoon.memory-mib": "0" });
-        assert_eq!(shape(&config, &annotated), (2, 576));
+    #[test]
+    fn sizes_beyond_the_host_are_refused_naming_their_source() {
+        let said = refusal(&json!({ "annotations": { "io.cocoon.memory-mib": "999999999" } }));
+        assert!(
+            said.contains("io.cocoon.memory-mib") && said.contains("16384"),
+            "{said}"
+        );
+        let said = refusal(&json!({ "annotations": { "io.cocoon.vcpus": "9" } }));
+        assert!(
+            said.contains("io.cocoon.vcpus") && said.contains('8'),
+            "{said}"
+        );
+        let said =
+            refusal(&json!({ "linux": { "resources": { "memory": { "limit": 64i64 << 30 } } } }));
+        assert!(said.contains("memory limit"), "{said}");
+        let said = refusal(&json!({ "annotations": { "io.cocoon.vcpus": "zero" } }));
+        assert!(
+            said.contains("io.cocoon.vcpus") && said.contains("zero"),
+            "{said}"
+        );
+        let config = Config {
+            memory_mib: 20000,
+            ..Config::default()
+        };
+        let said = VmShape::for_spec(&config, &json!({}), &HOST)
+            .unwrap_err()
+            .to_string();
+        assert!(said.contains("`memory_mib`"), "{said}");
+    }
+
+    #[test]
+    fn the_host_limits_read_meminfo() {
+        assert_eq!(
+            mem_total_kib("MemTotal:       8048576 kB\nMemFree: 1 kB\n"),
+            Some(8048576)
+        );
+        assert_eq!(mem_total_kib("nothing"), None);
+        let config = Config {
+            max_memory_mib: 1024,
+            ..Config::default()
+        };
+        assert_eq!(HostLimits::of_host(&config).memory_mib, 1024);
+        assert!(HostLimits::of_host(&Config::default()).cpus >= 1);
     }
 }

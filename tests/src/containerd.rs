@@ -189,6 +189,95 @@ impl Containerd {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Waits until `ctr task ls` shows task `id` as `status`.
+    pub fn wait_for_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let listed = ok(self.ctr(&["task", "ls"]), "ctr task ls");
+            if listed
+                .lines()
+                .any(|line| line.split_whitespace().next() == Some(id) && line.contains(status))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never became {status}:\n{listed}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The host pid `ctr task ls` shows for task `id`.
+    pub fn task_pid(&self, id: &str) -> u32 {
+        let listed = ok(self.ctr(&["task", "ls"]), "ctr task ls");
+        listed
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(id))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no pid for task {id} in:\n{listed}"))
+    }
+
+    /// Nothing of a sandbox may outlive it: no VMM, no mount, no state, no
+    /// cgroup.
+    pub fn assert_nothing_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let vmms = Command::new("pgrep")
+                .args(["-f", "cocoon-vmm"])
+                .output()
+                .expect("pgrep (procps)");
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let leftover_mounts: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|p| Path::new(p).starts_with(&self.cocoon_state))
+                .collect();
+            let leftover_state = sandbox_dirs(&self.cocoon_state);
+            let leftover_cgroups = child_dirs(Path::new(SANDBOX_CGROUPS));
+            if vmms.stdout.is_empty()
+                && leftover_mounts.is_empty()
+                && leftover_state.is_empty()
+                && leftover_cgroups.is_empty()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind: vmm pids {:?}, mounts {leftover_mounts:?}, state \
+                 {leftover_state:?}, cgroups {leftover_cgroups:?}",
+                text(&vmms.stdout)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Where the VMMs of sandboxes `ctr` starts in the default namespace are
+/// charged: ctr gives containers the cgroup `/<namespace>/<id>`.
+pub const SANDBOX_CGROUPS: &str = "/sys/fs/cgroup/default";
+
+/// The directories directly under `dir`.
+fn child_dirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir())
+        .collect()
+}
+
+/// Sandbox state directories under the shim's state dir (namespace
+/// directories may stay).
+fn sandbox_dirs(state: &Path) -> Vec<PathBuf> {
+    child_dirs(state)
+        .iter()
+        .flat_map(|namespace| child_dirs(namespace))
+        .collect()
 }
 
 /// A command's stdout, after asserting it succeeded (`what` and its output

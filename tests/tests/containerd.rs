@@ -21,21 +21,7 @@ fn run_detached(containerd: &Containerd, id: &str, args: &[&str]) {
 
 /// Waits until `ctr task ls` shows task `id` as `status`.
 fn wait_for_status(containerd: &Containerd, id: &str, status: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let listed = ok(containerd.ctr(&["task", "ls"]), "ctr task ls");
-        if listed
-            .lines()
-            .any(|line| line.split_whitespace().next() == Some(id) && line.contains(status))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task {id} never became {status}:\n{listed}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    containerd.wait_for_status(id, status);
 }
 
 /// Runs `ctr ARGS` with a terminal of its own (script(1)), as `ctr -t`
@@ -56,43 +42,9 @@ fn ctr_in_terminal(containerd: &Containerd, args: &str) -> String {
     output
 }
 
-/// Nothing of a sandbox may outlive it: no VMM, no mount, no state.
+/// Nothing of a sandbox may outlive it.
 fn assert_nothing_left(containerd: &Containerd) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let vmms = std::process::Command::new("pgrep")
-            .args(["-f", "cocoon-vmm"])
-            .output()
-            .unwrap();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let leftover_mounts: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|p| Path::new(p).starts_with(&containerd.cocoon_state))
-            .collect();
-        let leftover_state: Vec<_> = walk(&containerd.cocoon_state);
-        if vmms.stdout.is_empty() && leftover_mounts.is_empty() && leftover_state.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left behind: vmm pids {:?}, mounts {leftover_mounts:?}, state {leftover_state:?}",
-            text(&vmms.stdout)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Sandbox directories under the shim's state dir (namespace dirs may stay).
-fn walk(state: &Path) -> Vec<std::path::PathBuf> {
-    let Ok(namespaces) = std::fs::read_dir(state) else {
-        return Vec::new();
-    };
-    namespaces
-        .flatten()
-        .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten())
-        .map(|entry| entry.path())
-        .collect()
+    containerd.assert_nothing_left();
 }
 
 #[test]

@@ -45,16 +45,21 @@ impl TaskService {
         // Relative to the bundle, as runc reads it.
         let root = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
         let guest_rootfs = sandbox.mount_rootfs(&req.id, &req.rootfs, &root).await?;
-        let pid = sandbox
+        let guest_pid = sandbox
             .agent()
             .create_container(&req.id, spec_json, &guest_rootfs, stdio.wanted())
             .await?;
+        let pid = sandbox.host_pid();
         let created = GuestContainer::new(&sandbox, &req.id, rootfs);
         let relay = sandbox.attach_stdio(&req.id, "", &stdio).await?;
         self.containers.with_process(&req.id, "", |p| p.pid = pid)?;
         created.keep();
         registered.keep();
-        tracing::info!("container {} created in {:?}", req.id, started.elapsed());
+        tracing::info!(
+            "container {} created in {:?} (guest pid {guest_pid})",
+            req.id,
+            started.elapsed()
+        );
 
         self.watch_exit(
             sandbox,

@@ -161,7 +161,13 @@ impl AgentCalls for FakeGuest {
     }
 
     async fn list_processes(&self, _: &str) -> CallResult<Vec<ProcessInfo>> {
-        Ok(Vec::new())
+        // The guest's own pids, which only ListPids reports.
+        Ok([1, 7]
+            .map(|pid| ProcessInfo {
+                pid,
+                ..Default::default()
+            })
+            .into())
     }
 
     async fn remove_container(&self, id: &str, _: bool) -> CallResult<()> {
@@ -214,6 +220,9 @@ impl AgentCalls for FakeGuest {
     }
 }
 
+/// The pid the fake sandbox's VMM has.
+pub const FAKE_VMM_PID: u32 = 4242;
+
 #[async_trait]
 impl Guest for FakeGuest {
     fn agent(&self) -> &dyn AgentCalls {
@@ -244,6 +253,10 @@ impl Guest for FakeGuest {
             output: tokio::spawn(async {}),
             input: None,
         })
+    }
+
+    fn host_pid(&self) -> u32 {
+        FAKE_VMM_PID
     }
 
     fn vmm_exit(&self) -> watch::Receiver<Option<i32>> {

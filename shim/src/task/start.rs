@@ -66,7 +66,9 @@ impl TaskService {
     }
 
     async fn start_init(&self, sandbox: &Arc<dyn Guest>, id: &str) -> Result<u32> {
-        let pid = sandbox.agent().start(id).await?;
+        let guest_pid = sandbox.agent().start(id).await?;
+        tracing::debug!("container {id} started (guest pid {guest_pid})");
+        let pid = sandbox.host_pid();
         self.containers
             .with_process(id, "", |p| p.status = Status::RUNNING)?;
         self.events
@@ -84,7 +86,9 @@ impl TaskService {
             .containers
             .with_process(id, exec, |p| (p.exec_spec.clone(), p.stdio.clone()))?;
         let spec = spec.ok_or_else(|| ShimError::ExecStarted(exec.into()))?;
-        let pid = sandbox.agent().exec(id, exec, spec, stdio.wanted()).await?;
+        let guest_pid = sandbox.agent().exec(id, exec, spec, stdio.wanted()).await?;
+        tracing::debug!("exec {exec} in {id} started (guest pid {guest_pid})");
+        let pid = sandbox.host_pid();
         let running = RunningExec::new(&sandbox, id, exec);
         let relay = sandbox.attach_stdio(id, exec, &stdio).await?;
         self.containers.with_process(id, exec, |p| {

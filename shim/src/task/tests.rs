@@ -18,7 +18,7 @@ use containerd_shim::protos::topics::{
 use containerd_shim::{Task, TtrpcContext};
 use ttrpc::Code;
 
-use super::fake::{FakeGuest, FakeLauncher, RecordedEvents, PATIENCE};
+use super::fake::{FakeGuest, FakeLauncher, RecordedEvents, FAKE_VMM_PID, PATIENCE};
 use super::TaskService;
 
 struct Harness {
@@ -152,7 +152,7 @@ async fn a_container_runs_exits_and_is_deleted_in_containerds_order() {
         h.state("web", "").await.unwrap().status,
         Status::CREATED.into()
     );
-    assert_eq!(h.start("web", "").await.unwrap(), 100);
+    assert_eq!(h.start("web", "").await.unwrap(), pid);
     assert_eq!(
         h.state("web", "").await.unwrap().status,
         Status::RUNNING.into()
@@ -437,4 +437,21 @@ async fn pause_and_resume_show_in_state_and_events() {
         Status::RUNNING.into()
     );
     assert_eq!(h.events.topics(), [CREATE, START, PAUSED, RESUMED]);
+}
+
+#[tokio::test]
+async fn containerd_is_told_the_vmms_pid_and_listpids_the_guests() {
+    let h = harness();
+    assert_eq!(h.create("web").await.unwrap(), FAKE_VMM_PID);
+    assert_eq!(h.start("web", "").await.unwrap(), FAKE_VMM_PID);
+    assert_eq!(h.state("web", "").await.unwrap().pid, FAKE_VMM_PID);
+    h.exec("web", "sh").await.unwrap();
+    assert_eq!(h.start("web", "sh").await.unwrap(), FAKE_VMM_PID);
+    let req = api::PidsRequest {
+        id: "web".into(),
+        ..Default::default()
+    };
+    let listed = h.service.pids(&context(), req).await.unwrap();
+    let pids: Vec<u32> = listed.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, [1, 7]);
 }

@@ -13,6 +13,12 @@
 //!   cocoon-guest-probe xattr FILE NAME VALUE
 //!       set the extended attribute, read it back, print "XATTR <value>".
 //!
+//!   cocoon-guest-probe connect CID PORT
+//!       dial CID:PORT; print "CONNECTED" (a peer accepted and did not
+//!       close within a second), "CLOSED" or "REFUSED <error>".
+//!   cocoon-guest-probe euid
+//!       print "EUID <effective uid>" (setuid tests run it on the host).
+//!
 //!   cocoon-guest-probe pattern BYTES
 //!       write BYTES of the test pattern to stdout (and nothing else).
 //!   cocoon-guest-probe alloc MIB
@@ -105,23 +111,56 @@ fn listen(port: u32, connections: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-fn send(port: u32, bytes: u64, connections: usize) -> std::io::Result<()> {
+/// A vsock stream connected to `cid`:`port`.
+fn vsock_connect(cid: u32, port: u32) -> std::io::Result<UnixStream> {
     use std::os::fd::AsRawFd;
+    let socket = vsock_socket()?;
+    let address = vsock_address(cid, port);
+    let size = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: address is a valid sockaddr_vm of `size` bytes.
+    check(unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            (&address as *const libc::sockaddr_vm).cast(),
+            size,
+        )
+    })?;
+    Ok(stream(socket))
+}
+
+/// Tries `cid`:`port` and says what happened: "CONNECTED" only if a peer
+/// accepted and answered or kept the connection open for a second.
+fn try_connect(cid: u32, port: u32) -> std::io::Result<()> {
+    use std::io::Read;
+    match vsock_connect(cid, port) {
+        Err(error) => println!("REFUSED {error}"),
+        Ok(mut connection) => {
+            connection.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+            let mut byte = [0u8; 1];
+            match connection.read(&mut byte) {
+                Ok(0) => println!("CLOSED"),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    println!("CONNECTED")
+                }
+                Err(error) => println!("CLOSED {error}"),
+                Ok(_) => println!("CONNECTED"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn euid() -> std::io::Result<()> {
+    // SAFETY: geteuid(2) cannot fail.
+    println!("EUID {}", unsafe { libc::geteuid() });
+    Ok(())
+}
+
+fn send(port: u32, bytes: u64, connections: usize) -> std::io::Result<()> {
     let workers: Vec<_> = (0..connections)
         .map(|index| {
             std::thread::spawn(move || -> std::io::Result<String> {
-                let socket = vsock_socket()?;
-                let address = vsock_address(HOST_CID, port);
-                let size = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-                // SAFETY: address is a valid sockaddr_vm of `size` bytes.
-                check(unsafe {
-                    libc::connect(
-                        socket.as_raw_fd(),
-                        (&address as *const libc::sockaddr_vm).cast(),
-                        size,
-                    )
-                })?;
-                let mut connection = stream(socket);
+                let mut connection = vsock_connect(HOST_CID, port)?;
                 std::io::copy(&mut PatternReader::new(bytes), &mut connection)?;
                 connection.shutdown(std::net::Shutdown::Write)?;
                 let mut reply = String::new();
@@ -235,6 +274,8 @@ fn main() {
         (Some("xattr"), _, _) => xattr(text(1), text(2), text(3)),
         (Some("pattern"), Some(bytes), _) => pattern(bytes),
         (Some("alloc"), Some(mib), _) => alloc(mib),
+        (Some("euid"), _, _) => euid(),
+        (Some("connect"), Some(cid), Some(port)) => try_connect(cid as u32, port as u32),
         (Some("listen"), Some(port), Some(count)) => listen(port as u32, count as usize),
         (Some("send"), Some(port), Some(bytes)) => {
             send(port as u32, bytes, number(3).unwrap_or(1) as usize)

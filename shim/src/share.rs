@@ -1,0 +1,390 @@
+//! A sandbox's share: the directory cocoon-vmm serves to the guest over
+//! virtio-fs, and the host-only directory behind it where the shim mounts.
+//!
+//! - `mounts/` is a tmpfs of its own: capped (`share_size_mib`), 0700,
+//!   nosuid, nodev, noexec, and a shared mount, so that what the shim mounts
+//!   under it after the VMM started propagates into the VMM's mount
+//!   namespace. Container root file systems are mounted at
+//!   `mounts/<id>/rootfs`, nosuid and nodev.
+//! - `share/` is a read-only bind of `mounts/`: what the VMM serves.
+//!
+//! The guest can write inside the container file systems mounted there,
+//! never the directories around them: it cannot plant a symlink where the
+//! shim mounts or unmounts, and what it writes lands in the container's
+//! writable layer, not in /run. Defence in depth on top: the shim opens
+//! mount points beneath `mounts/` without following symlinks or crossing
+//! mounts (openat2), and unmounts with UMOUNT_NOFOLLOW.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use cocoon_protocol::GUEST_SHARE_DIR;
+use containerd_shim::protos::api::Mount;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{mkdirat, Mode};
+
+use crate::rootfs::{self, RootfsError};
+
+/// Where the shim mounts; never exposed writable to the guest.
+const HOST_ONLY_DIR: &str = "mounts";
+/// The read-only view of it that the VMM serves.
+const EXPOSED_DIR: &str = "share";
+/// A private mount where root file systems are made ready before they go
+/// into the shared tree.
+const STAGING_DIR: &str = "staging";
+
+#[derive(Debug, thiserror::Error)]
+#[error("setting up the share in {path}: {what}: {source}")]
+pub struct ShareError {
+    path: String,
+    what: &'static str,
+    #[source]
+    source: std::io::Error,
+}
+
+/// The share of the sandbox whose state directory is `dir`.
+pub struct Share {
+    host_only: PathBuf,
+    exposed: PathBuf,
+    staging: PathBuf,
+}
+
+impl Share {
+    /// Mounts the capped host-only tmpfs and its read-only view in `dir`.
+    pub fn create(dir: &Path, size_mib: u64) -> Result<Self, ShareError> {
+        let share = Share::of(dir);
+        let fail = |what, source| ShareError {
+            path: dir.display().to_string(),
+            what,
+            source,
+        };
+        for path in [&share.host_only, &share.exposed, &share.staging] {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(path)
+                .map_err(|e| fail("creating the directory", e))?;
+        }
+        let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let size = format!("size={}m,mode=0700", size_mib.max(1));
+        mount(
+            Some("cocoon-share"),
+            &share.host_only,
+            Some("tmpfs"),
+            hardened,
+            Some(size.as_str()),
+        )
+        .map_err(|e| fail("mounting its tmpfs", e.into()))?;
+        // Shared, so that mounts made here later reach the VMM's namespace
+        // (a slave of this peer group) and the read-only view below.
+        mount(
+            None::<&str>,
+            &share.host_only,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .map_err(|e| fail("making it a shared mount", e.into()))?;
+        mount(
+            Some(&share.host_only),
+            &share.exposed,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| fail("binding its view", e.into()))?;
+        mount(
+            None::<&str>,
+            &share.exposed,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | hardened,
+            None::<&str>,
+        )
+        .map_err(|e| fail("making its view read-only", e.into()))?;
+        for flags in [MsFlags::MS_BIND, MsFlags::MS_PRIVATE] {
+            mount(
+                Some(&share.staging),
+                &share.staging,
+                None::<&str>,
+                flags,
+                None::<&str>,
+            )
+            .map_err(|e| fail("making the staging directory private", e.into()))?;
+        }
+        Ok(share)
+    }
+
+    /// The share of `dir`, without touching anything.
+    pub fn of(dir: &Path) -> Self {
+        Share {
+            host_only: dir.join(HOST_ONLY_DIR),
+            exposed: dir.join(EXPOSED_DIR),
+            staging: dir.join(STAGING_DIR),
+        }
+    }
+
+    /// The directory the VMM serves to the guest.
+    pub fn exposed(&self) -> &Path {
+        &self.exposed
+    }
+
+    /// Where the guest sees container `id`'s root file system.
+    pub fn guest_rootfs(id: &str) -> String {
+        format!("{GUEST_SHARE_DIR}/{id}/rootfs")
+    }
+
+    /// Mounts container `id`'s root file system (`mounts`, else the
+    /// directory `root`) at `mounts/<id>/rootfs`, nosuid and nodev.
+    ///
+    /// Per-mount flags do not propagate, and a bind mount ignores them when
+    /// made: so the file system is mounted and hardened in the private
+    /// `staging/` first, then bound into place, and every copy of it (the
+    /// read-only view's, the VMM's) carries the flags from its start.
+    pub async fn mount_rootfs(
+        &self,
+        id: &str,
+        mounts: &[Mount],
+        root: &Path,
+    ) -> Result<(), RootfsError> {
+        check_id(id)?;
+        let failed = |path: &Path, step: &str, error: nix::Error| RootfsError::Create {
+            path: path.display().to_string(),
+            source: std::io::Error::other(format!("{step}: {error}")),
+        };
+        let target_path = self.host_only.join(id).join("rootfs");
+        let target = make_dirs_beneath(&self.host_only, &[id, "rootfs"])
+            .map_err(|e| failed(&target_path, "creating the mount point", e))?;
+        let staged = Staged::mount(&self.staging, id, mounts, root).await?;
+        mount(
+            Some(&by_fd(&staged.root)),
+            &by_fd(&target),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| failed(&target_path, "binding the staged root file system", e))
+    }
+
+    /// Unmounts everything at container `id`'s root file system and removes
+    /// its directory.
+    pub fn unmount_rootfs(&self, id: &str) {
+        if check_id(id).is_err() {
+            return;
+        }
+        let dir = self.host_only.join(id);
+        let rootfs = dir.join("rootfs");
+        // Stacked mounts (several layers of the same target) come off one by one.
+        while umount2(&rootfs, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).is_ok() {}
+        if crate::sandbox::has_mounts_under(&dir) {
+            tracing::error!(
+                "{} still has mounts under it; leaving it in place",
+                dir.display()
+            );
+            return;
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Unmounts the share of `dir` (the view, then everything under the
+    /// host-only directory, then its tmpfs). Safe to call on a share that
+    /// is not mounted.
+    pub fn unmount_all(dir: &Path) {
+        let share = Share::of(dir);
+        for path in [&share.exposed, &share.host_only, &share.staging] {
+            if let Some(path) = path.to_str() {
+                let flags = libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW;
+                let _ = containerd_shim::mount::umount_recursive(Some(path), flags);
+            }
+        }
+    }
+}
+
+/// Container ids name a directory: containerd allows letters, digits, `.`,
+/// `_` and `-`, starting with a letter or digit; nothing else gets near a
+/// path.
+fn check_id(id: &str) -> Result<(), RootfsError> {
+    let mut chars = id.chars();
+    let valid = id.len() <= 76
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(RootfsError::BadId(id.into()))
+    }
+}
+
+/// A root file system mounted and hardened in the staging directory;
+/// unmounted from there when dropped (a bind of it elsewhere stays).
+struct Staged {
+    dir: PathBuf,
+    root: OwnedFd,
+}
+
+impl Staged {
+    async fn mount(
+        staging: &Path,
+        id: &str,
+        mounts: &[Mount],
+        root: &Path,
+    ) -> Result<Self, RootfsError> {
+        let dir = staging.join(id);
+        let failed = |step: &str, error: nix::Error| RootfsError::Create {
+            path: dir.display().to_string(),
+            source: std::io::Error::other(format!("{step}: {error}")),
+        };
+        let point = make_dirs_beneath(staging, &[id])
+            .map_err(|e| failed("creating the staging point", e))?;
+        let mut staged = Staged {
+            dir: dir.clone(),
+            root: point,
+        };
+        rootfs::mount_rootfs(mounts, root, &by_fd(&staged.root)).await?;
+        // Opened again, it is the new mount's root.
+        let base = open_beneath(None, staging, ResolveFlag::RESOLVE_NO_MAGICLINKS)
+            .map_err(|e| failed("opening the staging directory", e))?;
+        let resolve = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS;
+        staged.root = open_beneath(Some(&base), Path::new(id), resolve)
+            .map_err(|e| failed("opening the staged mount", e))?;
+        rootfs::harden(&by_fd(&staged.root))?;
+        Ok(staged)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        while umount2(&self.dir, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).is_ok() {}
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Creates each of `names` below the last (starting at `base`) and opens
+/// the last, never following a symlink or crossing a mount below `base`.
+fn make_dirs_beneath(base: &Path, names: &[&str]) -> nix::Result<OwnedFd> {
+    let strict = ResolveFlag::RESOLVE_BENEATH
+        | ResolveFlag::RESOLVE_NO_SYMLINKS
+        | ResolveFlag::RESOLVE_NO_XDEV;
+    let mode = Mode::from_bits_truncate(0o700);
+    // `base` itself is the shim's own path.
+    let mut dir = open_beneath(None, base, ResolveFlag::RESOLVE_NO_MAGICLINKS)?;
+    for name in names {
+        ignore_exists(mkdirat(Some(dir.as_raw_fd()), *name, mode))?;
+        dir = open_beneath(Some(&dir), Path::new(name), strict)?;
+    }
+    Ok(dir)
+}
+
+// The path of an open directory, for mount(2).
+fn by_fd(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+// A directory opened O_PATH at `path` beneath `base` (absolute `path` when
+// `base` is None), resolved as `resolve` says.
+fn open_beneath(base: Option<&OwnedFd>, path: &Path, resolve: ResolveFlag) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(resolve);
+    let dirfd = base.map_or(libc::AT_FDCWD, |fd| fd.as_fd().as_raw_fd());
+    let fd = openat2(dirfd, path, how)?;
+    // SAFETY: openat2 just returned this descriptor, which nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn ignore_exists(result: nix::Result<()>) -> nix::Result<()> {
+    match result {
+        Err(nix::Error::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_cannot_name_other_paths() {
+        for good in ["web", "a1", "pod_1.app-2", &"x".repeat(76)] {
+            assert!(check_id(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "..",
+            ".hidden",
+            "a/b",
+            "../x",
+            "-x",
+            "a b",
+            &"x".repeat(77),
+        ] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_guest_sees_root_file_systems_under_its_share_mount() {
+        assert_eq!(
+            Share::guest_rootfs("web"),
+            format!("{GUEST_SHARE_DIR}/web/rootfs")
+        );
+    }
+
+    #[test]
+    fn mount_points_are_opened_without_following_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        let strict = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS;
+        let base = open_beneath(None, dir.path(), ResolveFlag::empty()).unwrap();
+        assert!(open_beneath(Some(&base), Path::new("real"), strict).is_ok());
+        assert_eq!(
+            open_beneath(Some(&base), Path::new("link"), strict).err(),
+            Some(nix::Error::ELOOP)
+        );
+        assert_eq!(
+            open_beneath(Some(&base), Path::new("../"), strict).err(),
+            Some(nix::Error::EXDEV)
+        );
+    }
+
+    #[test]
+    #[ignore = "needs root for mounts: runs in make kvm-test"]
+    fn the_guest_sees_the_shims_mounts_read_only_around_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = Share::create(dir.path(), 4).unwrap();
+        let exposed = share.exposed().to_path_buf();
+        // The view is read-only; the host-only side is the shim's.
+        let refused = std::fs::write(exposed.join("planted"), "x").unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EROFS));
+        // A root file system mounted after the share exists shows through.
+        let rootfs = tempfile::tempdir().unwrap();
+        std::fs::write(rootfs.path().join("hello"), "from the image").unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(share.mount_rootfs("web", &[], rootfs.path()))
+            .unwrap();
+        let seen = exposed.join("web/rootfs/hello");
+        assert_eq!(std::fs::read_to_string(&seen).unwrap(), "from the image");
+        // Writable inside the container's file system, nosuid and nodev.
+        std::fs::write(exposed.join("web/rootfs/new"), "x").unwrap();
+        let flags = nix::sys::statvfs::statvfs(&seen).unwrap().flags();
+        use nix::sys::statvfs::FsFlags;
+        assert!(
+            flags.contains(FsFlags::ST_NOSUID | FsFlags::ST_NODEV),
+            "{flags:?}"
+        );
+        // The cap.
+        let total = nix::sys::statvfs::statvfs(&exposed).unwrap();
+        assert!(total.blocks() * total.fragment_size() <= 4 << 20);
+
+        share.unmount_rootfs("web");
+        assert!(!exposed.join("web").exists());
+        Share::unmount_all(dir.path());
+        assert!(!crate::sandbox::has_mounts_under(dir.path()));
+    }
+}
