@@ -46,8 +46,7 @@ impl<W: Write> Write for CappedSink<W> {
         }
         if passed < bytes.len() && !self.noted {
             self.noted = true;
-            self.inner
-                .write_all(dropped_note(self.limit).as_bytes())?;
+            self.inner.write_all(dropped_note(self.limit).as_bytes())?;
             self.inner.flush()?;
         }
         // Dropped bytes count as written: the guest's output is consumed.

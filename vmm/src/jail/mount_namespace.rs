@@ -54,8 +54,10 @@ pub(super) fn prepare(
     let sources = shares
         .iter()
         .map(|share| {
-            std::fs::canonicalize(share)
-                .map_err(JailError::step(format!("shared directory {}", share.display())))
+            std::fs::canonicalize(share).map_err(JailError::step(format!(
+                "shared directory {}",
+                share.display()
+            )))
         })
         .collect::<Result<Vec<_>, _>>()?;
 

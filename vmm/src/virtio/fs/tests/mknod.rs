@@ -38,7 +38,11 @@ fn device_nodes_are_refused_and_fifos_and_sockets_made() {
         // A whiteout (0:0) is a character device too.
         ("whiteout", libc::S_IFCHR, 0),
     ] {
-        assert_eq!(mknod(&mut g, name, mode, rdev).errno(), libc::EPERM, "{name}");
+        assert_eq!(
+            mknod(&mut g, name, mode, rdev).errno(),
+            libc::EPERM,
+            "{name}"
+        );
         assert!(
             std::fs::symlink_metadata(g.root.as_path().join(name)).is_err(),
             "{name} was created on the host"
