@@ -134,6 +134,21 @@ fn check_confinement(pid: u32, cgroup: &str) {
         "the jail's root is writable"
     );
 
+    // The file server's /proc/self/fd: a proc with process directories only.
+    let proc_dirs: Vec<PathBuf> = std::fs::read_dir(proc.join("fd"))
+        .expect("the VMM's descriptors")
+        .map(|entry| entry.unwrap().path())
+        .filter(|fd| fd.join("../../self").exists())
+        .collect();
+    assert!(!proc_dirs.is_empty(), "no descriptor of a proc directory");
+    for fd in &proc_dirs {
+        assert!(
+            !fd.join("../../sys").exists(),
+            "{} leads to /proc/sys",
+            fd.display()
+        );
+    }
+
     let namespace = |path: &Path| std::fs::read_link(path).expect("mount namespace link");
     assert_ne!(
         namespace(&proc.join("ns/mnt")),

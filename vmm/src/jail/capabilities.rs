@@ -1,4 +1,4 @@
-//! Capabilities the jailed VMM keeps, and no_new_privs.
+//! Capabilities the jailed VMM keeps, no_new_privs, and not being dumpable.
 //!
 //! After the jail is entered the VMM only runs KVM ioctls, I/O on file
 //! descriptors it already holds, and the virtio-fs file server. The file
@@ -73,6 +73,20 @@ pub(super) fn set_no_new_privs() -> Result<(), JailError> {
     // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integers only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(JailError::step("setting no_new_privs")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// PR_SET_DUMPABLE 0: other processes of the VMM's uid (root: the other
+/// VMMs) need CAP_SYS_PTRACE to reach its /proc files and memory, which no
+/// jailed VMM has. (fuse-backend-rs's uid switches leave it at the host's
+/// fs.suid_dumpable, which is 0 or 2, never 1 on a sane host.)
+pub(super) fn set_not_dumpable() -> Result<(), JailError> {
+    // SAFETY: prctl with PR_SET_DUMPABLE takes integers only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(JailError::step("clearing the dumpable flag")(
             std::io::Error::last_os_error(),
         ));
     }

@@ -7,14 +7,16 @@
 //!    allocated, so the VM's memory and CPU are charged there.
 //! 2. [`Jail::prepare`] (single-threaded): a private mount namespace (every
 //!    mount a slave: the host's later mounts under a share still arrive,
-//!    nothing goes back), a small tmpfs on DIR, each share bound into it.
+//!    nothing goes back), a proc of its own with process directories only,
+//!    a small tmpfs on DIR, each share bound into it.
 //! 3. The VM is built ([`crate::vm::Vm::new`]) with the shares named at
 //!    their place in the jail: everything opened by host path (kernel,
 //!    initramfs, /dev/kvm, console file, vsock socket, /proc/self/fd of the
 //!    file server) is opened now.
 //! 4. [`Jail::enter`] (still single-threaded): pivot_root into DIR, the old
-//!    root detached, the new one read-only; a bounded open-file limit; no new
-//!    privileges; every capability but the file server's dropped.
+//!    root detached, the new one read-only; a bounded open-file limit; not
+//!    dumpable; no new privileges; every capability but the file server's
+//!    dropped.
 //!    Capabilities and no_new_privs are per thread: every thread of the VMM
 //!    is started after this and inherits them.
 //!
@@ -99,6 +101,7 @@ impl Jail {
         require_single_thread()?;
         mount_namespace::enter(&self.root)?;
         limits::bound_open_files(limits::open_file_limit(memory_mib))?;
+        capabilities::set_not_dumpable()?;
         capabilities::set_no_new_privs()?;
         capabilities::drop_all_but_kept()?;
         tracing::debug!(root = %self.root.display(), "jailed");

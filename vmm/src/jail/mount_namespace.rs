@@ -15,6 +15,9 @@
 //! while the VM is built, and names it again whenever the guest resets the
 //! device or sends FUSE_DESTROY.
 //!
+//! The file server's /proc/self/fd comes from a proc instance of the VMM's
+//! own, with nothing but process directories ([`mount_private_proc`]).
+//!
 //! Propagation: every mount is made a slave first, so mounts the host makes
 //! later under a share (the shim mounts each container's root file system
 //! after the VM started, in a shared mount) reach the jail's bind, and
@@ -76,6 +79,7 @@ pub(super) fn prepare(
         None,
     )
     .map_err(JailError::step("making every mount a slave"))?;
+    mount_private_proc()?;
     mount(
         Some(c"cocoon-jail"),
         &root,
@@ -119,6 +123,24 @@ pub(super) fn prepare(
         targets.push(target);
     }
     Ok((root, targets))
+}
+
+/// A fresh proc over /proc, for this namespace only: the file server keeps
+/// /proc/self/fd open for the VM's whole life, and from the host's proc
+/// `..` leads to /proc/sys, writable by uid 0 without any capability
+/// (kernel/core_pattern is a way out). This one has process directories
+/// only (subset=pid), and only those the VMM may ptrace (hidepid): itself.
+fn mount_private_proc() -> Result<(), JailError> {
+    mount(
+        Some(c"proc"),
+        Path::new("/proc"),
+        Some(c"proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some(c"subset=pid,hidepid=ptraceable"),
+    )
+    .map_err(JailError::step(
+        "mounting a proc with only process directories on /proc (Linux 5.8 or later)",
+    ))
 }
 
 /// pivot_root into `root` (prepared by [`prepare`]), the old root detached
