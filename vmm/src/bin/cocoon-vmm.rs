@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use cocoon_vmm::cli::Args;
+use cocoon_vmm::devices::console_cap::CappedSink;
+use cocoon_vmm::jail::{self, Jail};
 use cocoon_vmm::vm::{Vm, VmConfig, VmEvent, VsockConfig};
 
 /// Kernel arguments every Cocoon guest needs: the console on COM1, a restart
@@ -12,15 +14,23 @@ use cocoon_vmm::vm::{Vm, VmConfig, VmEvent, VsockConfig};
 /// (which the VMM recognises on the console and reports as a failure).
 const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 
-fn console_sink(target: &str) -> anyhow::Result<Option<Box<dyn std::io::Write + Send>>> {
-    Ok(match target {
-        "none" => None,
-        "-" => Some(Box::new(std::io::stdout())),
-        path => Some(Box::new(
+type Sink = Box<dyn std::io::Write + Send>;
+
+/// Where the guest console goes; with `limit`, at most that many bytes of it
+/// (then a note saying the rest was dropped).
+fn console_sink(target: &str, limit: Option<u64>) -> anyhow::Result<Option<Sink>> {
+    let sink: Sink = match target {
+        "none" => return Ok(None),
+        "-" => Box::new(std::io::stdout()),
+        path => Box::new(
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create console file {path}"))?,
-        )),
-    })
+        ),
+    };
+    Ok(Some(match limit {
+        Some(limit) => Box::new(CappedSink::new(sink, limit)),
+        None => sink,
+    }))
 }
 
 fn main() -> ExitCode {
@@ -40,6 +50,30 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let launched = std::time::Instant::now();
+    // Before guest memory exists, so that all of it is charged there.
+    if let Some(cgroup) = &args.cgroup {
+        jail::cgroup::join(cgroup)?;
+    }
+    // Still single-threaded here (no thread may start before Jail::enter).
+    let jail = match &args.jail {
+        Some(dir) => {
+            let dirs: Vec<_> = args.shares.iter().map(|(_, dir)| dir.clone()).collect();
+            let jail = Jail::prepare(dir, &dirs)
+                .with_context(|| format!("cannot prepare the jail in {}", dir.display()))?;
+            Some(jail)
+        }
+        None => None,
+    };
+    // The file server opens each share through its bind in the jail.
+    let shares = match &jail {
+        Some(jail) => args
+            .shares
+            .iter()
+            .map(|(tag, _)| tag.clone())
+            .zip(jail.shares().iter().cloned())
+            .collect(),
+        None => args.shares,
+    };
     let cmdline = [BASE_CMDLINE, args.cmdline.trim()]
         .join(" ")
         .trim()
@@ -50,8 +84,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         cmdline,
         vcpus: args.vcpus,
         memory_mib: args.memory_mib,
-        console: console_sink(&args.console)?,
-        shares: args.shares,
+        console: console_sink(&args.console, args.console_limit)?,
+        shares,
         vsock: args.vsock_uds.map(|uds_path| VsockConfig {
             guest_cid: args.vsock_cid,
             uds_path,
@@ -59,6 +93,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         balloon: args.balloon,
     };
     let mut vm = Vm::new(config)?;
+    // Everything opened by host path is open now; every thread starts after
+    // this and inherits the dropped capabilities and no_new_privs.
+    if let Some(jail) = jail {
+        jail.enter(args.memory_mib)
+            .context("cannot enter the jail")?;
+    }
     let console = vm.console();
     let stopper = vm.stopper();
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])

@@ -81,7 +81,7 @@ pub(crate) fn handle_chain<F: FileSystem + Sync>(
                 warn,
                 head,
                 reason = bad.reason,
-                "virtio-fs: malformed request"
+                "virtio-fs: request refused"
             );
             return Completion::replied(reply_header(writer, bad.unique, bad.errno));
         }
@@ -178,9 +178,11 @@ fn check_header(reader: &Reader<'_>) -> Result<InHeader, BadHeader> {
 /// The largest extended attribute value (or list) Linux ever asks for.
 const XATTR_SIZE_MAX: u32 = 64 * 1024;
 
-// Arguments that fuse-backend-rs 0.14 mishandles, found by fuzzing
-// (fuzz/seeds/fs_request/known-*): the first u32 after the header is the
-// open flags of OPEN/CREATE and the buffer size of GETXATTR/LISTXATTR.
+// Arguments we refuse: MKNOD of a device node (policy, see below), and what
+// fuse-backend-rs 0.14 mishandles, found by fuzzing
+// (fuzz/seeds/fs_request/known-*). The first u32 after the header is the
+// mode of MKNOD, the open flags of OPEN/CREATE and the buffer size of
+// GETXATTR/LISTXATTR.
 // - An O_PATH handle: its READ/WRITE fail fcntl(F_SETFL) and the early return
 //   closes the fd the handle still owns, so the guest could later reach
 //   whatever the VMM opens next under that number. Linux never sends O_PATH.
@@ -189,7 +191,14 @@ fn refused_arguments(reader: &Reader<'_>, opcode: u32) -> Option<(&'static str, 
     let mut body = reader.clone();
     body.read_obj::<InHeader>().ok()?;
     let first: u32 = body.read_obj().ok()?;
-    if opcode == Opcode::Open as u32 || opcode == Opcode::Create as u32 {
+    if opcode == Opcode::Mknod as u32 {
+        // Device nodes: a guest must not get a node for a host device into a
+        // directory the host may use. FIFOs, sockets and plain files pass.
+        let kind = first & libc::S_IFMT;
+        if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
+            return Some(("MKNOD of a device node", libc::EPERM));
+        }
+    } else if opcode == Opcode::Open as u32 || opcode == Opcode::Create as u32 {
         if first & libc::O_PATH as u32 != 0 {
             return Some(("O_PATH open", libc::EINVAL));
         }

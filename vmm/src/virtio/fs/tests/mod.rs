@@ -6,4 +6,5 @@ mod fuse_ops;
 mod fuzz;
 mod guest;
 mod hostile;
+mod mknod;
 mod ops;
