@@ -122,10 +122,20 @@ fn check_confinement(pid: u32, cgroup: &str) {
     names.sort();
     assert!(names.contains(&"shares".to_string()), "{names:?}");
     assert!(
-        !names
-            .iter()
-            .any(|n| n == "etc" || n == "proc" || n == "dev"),
+        !names.iter().any(|n| n == "etc" || n == "dev" || n == "sys"),
         "{names:?}"
+    );
+    // The jail's proc (the file server names files through it) has process
+    // directories only: no way to /proc/sys.
+    let in_proc: Vec<String> = std::fs::read_dir(proc.join("root/proc"))
+        .expect("the jail's /proc")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        in_proc
+            .iter()
+            .all(|n| n.parse::<u32>().is_ok() || n == "self" || n == "thread-self"),
+        "the jail's /proc: {in_proc:?}"
     );
     let written = std::fs::write(proc.join("root/x"), "");
     assert_eq!(

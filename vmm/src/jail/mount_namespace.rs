@@ -101,6 +101,14 @@ pub(super) fn prepare(
         mirror.display()
     )))?;
 
+    // fuse-backend-rs names files as /proc/self/fd/N for xattrs (which the
+    // guest kernel reads on every exec: security.capability), so the jail
+    // gets the same private proc.
+    let proc_dir = root.join("proc");
+    make_dirs(&proc_dir)?;
+    mount(Some(c"/proc"), &proc_dir, None, libc::MS_BIND, None)
+        .map_err(JailError::step("binding the private proc into the jail"))?;
+
     let shares_dir = root.join(SHARES_DIR);
     make_dirs(&shares_dir)?;
     let mut targets = Vec::with_capacity(sources.len());
