@@ -106,6 +106,8 @@ clean:
 	rm -rf build
 
 ## fuzz: run every fuzz target (fuzz/, cargo-fuzz) for FUZZ_SECONDS each; a crash or hang fails.
+# The targets are the [[bin]]s of fuzz/Cargo.toml (`cargo fuzz list`); see
+# docs/testing.md for what each covers.
 # Stable Rust: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z flags (AddressSanitizer).
 # Seeds are committed in fuzz/seeds/; fuzz/corpus/ (what the fuzzer adds) and
 # fuzz/artifacts/ (crashing inputs) are not.

@@ -26,6 +26,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use cocoon_fuzz::confine::confine;
 use cocoon_vmm::virtio::fs::{handle_request_bytes, new_server};
 use libfuzzer_sys::fuzz_target;
 
@@ -46,7 +47,7 @@ static HARNESS: OnceLock<Harness> = OnceLock::new();
 
 fn harness() -> &'static Harness {
     HARNESS.get_or_init(|| {
-        confine().expect("confine the fuzzing process");
+        confine(MAX_FILE_SIZE).expect("confine the fuzzing process");
         let root = tempfile::Builder::new()
             .prefix("cocoon-fuzz-fs-")
             .tempdir()
@@ -67,58 +68,6 @@ extern "C" fn remove_root() {
     if let Some(harness) = HARNESS.get() {
         let _ = std::fs::remove_dir_all(&harness.root);
     }
-}
-
-// Drops CAP_MKNOD from this thread (libFuzzer runs every input on the thread
-// that ran the first one) and caps the size of files it writes.
-fn confine() -> io::Result<()> {
-    #[repr(C)]
-    struct CapHeader {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct CapData {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    const CAP_MKNOD: u32 = 27;
-
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget writes one header and two CapData (version 3) into the
-    // buffers we pass, which are that large and live across the call.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    data[0].effective &= !(1 << CAP_MKNOD);
-    data[0].permitted &= !(1 << CAP_MKNOD);
-    // SAFETY: capset only reads the header and the two CapData we pass.
-    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-
-    // Growing a file past the limit raises SIGXFSZ, which would kill us:
-    // ignore it so that the system call fails with EFBIG instead.
-    // SAFETY: SIG_IGN is a valid disposition for SIGXFSZ and installs no handler code.
-    if unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
-        return Err(io::Error::last_os_error());
-    }
-    let limit = libc::rlimit {
-        rlim_cur: MAX_FILE_SIZE,
-        rlim_max: MAX_FILE_SIZE,
-    };
-    // SAFETY: setrlimit only reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn populate(share: &Path) -> io::Result<()> {

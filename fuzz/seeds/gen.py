@@ -185,3 +185,113 @@ write("agent_request", "spec-json", b"\x02" + (
     b'"linux":{"namespaces":[{"type":"network","path":"/var/run/netns/x"}]}}'))
 write("agent_request", "process-json",
       b'\x03{"args":["sh"],"cwd":"/","user":{"uid":65534,"gid":65534}}')
+
+
+# bus: 8-byte operations [kind, base, off0, off1, width, v0, v1, v2] (see
+# fuzz_targets/bus.rs). kind 0/1: port write/read at PIO_BASES[base] + off,
+# 2/3: MMIO write/read at MMIO_BASES[base] + off, 4: host console input.
+def bus(kind, base, off, width, v=(0, 0, 0)):
+    return struct.pack("<BBhB3B", kind, base, off, width, *v)
+
+
+COM1, I8042, I8042_CMD, MMIO = 0, 1, 2, 0
+write("bus", "serial", bus(0, COM1, 3, 0, (0x80, 0, 0)) + bus(0, COM1, 0, 0, (1, 0, 0))
+      + bus(0, COM1, 3, 0, (3, 0, 0)) + bus(0, COM1, 1, 0, (0xf, 0, 0))
+      + b"".join(bus(0, COM1, 0, 0, (c, 0, 0)) for c in b"hello\r\n")
+      + bus(1, COM1, 5, 0) + bus(1, COM1, 2, 0) + bus(4, 0, 0, 0, (80, 0, 0))
+      + bus(1, COM1, 0, 0) + bus(0, COM1, 4, 0, (0x10, 0, 0))  # loopback
+      + b"".join(bus(0, COM1, 0, 0, (c, 0, 0)) for c in range(70)) + bus(1, COM1, 0, 0))
+write("bus", "reset", bus(1, I8042_CMD, 0, 0) + bus(0, I8042_CMD, 0, 0, (0xd1, 0, 0))
+      + bus(0, I8042_CMD, 0, 1, (0xfe, 0xfe, 0)) + bus(0, I8042, 0, 0, (0xfe, 0, 0))
+      + bus(0, I8042_CMD, 0, 0, (0xfe, 0, 0)))
+write("bus", "straddle", bus(1, COM1, 6, 2) + bus(1, COM1, 7, 1) + bus(1, COM1, -1, 0)
+      + bus(0, COM1, 6, 3, (1, 2, 3)) + bus(3, MMIO, 0xffc, 3) + bus(3, MMIO, 0xffe, 2)
+      + bus(1, 5, 0, 2) + bus(3, 4, -4, 3))
+write("bus", "virtio_mmio", bus(3, MMIO, 0, 2) + bus(3, MMIO, 8, 2) + bus(2, MMIO, 0x70, 2, (1, 0, 0))
+      + bus(2, MMIO, 0x70, 2, (3, 0, 0)) + bus(3, MMIO, 0x10, 2) + bus(3, MMIO, 0x100, 0)
+      + bus(2, MMIO, 0x50, 2, (0, 0, 0)) + bus(3, MMIO, 0x60, 1))
+
+# fs_chains: [features] then chains [ctl, nsegs, len16] request nsegs*[kind, len16, next]
+# (see fuzz_targets/fs_chains.rs). kind 0: next len request bytes, 1: reply
+# buffer of len, 2: rest of the request, 3: reply buffer of 16*len, 4-7 hostile.
+def chain(request, segs, ctl=0):
+    return (struct.pack("<BBH", ctl, (len(segs) - 1) % 64, len(request)) + request
+            + b"".join(struct.pack("<BHB", k, l, n) for k, l, n in segs))
+
+
+unique = 100
+LINUX = [(0, 40, 0), (2, 0, 0), (1, 16, 0), (1, 4096, 0)]
+fs_init = chain(INIT, [(0, 40, 0), (2, 0, 0), (1, 16, 0), (1, 64, 0)])
+write("fs_chains", "linux", b"\0" + fs_init
+      + chain(req("LOOKUP", ROOT, name("f")), LINUX)
+      + chain(req("OPEN", node(2), struct.pack("<II", os.O_RDONLY, 0)), LINUX)
+      + chain(req("READ", node(2), read_in(1, 0, 4096)), LINUX)
+      + chain(req("FORGET", node(2), struct.pack("<Q", 1)), [(2, 0, 0)], ctl=7))
+# The request cut into single bytes and zero-length pieces, the reply split too.
+lookup = req("LOOKUP", ROOT, name("d"))
+write("fs_chains", "split", b"\x01" + fs_init
+      + chain(lookup, [(0, 1, 0)] * 10 + [(0, 0, 0)] + [(0, 7, 0)] * 6 + [(1, 0, 0), (1, 3, 0), (1, 200, 0)]))
+# Writable before readable, a loop, a straddling descriptor, a huge length.
+write("fs_chains", "hostile", b"\0" + fs_init
+      + chain(lookup, [(1, 64, 0), (2, 0, 0)])
+      + chain(lookup, [(2, 0, 0), (1, 64, 0)], ctl=8)
+      + chain(lookup, [(2, 0, 0), (0x15, 0x10, 0), (1, 64, 0)])
+      + chain(lookup, [(2, 0, 0), (0x16, 0x10, 0)])
+      + chain(lookup, [(2, 0, 0), (0x80 | 1, 64, 0)]))
+# Ways out: writes through the share's symlinks to the canary next to it.
+write("fs_chains", "escape", b"\0" + fs_init
+      + chain(req("LOOKUP", ROOT, name("up")), LINUX)
+      + chain(req("OPEN", node(2), struct.pack("<II", os.O_RDWR | os.O_TRUNC, 0)), LINUX)
+      + chain(req("WRITE", node(2), struct.pack("<QQIIQII", 1, 0, 5, 0, 0, 0, 0) + b"owned"), LINUX)
+      + chain(req("CREATE", ROOT, struct.pack("<IIII", os.O_RDWR | os.O_CREAT, 0o100644, 0, 0) + name("../x")), LINUX)
+      + chain(req("SYMLINK", ROOT, name("s") + name("/tmp")), LINUX)
+      + chain(req("LOOKUP", ROOT, name("abs")), LINUX)
+      + chain(req("SETATTR", node(3), struct.pack("<IIQQQQQQIIIIIIII", 1 << 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)), LINUX))
+
+# vsock_queues: a byte stream of actions (see fuzz_targets/vsock_queues.rs).
+# Byte 0: standard rx buffers to post first. Opcodes (low 3 bits): 0/1 tx
+# packet, 2 rx buffer of any shape, 3 more standard rx buffers, 4 answer a
+# recent connection, 5 host action (op >> 3), 6 settle, 7 kick.
+def tx(op, ports_sel, payload=b"", shape=0, cuts=(), mode=0, flags=0, pad_to=0):
+    # pad_to: a payload length beyond the bytes given (the target pads it).
+    out = struct.pack("<BBB", 0, mode, op) + bytes([ports_sel])
+    out += struct.pack("<H", max(pad_to, len(payload))) + payload
+    if pad_to > len(payload):
+        return out  # the padding eats the rest of the input
+    out += bytes([flags]) + bytes([shape])
+    return out + b"".join(struct.pack("<H", c) for c in cuts)
+
+
+def host(action, arg=0, extra=b""):
+    return bytes([5 | (action << 3), arg]) + extra
+
+
+SETTLE = b"\x06"
+# Guest connects to host service 1024 (PORTS[0]), sends data, shuts down.
+write("vsock_queues", "guest_connect", bytes([32])
+      + tx(1, 0) + SETTLE + host(1)
+      + tx(5, 0, b"hello host", shape=1, cuts=(44,)) + SETTLE
+      + host(3, 0) + host(2, 0, struct.pack("<H", 100)) + SETTLE
+      + tx(7, 0) + tx(4, 0, flags=3) + SETTLE + host(5, 0) + SETTLE)
+# Host connects to guest port 1025, the guest answers with RESPONSE and data.
+write("vsock_queues", "host_connect", bytes([32])
+      + host(0, 1) + SETTLE + bytes([4, 0]) + SETTLE
+      + bytes([4, 1]) + struct.pack("<H", 5) + b"guest" + SETTLE
+      + host(3, 0) + host(2, 0, struct.pack("<H", 3000)) + SETTLE
+      + bytes([4, 3]) + bytes([4, 5, 3]) + SETTLE + host(5, 0) + SETTLE)
+# rx buffers of odd shapes, a packet with hostile descriptors, junk headers.
+write("vsock_queues", "shapes", bytes([0])
+      + bytes([2, 2, 0]) + struct.pack("<HHH", 10, 0, 4000)
+      + bytes([2, 1, 1]) + struct.pack("<HH", 100, 100)
+      + bytes([2, 1, 2]) + struct.pack("<HH", 100, 100)
+      + tx(1, 2, shape=2 << 3) + tx(1, 2, shape=6 << 3) + tx(5, 3, b"x" * 300, shape=3, cuts=(1, 44, 200))
+      + tx(9, 4, mode=3) + SETTLE + bytes([7 | (0 << 3)]) + SETTLE)
+# More guest connections than the device allows (the target lowers the limit
+# to 8): the ninth and later REQUESTs get an RST.
+write("vsock_queues", "connection_limit", bytes([63]) + bytes([3, 31])
+      + b"".join(tx(1, i << 3) for i in range(12)) + SETTLE + host(1) + SETTLE)
+# A guest that ignores its credit: 10 x 64 KiB to a host service that never
+# reads; past 256 KiB buffered the device resets the connection.
+write("vsock_queues", "credit_overrun", bytes([32]) + tx(1, 0) + SETTLE
+      + b"".join(struct.pack("<BBB", 0, 32, 5) + bytes([0]) + struct.pack("<H", 65535)
+                 + bytes([0, 1]) + struct.pack("<H", 44) for _ in range(10)) + SETTLE)

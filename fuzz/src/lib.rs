@@ -1,3 +1,4 @@
 //! What several fuzz targets share.
 
+pub mod confine;
 pub mod transport_ops;

@@ -1,7 +1,7 @@
 //! COM1: a 16550A UART (vm-superio) on port 0x3f8 with a working IRQ 4, so
 //! the guest's interrupt-driven console never stalls.
 
-use vm_superio::{serial::NoEvents, Serial};
+use vm_superio::{serial::NoEvents, Serial, Trigger};
 
 use super::console_log::ConsoleWriter;
 use super::irq::IrqLine;
@@ -10,12 +10,14 @@ use crate::bus::BusDevice;
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_PORTS: u64 = 8;
 
-pub struct SerialConsole {
-    uart: Serial<IrqLine, NoEvents, ConsoleWriter>,
+/// The UART behind its interrupt line: KVM's [`IrqLine`] in a VM, anything
+/// else in tests and fuzz targets (which have no VM).
+pub struct SerialConsole<T: Trigger = IrqLine> {
+    uart: Serial<T, NoEvents, ConsoleWriter>,
 }
 
-impl SerialConsole {
-    pub fn new(irq: IrqLine, writer: ConsoleWriter) -> Self {
+impl<T: Trigger> SerialConsole<T> {
+    pub fn new(irq: T, writer: ConsoleWriter) -> Self {
         Self {
             uart: Serial::new(irq, writer),
         }
@@ -25,9 +27,14 @@ impl SerialConsole {
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
     }
+
+    /// Room left in the guest's receive FIFO (bounded by the UART: 64 bytes).
+    pub fn input_room(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
 }
 
-impl BusDevice for SerialConsole {
+impl<T: Trigger + Send> BusDevice for SerialConsole<T> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if data.len() == 1 && offset < COM1_PORTS {
             data[0] = self.uart.read(offset as u8);
@@ -39,7 +46,7 @@ impl BusDevice for SerialConsole {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if data.len() == 1 && offset < COM1_PORTS {
             if let Err(error) = self.uart.write(offset as u8, data[0]) {
-                tracing::debug!(%error, "serial write");
+                tracing::debug!(?error, "serial write");
             }
         }
     }

@@ -16,8 +16,11 @@ pub mod rng;
 pub mod vsock;
 mod worker_thread;
 
-#[cfg(test)]
-mod test_driver;
+// Public for the fuzz targets (feature `fuzzing`), which drive devices
+// through the same rings as the unit tests.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod test_driver;
 mod warn_limit;
 
 use std::sync::Arc;

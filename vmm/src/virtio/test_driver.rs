@@ -1,4 +1,5 @@
-//! A minimal guest-side virtio-mmio driver for unit tests.
+//! A minimal guest-side virtio-mmio driver for unit tests and fuzz targets
+//! (feature `fuzzing`, which makes this module public; not a stable API).
 //!
 //! It pokes the transport the way Linux's virtio_mmio.c does and lays out split
 //! rings in guest memory by hand, so tests exercise exactly what a guest sees.
@@ -11,6 +12,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FEATURES_OK,
 };
 use virtio_bindings::virtio_mmio as reg;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -19,31 +21,31 @@ use super::mmio::MmioTransport;
 use super::{GuestMemory, VirtioDevice};
 
 /// Size of the test guest's RAM, mapped at guest physical 0.
-pub(crate) const MEM_SIZE: u64 = 1 << 20;
+pub const MEM_SIZE: u64 = 1 << 20;
 
 /// How long a test waits for a worker thread before failing.
-pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) fn guest_memory() -> GuestMemory {
+pub fn guest_memory() -> GuestMemory {
     GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).expect("guest memory")
 }
 
 /// The guest driver talking to one transport.
-pub(crate) struct Driver {
-    pub(crate) transport: MmioTransport,
-    pub(crate) mem: GuestMemory,
-    pub(crate) interrupt: Arc<VirtioInterrupt>,
+pub struct Driver {
+    pub transport: MmioTransport,
+    pub mem: GuestMemory,
+    pub interrupt: Arc<VirtioInterrupt>,
     /// The eventfd behind `interrupt`: readable once an interrupt was raised.
-    pub(crate) irq: EventFd,
+    pub irq: EventFd,
 }
 
 impl Driver {
-    pub(crate) fn new(device: Box<dyn VirtioDevice>) -> Self {
+    pub fn new(device: Box<dyn VirtioDevice>) -> Self {
         Self::with_memory(device, guest_memory())
     }
 
     /// A driver whose guest RAM is `mem` instead of [`guest_memory`].
-    pub(crate) fn with_memory(device: Box<dyn VirtioDevice>, mem: GuestMemory) -> Self {
+    pub fn with_memory(device: Box<dyn VirtioDevice>, mem: GuestMemory) -> Self {
         let irq = EventFd::new(EFD_NONBLOCK).expect("irq eventfd");
         let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().expect("irq eventfd")));
         let transport =
@@ -56,27 +58,27 @@ impl Driver {
         }
     }
 
-    pub(crate) fn read32(&mut self, offset: u32) -> u32 {
+    pub fn read32(&mut self, offset: u32) -> u32 {
         let mut data = [0u8; 4];
         self.transport.read(offset.into(), &mut data);
         u32::from_le_bytes(data)
     }
 
-    pub(crate) fn write32(&mut self, offset: u32, value: u32) {
+    pub fn write32(&mut self, offset: u32, value: u32) {
         self.transport.write(offset.into(), &value.to_le_bytes());
     }
 
-    pub(crate) fn status(&mut self) -> u32 {
+    pub fn status(&mut self) -> u32 {
         self.read32(reg::VIRTIO_MMIO_STATUS)
     }
 
     /// Linux's add_status: read, OR in the bit, write back.
-    pub(crate) fn add_status(&mut self, bit: u32) {
+    pub fn add_status(&mut self, bit: u32) {
         let status = self.status();
         self.write32(reg::VIRTIO_MMIO_STATUS, status | bit);
     }
 
-    pub(crate) fn device_features(&mut self) -> u64 {
+    pub fn device_features(&mut self) -> u64 {
         self.write32(reg::VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
         let high = self.read32(reg::VIRTIO_MMIO_DEVICE_FEATURES);
         self.write32(reg::VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
@@ -84,7 +86,7 @@ impl Driver {
         (u64::from(high) << 32) | u64::from(low)
     }
 
-    pub(crate) fn write_driver_features(&mut self, features: u64) {
+    pub fn write_driver_features(&mut self, features: u64) {
         self.write32(reg::VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
         self.write32(reg::VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
         self.write32(reg::VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
@@ -93,7 +95,7 @@ impl Driver {
 
     /// Reset, ACKNOWLEDGE, DRIVER, ack `features`, FEATURES_OK; returns whether
     /// the device kept FEATURES_OK.
-    pub(crate) fn negotiate(&mut self, features: u64) -> bool {
+    pub fn negotiate(&mut self, features: u64) -> bool {
         self.write32(reg::VIRTIO_MMIO_STATUS, 0);
         self.add_status(VIRTIO_CONFIG_S_ACKNOWLEDGE);
         self.add_status(VIRTIO_CONFIG_S_DRIVER);
@@ -103,7 +105,7 @@ impl Driver {
     }
 
     /// vm_setup_vq: select, check not ready, program size and addresses, enable.
-    pub(crate) fn setup_queue(&mut self, index: u32, ring: &SplitRing) {
+    pub fn setup_queue(&mut self, index: u32, ring: &SplitRing) {
         self.write32(reg::VIRTIO_MMIO_QUEUE_SEL, index);
         assert_eq!(self.read32(reg::VIRTIO_MMIO_QUEUE_READY), 0);
         self.write32(reg::VIRTIO_MMIO_QUEUE_NUM, ring.size.into());
@@ -119,27 +121,27 @@ impl Driver {
     }
 
     /// Sets DRIVER_OK and returns whether it stuck.
-    pub(crate) fn driver_ok(&mut self) -> bool {
+    pub fn driver_ok(&mut self) -> bool {
         self.add_status(VIRTIO_CONFIG_S_DRIVER_OK);
         self.status() & VIRTIO_CONFIG_S_DRIVER_OK != 0
     }
 
-    pub(crate) fn notify(&mut self, queue: u32) {
+    pub fn notify(&mut self, queue: u32) {
         self.write32(reg::VIRTIO_MMIO_QUEUE_NOTIFY, queue);
     }
 }
 
 /// One split virtqueue laid out contiguously in guest memory.
-pub(crate) struct SplitRing {
-    pub(crate) size: u16,
-    pub(crate) desc: u64,
-    pub(crate) avail: u64,
-    pub(crate) used: u64,
+pub struct SplitRing {
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
     avail_idx: u16,
 }
 
 impl SplitRing {
-    pub(crate) fn new(base: u64, size: u16) -> Self {
+    pub fn new(base: u64, size: u16) -> Self {
         let n = u64::from(size);
         let desc = base;
         let avail = desc + 16 * n;
@@ -153,12 +155,28 @@ impl SplitRing {
         }
     }
 
+    /// The device's view of this ring: a ready queue of at most `max_size`
+    /// entries, for activating a device directly (without a transport).
+    pub fn queue(&self, max_size: u16) -> Queue {
+        let mut queue = Queue::new(max_size).expect("queue");
+        queue.set_size(self.size);
+        let split = |addr: u64| (Some(addr as u32), Some((addr >> 32) as u32));
+        let (low, high) = split(self.desc);
+        queue.set_desc_table_address(low, high);
+        let (low, high) = split(self.avail);
+        queue.set_avail_ring_address(low, high);
+        let (low, high) = split(self.used);
+        queue.set_used_ring_address(low, high);
+        queue.set_ready(true);
+        queue
+    }
+
     /// One past the last byte of the used ring.
-    pub(crate) fn end(&self) -> u64 {
+    pub fn end(&self) -> u64 {
         self.used + 6 + 8 * u64::from(self.size)
     }
 
-    pub(crate) fn set_desc(
+    pub fn set_desc(
         &self,
         mem: &GuestMemory,
         index: u16,
@@ -179,7 +197,7 @@ impl SplitRing {
     }
 
     /// Offers the chain starting at `head` to the device.
-    pub(crate) fn push(&mut self, mem: &GuestMemory, head: u16) {
+    pub fn push(&mut self, mem: &GuestMemory, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
         mem.write_obj(head.to_le(), GuestAddress(self.avail + 4 + 2 * slot))
             .expect("avail ring");
@@ -188,17 +206,17 @@ impl SplitRing {
     }
 
     /// Writes avail->idx directly (including bogus values).
-    pub(crate) fn set_avail_idx(&self, mem: &GuestMemory, idx: u16) {
+    pub fn set_avail_idx(&self, mem: &GuestMemory, idx: u16) {
         mem.write_obj(idx.to_le(), GuestAddress(self.avail + 2))
             .expect("avail idx");
     }
 
-    pub(crate) fn used_idx(&self, mem: &GuestMemory) -> u16 {
+    pub fn used_idx(&self, mem: &GuestMemory) -> u16 {
         u16::from_le(mem.read_obj(GuestAddress(self.used + 2)).expect("used idx"))
     }
 
     /// (id, len) of used ring entry `i`.
-    pub(crate) fn used_elem(&self, mem: &GuestMemory, i: u16) -> (u32, u32) {
+    pub fn used_elem(&self, mem: &GuestMemory, i: u16) -> (u32, u32) {
         let at = self.used + 4 + 8 * u64::from(i % self.size);
         let id: u32 = mem.read_obj(GuestAddress(at)).expect("used id");
         let len: u32 = mem.read_obj(GuestAddress(at + 4)).expect("used len");
@@ -206,7 +224,7 @@ impl SplitRing {
     }
 
     /// Polls the used ring until its index reaches `idx`, up to [`TIMEOUT`].
-    pub(crate) fn wait_used(&self, mem: &GuestMemory, idx: u16) -> bool {
+    pub fn wait_used(&self, mem: &GuestMemory, idx: u16) -> bool {
         let deadline = Instant::now() + TIMEOUT;
         while Instant::now() < deadline {
             if self.used_idx(mem) == idx {

@@ -209,6 +209,12 @@ impl Connection {
         }
     }
 
+    /// Guest bytes waiting for the host socket (our own `OK` line excluded).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn buffered_guest_bytes(&self) -> usize {
+        self.tx_buf.len() - self.preamble
+    }
+
     pub fn key(&self) -> ConnKey {
         self.key
     }

@@ -104,8 +104,8 @@ impl Vsock {
     }
 
     /// Lowers the connection limit; takes effect at the next activation.
-    #[cfg(test)]
-    pub(crate) fn set_max_connections(&mut self, max: usize) {
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn set_max_connections(&mut self, max: usize) {
         self.max_connections = max;
     }
 }

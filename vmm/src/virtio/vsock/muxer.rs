@@ -140,18 +140,46 @@ impl Muxer {
     pub fn handle_event(&mut self, token: u64, events: EventSet) {
         if token == TOKEN_LISTENER {
             self.accept_all();
-            return;
+        } else {
+            match self.targets.get(&token).copied() {
+                Some(Target::Handshake) => self.continue_handshake(token),
+                Some(Target::Conn(key)) => self.host_event(key, events),
+                // A socket closed earlier in the same batch of events.
+                None => {}
+            }
         }
-        match self.targets.get(&token).copied() {
-            Some(Target::Handshake) => self.continue_handshake(token),
-            Some(Target::Conn(key)) => self.host_event(key, events),
-            // A socket closed earlier in the same batch of events.
-            None => {}
-        }
+        self.check_bounds();
     }
 
     /// Handles a packet the guest sent (its addressing already checked).
     pub fn handle_guest_packet(&mut self, header: &VsockHeader, data: &[u8]) {
+        self.guest_packet(header, data);
+        self.check_bounds();
+    }
+
+    /// Asserts the limits that keep a hostile guest (or host client) from
+    /// growing the muxer without bound. Only in tests and fuzz builds: the
+    /// code paths enforce them, this catches a path that forgot to.
+    #[cfg(any(test, feature = "fuzzing"))]
+    fn check_bounds(&self) {
+        let conns = self.conns.len();
+        assert!(conns <= self.max_connections, "{conns} connections");
+        assert_eq!(self.live.load(Ordering::Relaxed), conns, "live count");
+        assert!(self.handshakes.len() <= MAX_HANDSHAKES, "handshakes");
+        assert!(self.rsts.len() <= MAX_PENDING_RSTS, "pending RSTs");
+        assert!(self.rx_ready.len() <= conns, "rx_ready holds stale keys");
+        assert_eq!(self.targets.len(), conns + self.handshakes.len(), "targets");
+        assert!(self.local_ports.len() <= conns, "local ports");
+        for conn in self.conns.values() {
+            let buffered = conn.buffered_guest_bytes();
+            assert!(buffered <= BUF_ALLOC as usize, "{buffered} bytes buffered");
+        }
+    }
+
+    #[cfg(not(any(test, feature = "fuzzing")))]
+    fn check_bounds(&self) {}
+
+    fn guest_packet(&mut self, header: &VsockHeader, data: &[u8]) {
         let key = ConnKey::of_guest_packet(header);
         let Some(conn) = self.conns.get_mut(&key) else {
             match header.op {
@@ -225,6 +253,11 @@ impl Muxer {
 
     /// Fires the connection timers that are due.
     pub fn expire(&mut self, now: Instant) {
+        self.fire_timers(now);
+        self.check_bounds();
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
         while let Some(&Reverse((when, key))) = self.deadlines.peek() {
             if when > now {
                 break;

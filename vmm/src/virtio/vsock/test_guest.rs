@@ -84,16 +84,7 @@ pub(crate) fn hdr(op: Op, guest_port: u32, host_port: u32) -> VsockHeader {
 }
 
 fn queue(mem: &GuestMemory, ring: &SplitRing) -> Queue {
-    let mut queue = Queue::new(QUEUE_SIZE).expect("queue");
-    queue.set_size(ring.size);
-    let split = |addr: u64| (Some(addr as u32), Some((addr >> 32) as u32));
-    let (low, high) = split(ring.desc);
-    queue.set_desc_table_address(low, high);
-    let (low, high) = split(ring.avail);
-    queue.set_avail_ring_address(low, high);
-    let (low, high) = split(ring.used);
-    queue.set_used_ring_address(low, high);
-    queue.set_ready(true);
+    let queue = ring.queue(QUEUE_SIZE);
     assert!(queue.is_valid(mem));
     queue
 }
