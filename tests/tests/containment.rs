@@ -112,7 +112,7 @@ fn a_symlink_planted_in_the_share_before_delete_reaches_no_host_mount() {
          mv attacker moved; echo rename-dir=$?; \
          ln -s {aim} attacker; echo link-dir=$?; \
          mv attacker/rootfs attacker/old; echo rename-rootfs=$?; \
-         ln -sfn {aim}/rootfs attacker/rootfs; echo link-rootfs=$?"
+         ln -sfT {aim}/rootfs attacker/rootfs; echo link-rootfs=$?"
     );
     let mount = guest_share_mount();
     let out = containerd.run(
