@@ -110,7 +110,7 @@ fn a_symlink_planted_in_the_share_before_delete_reaches_no_host_mount() {
     let script = format!(
         "cd /share; \
          mv attacker moved; echo rename-dir=$?; \
-         ln -s {aim} attacker; echo link-dir=$?; \
+         ln -sfT {aim} attacker; echo link-dir=$?; \
          mv attacker/rootfs attacker/old; echo rename-rootfs=$?; \
          ln -sfT {aim}/rootfs attacker/rootfs; echo link-rootfs=$?"
     );
