@@ -12,6 +12,7 @@ pub mod cli;
 pub mod devices;
 pub mod layout;
 pub mod memory;
+pub mod seccomp;
 pub mod thread;
 pub mod vcpu;
 pub mod virtio;

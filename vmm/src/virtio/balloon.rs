@@ -172,7 +172,12 @@ impl Device for Balloon {
             warn_limit: WarnLimiter::default(),
             switch_to_small_pages: Some(self.switch_to_small_pages),
         };
-        EpollWorker::spawn_single(NAME, activation.interrupt, queue_events, worker)
+        EpollWorker::run_single(
+            &activation.threads,
+            activation.interrupt,
+            queue_events,
+            worker,
+        )
             .map_err(ActivateError::Worker)
     }
 

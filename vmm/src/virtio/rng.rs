@@ -76,7 +76,12 @@ impl Device for Rng {
             warn_limit: WarnLimiter::default(),
         };
         let queue_events = vec![(request.index, request.event)];
-        EpollWorker::spawn_single(NAME, activation.interrupt, queue_events, worker)
+        EpollWorker::run_single(
+            &activation.threads,
+            activation.interrupt,
+            queue_events,
+            worker,
+        )
             .map_err(ActivateError::Worker)
     }
 }
