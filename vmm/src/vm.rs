@@ -29,11 +29,11 @@ use crate::layout::{self, MAX_VCPUS};
 use crate::memory::{self, GuestMemory};
 use crate::seccomp::{self, Role, SeccompError};
 use crate::vcpu::{setup, Buses, Vcpu, VcpuStart};
-use crate::virtio::worker_thread::ParkedThreads;
 use crate::virtio::balloon::Balloon;
 use crate::virtio::fs::Fs;
 use crate::virtio::rng::Rng;
 use crate::virtio::vsock::Vsock;
+use crate::virtio::worker_thread::ParkedThreads;
 // Re-exported: the binary and embedders know it as `vm::VmEvent`.
 pub use crate::vm_event::VmEvent;
 
@@ -218,9 +218,8 @@ impl Vm {
         }
         for threads in &self.device_threads {
             let filter = seccomp::filter(Role::Worker(threads.device_type()))?;
-            let setup: crate::virtio::worker_thread::ThreadSetup = Arc::new(move || {
-                seccomp::install(&filter).map_err(std::io::Error::other)
-            });
+            let setup: crate::virtio::worker_thread::ThreadSetup =
+                Arc::new(move || seccomp::install(&filter).map_err(std::io::Error::other));
             threads
                 .start(Some(setup))
                 .map_err(|source| VmError::DeviceThreads {
@@ -247,8 +246,11 @@ impl Vm {
             self.release.push(release);
         }
         drop(ready_tx);
-        for installed in ready {
-            installed?;
+        // One answer per vCPU; a thread that died before answering ends it.
+        for _ in 0..self.release.len() {
+            ready.recv().map_err(|_| {
+                VmError::Thread(std::io::Error::other("a vCPU thread died at start"))
+            })??;
         }
         Ok(())
     }

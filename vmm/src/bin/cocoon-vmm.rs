@@ -57,8 +57,8 @@ fn signal_mask(how: libc::c_int, signals: &[libc::c_int]) -> std::io::Result<()>
 // everywhere else.
 fn start_signal_thread(vm: &Vm) -> anyhow::Result<()> {
     let handled = handled_signals();
-    let mut signals = signal_hook::iterator::Signals::new(&handled)
-        .context("cannot install signal handlers")?;
+    let mut signals =
+        signal_hook::iterator::Signals::new(&handled).context("cannot install signal handlers")?;
     let filter = seccomp::filter(seccomp::Role::Signals)?;
     let stopper = vm.stopper();
     #[cfg(debug_assertions)]

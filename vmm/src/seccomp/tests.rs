@@ -35,7 +35,10 @@ fn argument_rules_narrow_and_never_widen() {
         .allow_arg(libc::SYS_read, 0, &[1])
         .allow_arg(libc::SYS_ioctl, 1, &[KVM_RUN])
         .allow_arg(libc::SYS_ioctl, 1, &[KVM_IRQ_LINE]);
-    assert!(rules.syscalls[&libc::SYS_read].is_empty(), "still unconditional");
+    assert!(
+        rules.syscalls[&libc::SYS_read].is_empty(),
+        "still unconditional"
+    );
     assert_eq!(rules.syscalls[&libc::SYS_ioctl].len(), 2);
 }
 
@@ -75,8 +78,8 @@ fn a_forbidden_syscall_kills_the_process_with_sigsys() {
 fn a_forbidden_argument_kills_too() {
     // An ioctl that is not KVM_RUN or KVM_IRQ_LINE, on a vCPU.
     let status = in_child_under(Role::Vcpu, || {
-        // SAFETY: FIONREAD on stdin writes one int into the buffer we pass.
         let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD on stdin writes one int into the buffer we pass.
         unsafe { libc::ioctl(0, libc::FIONREAD, &mut n) };
     });
     assert!(libc::WIFSIGNALED(status), "status {status:#x}");

@@ -102,9 +102,5 @@ fn fs(rules: &mut Rules) {
 fn balloon(rules: &mut Rules) {
     // Reported free pages leave the resident set; guest RAM switches to small
     // pages at the first report.
-    rules.allow_arg(
-        libc::SYS_madvise,
-        2,
-        &[libc::MADV_NOHUGEPAGE as u64],
-    );
+    rules.allow_arg(libc::SYS_madvise, 2, &[libc::MADV_NOHUGEPAGE as u64]);
 }

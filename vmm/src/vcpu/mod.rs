@@ -44,11 +44,18 @@ impl Vcpu {
         start: VcpuStart,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         crate::thread::builder(format!("vcpu{}", self.id)).spawn(move || {
-            let installed = seccomp::install(&start.filter);
+            let VcpuStart {
+                filter,
+                ready,
+                release,
+            } = start;
+            let installed = seccomp::install(&filter);
             let ok = installed.is_ok();
-            let _ = start.ready.send(installed);
+            // Dropped once sent: the VM counts answers, not senders.
+            let _ = ready.send(installed);
+            drop(ready);
             // A dropped release (the VM failed to start) never runs the guest.
-            if !ok || start.release.recv().is_err() {
+            if !ok || release.recv().is_err() {
                 return;
             }
             let event = self.run(&buses);

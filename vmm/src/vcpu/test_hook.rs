@@ -32,7 +32,7 @@ pub fn request_forbidden_syscall(vcpu0: libc::pthread_t) {
 /// Called by vCPU `id` after every KVM_RUN.
 pub(super) fn check(id: u8) {
     if id == 0 && FORBIDDEN_SYSCALL.load(Ordering::SeqCst) {
-        tracing::warn!("test hook: vCPU 0 makes a forbidden syscall (getppid)");
+        tracing::error!("test hook: vCPU 0 makes a forbidden syscall (getppid)");
         // SAFETY: getppid takes no arguments and changes nothing; the vCPU
         // filter forbids it, so this ends the process with SIGSYS.
         unsafe { libc::syscall(libc::SYS_getppid) };

@@ -178,7 +178,7 @@ impl Device for Balloon {
             queue_events,
             worker,
         )
-            .map_err(ActivateError::Worker)
+        .map_err(ActivateError::Worker)
     }
 
     fn forget_driver_state(&mut self, _workers_were_running: bool) {

@@ -113,7 +113,12 @@ impl EpollWorker {
         handler: impl EpollHandler + Send + 'static,
     ) -> io::Result<WorkerThreads> {
         let mut threads = WorkerThreads::lend(parked, 1)?;
-        let worker = Self::new(parked.device(), interrupt, queue_events, threads.stop_event()?)?;
+        let worker = Self::new(
+            parked.device(),
+            interrupt,
+            queue_events,
+            threads.stop_event()?,
+        )?;
         threads.run(move || worker.run(handler))?;
         Ok(threads)
     }

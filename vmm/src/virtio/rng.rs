@@ -82,7 +82,7 @@ impl Device for Rng {
             queue_events,
             worker,
         )
-            .map_err(ActivateError::Worker)
+        .map_err(ActivateError::Worker)
     }
 }
 
