@@ -19,6 +19,15 @@ pub(super) fn rules() -> Rules {
             libc::SYS_eventfd2,
             libc::SYS_fcntl,
             libc::SYS_read,
-        ]);
+        ])
+        // A virtio-fs reset forgets the old driver's inodes and re-imports
+        // the share's root (an O_PATH open, statx, umask kept as it was).
+        .allow_masked(
+            libc::SYS_openat,
+            2,
+            libc::O_PATH as u64,
+            &[libc::O_PATH as u64],
+        )
+        .allow(&[libc::SYS_statx, libc::SYS_umask]);
     rules
 }

@@ -16,6 +16,8 @@ pub(super) fn rules(device_type: u32) -> Rules {
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_ctl,
             libc::SYS_read,
+            // fd flags.
+            libc::SYS_fcntl,
         ])
         .allow_arg(libc::SYS_ioctl, 1, &[KVM_IRQ_LINE]);
     match device_type {
