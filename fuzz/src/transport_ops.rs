@@ -34,7 +34,9 @@ const WIDTHS: [usize; 6] = [0, 1, 2, 3, 4, 8];
 const MAX_OPS: usize = 512;
 
 /// Runs the operations in `data` against `device` behind a fresh transport.
-pub fn run(device: Box<dyn VirtioDevice>, data: &[u8]) {
+pub fn run(mut device: Box<dyn VirtioDevice>, data: &[u8]) {
+    // As the VM does before the guest runs (without seccomp filters).
+    device.threads().start(None).expect("device threads");
     let mem = GuestMemory::from_ranges(&[
         (GuestAddress(REGIONS[0]), REGION_SIZE as usize),
         (GuestAddress(REGIONS[1]), REGION_SIZE as usize),

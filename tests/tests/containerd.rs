@@ -486,3 +486,49 @@ fn a_crashed_shim_is_cleaned_up_by_shim_delete() {
     );
     assert_nothing_left(&containerd);
 }
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing() {
+    require_hardware_kvm();
+    // The debug cocoon-vmm has the test hook: SIGUSR1 makes vCPU 0 call a
+    // syscall its filter forbids. `cargo test --workspace` builds it.
+    let debug_vmm = cocoon_tests::repo_root().join("target/debug/cocoon-vmm");
+    assert!(debug_vmm.is_file(), "{} is missing", debug_vmm.display());
+    let bin = tempfile::tempdir().unwrap();
+    for (name, target) in [
+        (
+            "containerd-shim-cocoon-v1",
+            cocoon_tests::release_dir().join("containerd-shim-cocoon-v1"),
+        ),
+        ("cocoon-vmm", debug_vmm),
+    ] {
+        std::os::unix::fs::symlink(target, bin.path().join(name)).unwrap();
+    }
+    let containerd = Containerd::start_from(
+        bin.path(),
+        &cocoon_tests::build_output("vmlinux"),
+        &cocoon_tests::build_output("initramfs.img"),
+    );
+    containerd.import_busybox();
+    run_detached(&containerd, "victim", &["sleep", "600"]);
+    let sandbox = containerd.cocoon_state.join("default/victim");
+    let pid = std::fs::read_to_string(sandbox.join("vmm.pid")).unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-USR1", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
+    wait_for_status(&containerd, "victim", "STOPPED");
+    let vmm_log = std::fs::read_to_string(sandbox.join("vmm.log")).unwrap_or_default();
+    assert!(
+        vmm_log.contains("forbidden syscall"),
+        "the VMM did not die of the test hook:\n{vmm_log}"
+    );
+    let said = containerd.delete("victim");
+    assert!(
+        said.contains("137"),
+        "a task whose VM died exits with 128 + SIGKILL: {said}"
+    );
+    assert_nothing_left(&containerd);
+}

@@ -13,6 +13,7 @@ use crate::layout::{FIRST_VIRTIO_IRQ, LAST_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SI
 use crate::memory::GuestMemory;
 use crate::virtio::interrupt::VirtioInterrupt;
 use crate::virtio::mmio::{kernel_cmdline_entry, MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::virtio::worker_thread::ParkedThreads;
 use crate::virtio::VirtioDevice;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,7 @@ pub struct VirtioAttacher {
     memory: GuestMemory,
     next: u32,
     cmdline: Vec<String>,
+    threads: Vec<ParkedThreads>,
 }
 
 impl VirtioAttacher {
@@ -52,12 +54,13 @@ impl VirtioAttacher {
             memory,
             next: 0,
             cmdline: Vec::new(),
+            threads: Vec::new(),
         }
     }
 
     pub fn attach(
         &mut self,
-        device: Box<dyn VirtioDevice>,
+        mut device: Box<dyn VirtioDevice>,
         bus: &mut Bus,
     ) -> Result<(), AttachError> {
         let irq = FIRST_VIRTIO_IRQ + self.next;
@@ -66,6 +69,7 @@ impl VirtioAttacher {
         }
         let base = VIRTIO_MMIO_BASE + u64::from(self.next) * VIRTIO_MMIO_SIZE;
         let interrupt = Arc::new(VirtioInterrupt::new(IrqLine::new(self.vm.clone(), irq)));
+        let threads = device.threads();
         let transport = MmioTransport::new(device, self.memory.clone(), interrupt)
             .map_err(AttachError::Transport)?;
         for (queue, event) in transport.queue_events().iter().enumerate() {
@@ -76,8 +80,14 @@ impl VirtioAttacher {
         }
         bus.insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
         self.cmdline.push(kernel_cmdline_entry(base, irq));
+        self.threads.push(threads);
         self.next += 1;
         Ok(())
+    }
+
+    /// The threads of every device attached, to start before the guest runs.
+    pub fn device_threads(&self) -> Vec<ParkedThreads> {
+        self.threads.clone()
     }
 
     /// The `virtio_mmio.device=` entries for the kernel command line.

@@ -13,6 +13,7 @@ pub mod devices;
 pub mod jail;
 pub mod layout;
 pub mod memory;
+pub mod seccomp;
 pub mod thread;
 pub mod vcpu;
 pub mod virtio;

@@ -1,5 +1,11 @@
 //! A microVM: KVM VM with in-kernel irqchip and PIT, guest RAM, the kernel and
 //! initramfs loaded, legacy devices on the buses, one thread per vCPU.
+//!
+//! Building it ([`Vm::new`]) starts no thread. [`Vm::start_threads`] then
+//! creates every thread the VM will ever run on (device workers, parked;
+//! vCPUs, held back), each under its seccomp filter, and
+//! [`Vm::release_vcpus`] lets the guest run. The caller puts its own steps in
+//! between (the jail before the threads, the main thread's filter after).
 
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -21,11 +27,13 @@ use crate::devices::irq::IrqLine;
 use crate::devices::serial::{SerialConsole, COM1_PORT, COM1_PORTS};
 use crate::layout::{self, MAX_VCPUS};
 use crate::memory::{self, GuestMemory};
-use crate::vcpu::{setup, Buses, Vcpu};
+use crate::seccomp::{self, Role, SeccompError};
+use crate::vcpu::{setup, Buses, Vcpu, VcpuStart};
 use crate::virtio::balloon::Balloon;
 use crate::virtio::fs::Fs;
 use crate::virtio::rng::Rng;
 use crate::virtio::vsock::Vsock;
+use crate::virtio::worker_thread::ParkedThreads;
 // Re-exported: the binary and embedders know it as `vm::VmEvent`.
 pub use crate::vm_event::VmEvent;
 
@@ -107,6 +115,15 @@ pub enum VmError {
     EventFd(std::io::Error),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot start the threads of {device}: {source}")]
+    DeviceThreads {
+        device: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("the VM's threads were already started")]
+    AlreadyStarted,
 }
 
 /// A built VM, ready to run.
@@ -115,6 +132,11 @@ pub struct Vm {
     _vm: Arc<VmFd>,
     _memory: GuestMemory,
     vcpus: Vec<Vcpu>,
+    // Every device's threads, started with the vCPUs.
+    device_threads: Vec<ParkedThreads>,
+    // One per vCPU thread started and held back; sending lets it run.
+    release: Vec<Sender<()>>,
+    vcpu_pthreads: Vec<libc::pthread_t>,
     buses: Arc<Buses>,
     events: (Sender<VmEvent>, Receiver<VmEvent>),
     console: ConsoleLog,
@@ -147,7 +169,7 @@ impl Vm {
         let kernel = boot::load_kernel(&memory, &config.kernel)?;
         let initrd = load_initrd(&memory, &config, &kernel)?;
         // virtio devices first: their command line entries go to the kernel.
-        let (mmio, cmdline) = attach_virtio_devices(&vm, &memory, &config)?;
+        let (mmio, cmdline, device_threads) = attach_virtio_devices(&vm, &memory, &config)?;
         clock.done("kernel, initramfs and devices ready");
         params::write_boot_params(&memory, &kernel, initrd.as_ref(), &cmdline)?;
         mptable::write(&memory, config.vcpus).map_err(boot::BootError::from)?;
@@ -165,6 +187,9 @@ impl Vm {
             _vm: vm,
             _memory: memory,
             vcpus,
+            device_threads,
+            release: Vec::new(),
+            vcpu_pthreads: Vec::new(),
             buses,
             events,
             console,
@@ -182,14 +207,73 @@ impl Vm {
         self.events.0.clone()
     }
 
-    /// Starts the vCPUs. They keep running until the process ends: the
-    /// caller exits while `self` (and so guest memory) is still alive.
-    pub fn start(&mut self) -> Result<(), VmError> {
+    /// Creates every thread the VM runs on, each under its seccomp filter:
+    /// the device workers (parked until their device is activated) and the
+    /// vCPUs (held back until [`release_vcpus`](Self::release_vcpus)).
+    /// Returns once all of them have installed their filters. Call it from a
+    /// thread without a filter of its own: threads inherit their creator's.
+    pub fn start_threads(&mut self) -> Result<(), VmError> {
+        if self.vcpus.is_empty() {
+            return Err(VmError::AlreadyStarted);
+        }
+        for threads in &self.device_threads {
+            let filter = seccomp::filter(Role::Worker(threads.device_type()))?;
+            let setup: crate::virtio::worker_thread::ThreadSetup =
+                Arc::new(move || seccomp::install(&filter).map_err(std::io::Error::other));
+            threads
+                .start(Some(setup))
+                .map_err(|source| VmError::DeviceThreads {
+                    device: threads.device(),
+                    source,
+                })?;
+        }
+        #[cfg(debug_assertions)]
+        crate::vcpu::test_hook::install_kick_handler().map_err(VmError::Thread)?;
+        let filter = seccomp::filter(Role::Vcpu)?;
+        let (ready_tx, ready) = channel();
         for vcpu in std::mem::take(&mut self.vcpus) {
-            vcpu.spawn(self.buses.clone(), self.events.0.clone())
+            let (release, held) = channel();
+            let start = VcpuStart {
+                filter: filter.clone(),
+                ready: ready_tx.clone(),
+                release: held,
+            };
+            let thread = vcpu
+                .spawn(self.buses.clone(), self.events.0.clone(), start)
                 .map_err(VmError::Thread)?;
+            self.vcpu_pthreads
+                .push(std::os::unix::thread::JoinHandleExt::as_pthread_t(&thread));
+            self.release.push(release);
+        }
+        drop(ready_tx);
+        // One answer per vCPU; a thread that died before answering ends it.
+        for _ in 0..self.release.len() {
+            ready.recv().map_err(|_| {
+                VmError::Thread(std::io::Error::other("a vCPU thread died at start"))
+            })??;
         }
         Ok(())
+    }
+
+    /// How many threads the devices run on (all started by `start_threads`).
+    pub fn device_thread_count(&self) -> usize {
+        self.device_threads.iter().map(ParkedThreads::count).sum()
+    }
+
+    /// Lets the vCPUs run the guest. They keep running until the process
+    /// ends: the caller exits while `self` (and so guest memory) is alive.
+    pub fn release_vcpus(&mut self) {
+        for release in std::mem::take(&mut self.release) {
+            let _ = release.send(());
+        }
+    }
+
+    /// Debug builds: the test hook that makes vCPU 0 call a forbidden
+    /// syscall (see `vcpu::test_hook`); `None` before the vCPUs started.
+    #[cfg(debug_assertions)]
+    pub fn forbidden_syscall_trigger(&self) -> Option<impl Fn() + Send + 'static> {
+        let vcpu0 = *self.vcpu_pthreads.first()?;
+        Some(move || crate::vcpu::test_hook::request_forbidden_syscall(vcpu0))
     }
 
     /// The next event that ends (or asks to end) the VM; `None` when
@@ -305,13 +389,14 @@ fn load_initrd(
     Ok(Some(boot::load_initrd(memory, path, addr_max)?))
 }
 
-// Attaches the configured virtio devices to a fresh MMIO bus; returns the bus
-// and the full kernel command line, which tells the guest where they are.
+// Attaches the configured virtio devices to a fresh MMIO bus; returns the bus,
+// the full kernel command line, which tells the guest where they are, and the
+// devices' threads (not started yet).
 fn attach_virtio_devices(
     vm: &Arc<VmFd>,
     memory: &GuestMemory,
     config: &VmConfig,
-) -> Result<(Bus, String), VmError> {
+) -> Result<(Bus, String, Vec<ParkedThreads>), VmError> {
     let mut mmio = Bus::default();
     let mut virtio = VirtioAttacher::new(vm.clone(), memory.clone());
     virtio.attach(Box::new(Rng::new()), &mut mmio)?;
@@ -343,7 +428,7 @@ fn attach_virtio_devices(
     if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
         return Err(VmError::CmdlineTooLong(cmdline.len()));
     }
-    Ok((mmio, cmdline))
+    Ok((mmio, cmdline, virtio.device_threads()))
 }
 
 // The port I/O bus: the serial console on COM1 (writing to `console_sink` and

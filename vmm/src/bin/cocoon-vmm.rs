@@ -7,6 +7,7 @@ use clap::Parser;
 use cocoon_vmm::cli::Args;
 use cocoon_vmm::devices::console_cap::CappedSink;
 use cocoon_vmm::jail::{self, Jail};
+use cocoon_vmm::seccomp;
 use cocoon_vmm::vm::{Vm, VmConfig, VmEvent, VsockConfig};
 
 /// Kernel arguments every Cocoon guest needs: the console on COM1, a restart
@@ -31,6 +32,74 @@ fn console_sink(target: &str, limit: Option<u64>) -> anyhow::Result<Option<Sink>
         Some(limit) => Box::new(CappedSink::new(sink, limit)),
         None => sink,
     }))
+}
+
+// Signals the signal thread handles; blocked on every other thread, so that
+// signal-hook's handler (and its syscalls) only ever run there.
+fn handled_signals() -> Vec<libc::c_int> {
+    let mut signals = vec![libc::SIGTERM, libc::SIGINT];
+    // Debug builds: SIGUSR1 makes vCPU 0 call a forbidden syscall (test hook).
+    if cfg!(debug_assertions) {
+        signals.push(libc::SIGUSR1);
+    }
+    signals
+}
+
+fn signal_mask(how: libc::c_int, signals: &[libc::c_int]) -> std::io::Result<()> {
+    // SAFETY: sigemptyset/sigaddset fill the set we own; pthread_sigmask only
+    // changes the calling thread's mask.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &signal in signals {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
+    };
+    match rc {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+// The signal thread: SIGTERM/SIGINT ask the VM to stop. Started after the
+// vCPUs (the test hook needs vCPU 0), with the handled signals blocked
+// everywhere else.
+fn start_signal_thread(vm: &Vm) -> anyhow::Result<()> {
+    let handled = handled_signals();
+    let mut signals =
+        signal_hook::iterator::Signals::new(&handled).context("cannot install signal handlers")?;
+    let filter = seccomp::filter(seccomp::Role::Signals)?;
+    let stopper = vm.stopper();
+    #[cfg(debug_assertions)]
+    let trigger = vm.forbidden_syscall_trigger();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    cocoon_vmm::thread::builder("signals")
+        .spawn(move || {
+            let installed = seccomp::install(&filter);
+            let ok = installed.is_ok();
+            let _ = ready_tx.send(installed);
+            if !ok || signal_mask(libc::SIG_UNBLOCK, &handled).is_err() {
+                return;
+            }
+            for signal in signals.forever() {
+                #[cfg(debug_assertions)]
+                if signal == libc::SIGUSR1 {
+                    if let Some(trigger) = &trigger {
+                        trigger();
+                    }
+                    continue;
+                }
+                let _ = signal;
+                let _ = stopper.send(VmEvent::Stop);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    ready
+        .recv()
+        .context("the signal thread died")?
+        .context("the signal thread")?;
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -100,20 +169,16 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             .context("cannot enter the jail")?;
     }
     let console = vm.console();
-    let stopper = vm.stopper();
-    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
-        .context("cannot install signal handlers")?;
-    cocoon_vmm::thread::builder("signals")
-        .spawn(move || {
-            for _ in signals.forever() {
-                let _ = stopper.send(VmEvent::Stop);
-            }
-        })
-        .context("cannot start the signal thread")?;
-
-    vm.start()?;
+    // Blocked from here on in this thread and in every thread it creates.
+    signal_mask(libc::SIG_BLOCK, &handled_signals()).context("cannot block signals")?;
+    vm.start_threads()?;
+    start_signal_thread(&vm)?;
+    // Last: the filter of the main thread, which created every other thread.
+    seccomp::install(&seccomp::filter(seccomp::Role::Main)?)?;
+    vm.release_vcpus();
     tracing::info!(
         after_ms = launched.elapsed().as_millis() as u64,
+        device_threads = vm.device_thread_count(),
         "vCPUs started"
     );
     let mut event = vm.next_event(None).unwrap_or(VmEvent::Stop);

@@ -1,14 +1,18 @@
-//! vCPU threads: each runs KVM_RUN in a loop and hands port I/O and MMIO exits
-//! to the buses. Anything that ends the guest is reported as a [`VmEvent`].
+//! vCPU threads: each installs its seccomp filter, waits to be released, then
+//! runs KVM_RUN in a loop and hands port I/O and MMIO exits to the buses.
+//! Anything that ends the guest is reported as a [`VmEvent`].
 
 pub mod setup;
+#[cfg(debug_assertions)]
+pub mod test_hook;
 
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
+use crate::seccomp::{self, Filter, SeccompError};
 use crate::vm_event::VmEvent;
 
 pub struct Vcpu {
@@ -22,14 +26,38 @@ pub struct Buses {
     pub mmio: Bus,
 }
 
+/// A vCPU thread's start: it reports on `ready` once its filter is installed
+/// (or why it could not be), then waits for `release` before the guest's first
+/// instruction.
+pub struct VcpuStart {
+    pub filter: Filter,
+    pub ready: Sender<Result<(), SeccompError>>,
+    pub release: Receiver<()>,
+}
+
 impl Vcpu {
     /// Runs the vCPU on a thread of its own until the guest stops it.
     pub fn spawn(
         mut self,
         buses: Arc<Buses>,
         events: Sender<VmEvent>,
+        start: VcpuStart,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         crate::thread::builder(format!("vcpu{}", self.id)).spawn(move || {
+            let VcpuStart {
+                filter,
+                ready,
+                release,
+            } = start;
+            let installed = seccomp::install(&filter);
+            let ok = installed.is_ok();
+            // Dropped once sent: the VM counts answers, not senders.
+            let _ = ready.send(installed);
+            drop(ready);
+            // A dropped release (the VM failed to start) never runs the guest.
+            if !ok || release.recv().is_err() {
+                return;
+            }
             let event = self.run(&buses);
             let _ = events.send(event);
         })
@@ -39,7 +67,10 @@ impl Vcpu {
         let id = self.id;
         let failed = |reason: String| VmEvent::VcpuFailed { vcpu: id, reason };
         loop {
-            match self.fd.run() {
+            let exit = self.fd.run();
+            #[cfg(debug_assertions)]
+            test_hook::check(id);
+            match exit {
                 Ok(VcpuExit::IoIn(port, data)) => buses.pio.read(u64::from(port), data),
                 Ok(VcpuExit::IoOut(port, data)) => buses.pio.write(u64::from(port), data),
                 Ok(VcpuExit::MmioRead(address, data)) => buses.mmio.read(address, data),

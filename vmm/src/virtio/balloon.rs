@@ -172,8 +172,13 @@ impl Device for Balloon {
             warn_limit: WarnLimiter::default(),
             switch_to_small_pages: Some(self.switch_to_small_pages),
         };
-        EpollWorker::spawn_single(NAME, activation.interrupt, queue_events, worker)
-            .map_err(ActivateError::Worker)
+        EpollWorker::run_single(
+            &activation.threads,
+            activation.interrupt,
+            queue_events,
+            worker,
+        )
+        .map_err(ActivateError::Worker)
     }
 
     fn forget_driver_state(&mut self, _workers_were_running: bool) {

@@ -1,6 +1,6 @@
 //! What all our devices share: feature negotiation, the checks before
-//! activation, the worker threads' life (started at activation, stopped at
-//! reset and drop) and refusing config writes.
+//! activation, the worker threads' life (parked before the guest runs, lent
+//! at activation, given back at reset and drop) and refusing config writes.
 //!
 //! A device keeps a [`DeviceState`] and implements [`Device`] for what is its
 //! own; that makes it a [`VirtioDevice`].
@@ -12,16 +12,27 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::interrupt::VirtioInterrupt;
 use super::warn_limit::{limited, WarnLimiter};
-use super::worker_thread::WorkerThreads;
+use super::worker_thread::{ParkedThreads, WorkerThreads};
 use super::{ActivateError, GuestMemory, Queue, VirtioDevice};
 
 /// The state every device keeps between the transport's calls.
 #[derive(Default)]
 pub(crate) struct DeviceState {
     acked_features: u64,
+    // Every thread the device will run on; made on first use.
+    parked: Option<ParkedThreads>,
     // Running between activation and reset; dropping them stops them.
     workers: Option<WorkerThreads>,
     config_log: WarnLimiter,
+}
+
+impl Drop for DeviceState {
+    fn drop(&mut self) {
+        self.stop_workers();
+        if let Some(parked) = &self.parked {
+            parked.close();
+        }
+    }
 }
 
 impl DeviceState {
@@ -50,6 +61,8 @@ pub(crate) struct ActiveQueue {
 
 /// What a device starts its workers with.
 pub(crate) struct Activation {
+    /// The device's parked threads, to lend the workers from.
+    pub(crate) threads: ParkedThreads,
     pub(crate) mem: GuestMemory,
     pub(crate) interrupt: Arc<VirtioInterrupt>,
     /// Every queue of the device, in index order; the required ones are ready.
@@ -84,6 +97,10 @@ pub(crate) trait Device: Send {
     const QUEUE_SIZES: &'static [u16];
     /// Features offered to the driver, [`VIRTIO_F_VERSION_1`](super::VIRTIO_F_VERSION_1) included.
     const FEATURES: u64;
+    /// How many threads the device's workers run on while it is active.
+    const THREADS: usize = 1;
+    /// Runs on each of the device's threads before its seccomp filter.
+    const PREPARE_THREAD: Option<fn()> = None;
 
     /// The state the device keeps for the shared half.
     fn state(&mut self) -> &mut DeviceState;
@@ -110,9 +127,21 @@ pub(crate) trait Device: Send {
     fn forget_driver_state(&mut self, _workers_were_running: bool) {}
 }
 
+fn parked_threads<D: Device>(device: &mut D) -> ParkedThreads {
+    device
+        .state()
+        .parked
+        .get_or_insert_with(|| ParkedThreads::new(D::NAME, D::TYPE, D::THREADS, D::PREPARE_THREAD))
+        .clone()
+}
+
 impl<D: Device> VirtioDevice for D {
     fn device_type(&self) -> u32 {
         D::TYPE
+    }
+
+    fn threads(&mut self) -> ParkedThreads {
+        parked_threads(self)
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -181,6 +210,7 @@ impl<D: Device> VirtioDevice for D {
             })
             .collect();
         let activation = Activation {
+            threads: parked_threads(self),
             mem,
             interrupt,
             queues,

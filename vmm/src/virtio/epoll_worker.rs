@@ -15,7 +15,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::interrupt::VirtioInterrupt;
-use super::worker_thread::WorkerThreads;
+use super::worker_thread::{ParkedThreads, WorkerThreads};
 
 /// epoll tokens from here up are the device's own (see [`EpollWorker::joining`]);
 /// the ones below are the worker's: queue notifications, then the stop eventfd.
@@ -104,16 +104,22 @@ impl EpollWorker {
         })
     }
 
-    /// Starts `handler` as the one worker thread of `device`, woken by `queue_events`.
-    pub(crate) fn spawn_single(
-        device: &'static str,
+    /// Runs `handler` on the one worker thread of the device (lent from
+    /// `parked`), woken by `queue_events`.
+    pub(crate) fn run_single(
+        parked: &ParkedThreads,
         interrupt: Arc<VirtioInterrupt>,
         queue_events: Vec<(usize, EventFd)>,
         handler: impl EpollHandler + Send + 'static,
     ) -> io::Result<WorkerThreads> {
-        let mut threads = WorkerThreads::new(device)?;
-        let worker = Self::new(device, interrupt, queue_events, threads.stop_event()?)?;
-        threads.spawn(device.to_owned(), move || worker.run(handler))?;
+        let mut threads = WorkerThreads::lend(parked, 1)?;
+        let worker = Self::new(
+            parked.device(),
+            interrupt,
+            queue_events,
+            threads.stop_event()?,
+        )?;
+        threads.run(move || worker.run(handler))?;
         Ok(threads)
     }
 

@@ -14,7 +14,7 @@ pub mod mmio;
 mod queue_drain;
 pub mod rng;
 pub mod vsock;
-mod worker_thread;
+pub mod worker_thread;
 
 // Public for the fuzz targets (feature `fuzzing`), which drive devices
 // through the same rings as the unit tests.
@@ -65,7 +65,8 @@ pub enum ActivateError {
     /// `activate` was called on a device that is already running.
     #[error("device is already active")]
     AlreadyActive,
-    /// The worker thread or one of its resources could not be created.
+    /// No parked worker thread was left, or a resource of the workers could
+    /// not be created.
     #[error("cannot start the device worker: {0}")]
     Worker(#[from] std::io::Error),
 }
@@ -81,6 +82,10 @@ pub trait VirtioDevice: Send {
 
     /// Features offered to the driver; must include [`VIRTIO_F_VERSION_1`].
     fn avail_features(&self) -> u64;
+
+    /// Every thread the device will run on, parked until activation; the VM
+    /// starts them before the guest runs (activation never spawns one).
+    fn threads(&mut self) -> worker_thread::ParkedThreads;
 
     /// Features the driver accepted. Only a subset of `avail_features` is ever passed.
     fn set_acked_features(&mut self, features: u64);

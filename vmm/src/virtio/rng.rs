@@ -76,8 +76,13 @@ impl Device for Rng {
             warn_limit: WarnLimiter::default(),
         };
         let queue_events = vec![(request.index, request.event)];
-        EpollWorker::spawn_single(NAME, activation.interrupt, queue_events, worker)
-            .map_err(ActivateError::Worker)
+        EpollWorker::run_single(
+            &activation.threads,
+            activation.interrupt,
+            queue_events,
+            worker,
+        )
+        .map_err(ActivateError::Worker)
     }
 }
 
@@ -89,7 +94,7 @@ enum RequestError {
     #[error("buffer outside guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
     #[error("host entropy source failed: {0}")]
-    Entropy(getrandom::Error),
+    Entropy(std::io::Error),
 }
 
 // Everything the worker thread owns.
@@ -148,12 +153,35 @@ fn fill_chain(
         }
         let len = usize::try_from(desc.len()).map_or(room, |len| len.min(room));
         let bytes = &mut buf[..len];
-        getrandom::fill(bytes).map_err(RequestError::Entropy)?;
+        fill_random(bytes).map_err(RequestError::Entropy)?;
         mem.write_slice(bytes, desc.addr())?;
         written += len;
     }
     // At most MAX_REQUEST_BYTES, so the conversion cannot fail.
     Ok(u32::try_from(written).unwrap_or(0))
+}
+
+// The getrandom(2) syscall, always: the getrandom crate falls back to opening
+// /dev/urandom in a static binary (no libc symbol to find), which the worker's
+// seccomp filter forbids.
+fn fill_random(bytes: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < bytes.len() {
+        let rest = &mut bytes[done..];
+        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`,
+        // which we borrow mutably for the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match usize::try_from(n) {
+            Ok(n) => done += n.min(rest.len()),
+            Err(_) => {
+                let error = std::io::Error::last_os_error();
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -45,7 +45,9 @@ impl Driver {
     }
 
     /// A driver whose guest RAM is `mem` instead of [`guest_memory`].
-    pub fn with_memory(device: Box<dyn VirtioDevice>, mem: GuestMemory) -> Self {
+    pub fn with_memory(mut device: Box<dyn VirtioDevice>, mem: GuestMemory) -> Self {
+        // As the VM does before the guest runs; no seccomp filter in tests.
+        device.threads().start(None).expect("device threads");
         let irq = EventFd::new(EFD_NONBLOCK).expect("irq eventfd");
         let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().expect("irq eventfd")));
         let transport =

@@ -82,6 +82,9 @@ impl Device for Fs {
     const TYPE: u32 = VIRTIO_ID_FS;
     const QUEUE_SIZES: &'static [u16] = &[QUEUE_SIZE; NUM_QUEUES];
     const FEATURES: u64 = AVAIL_FEATURES;
+    const THREADS: usize = worker::WORKER_THREADS;
+    // Its own umask and cwd, before the filter (which has no unshare).
+    const PREPARE_THREAD: Option<fn()> = Some(passthrough::enter_worker_thread);
 
     fn state(&mut self) -> &mut DeviceState {
         &mut self.state
@@ -109,7 +112,7 @@ impl Device for Fs {
         }
         let server = Arc::clone(&self.server);
         worker::start(
-            Self::NAME,
+            &activation.threads,
             server,
             activation.mem,
             activation.interrupt,

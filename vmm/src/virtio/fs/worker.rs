@@ -20,14 +20,14 @@ use std::time::Duration;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::passthrough::{self, FsServer};
+use super::passthrough::FsServer;
 use super::request;
 use crate::virtio::device::ActiveQueue;
 use crate::virtio::epoll_worker::{EpollHandler, EpollWorker};
 use crate::virtio::interrupt::VirtioInterrupt;
 use crate::virtio::queue_drain::notify_driver;
 use crate::virtio::warn_limit::WarnLimiter;
-use crate::virtio::worker_thread::WorkerThreads;
+use crate::virtio::worker_thread::{ParkedThreads, WorkerThreads};
 use crate::virtio::GuestMemory;
 
 /// Threads per device. Requests block in host syscalls, so a few threads buy
@@ -56,14 +56,16 @@ struct Shared {
     stopped: AtomicBool,
 }
 
-/// Starts the worker threads of device `device` serving the enabled `queues`.
+/// Lends the device's parked threads (all [`WORKER_THREADS`] of them) to
+/// serving the enabled `queues`.
 pub(crate) fn start(
-    device: &'static str,
+    parked: &ParkedThreads,
     server: Arc<FsServer>,
     mem: GuestMemory,
     interrupt: Arc<VirtioInterrupt>,
     queues: Vec<ActiveQueue>,
 ) -> io::Result<WorkerThreads> {
+    let device = parked.device();
     let shared = Arc::new(Shared {
         device,
         server,
@@ -80,7 +82,7 @@ pub(crate) fn start(
         stopped: AtomicBool::new(false),
     });
     let stopping = Arc::clone(&shared);
-    let mut threads = WorkerThreads::new(device)?
+    let mut threads = WorkerThreads::lend(parked, WORKER_THREADS)?
         .with_patience(STOP_TIMEOUT)
         .with_before_stop(move || stopping.stop_serving());
     // Each thread gets its own epoll over the same eventfds: all wake on a
@@ -89,15 +91,12 @@ pub(crate) fn start(
     let workers = (0..WORKER_THREADS)
         .map(|_| shared.epoll_worker(threads.stop_event()?))
         .collect::<io::Result<Vec<_>>>()?;
-    for (i, worker) in workers.into_iter().enumerate() {
+    for worker in workers {
         let handler = Handler {
             shared: Arc::clone(&shared),
             log: WarnLimiter::default(),
         };
-        threads.spawn(format!("{device}-{i}"), move || {
-            passthrough::enter_worker_thread();
-            worker.run(handler);
-        })?;
+        threads.run(move || worker.run(handler))?;
     }
     Ok(threads)
 }

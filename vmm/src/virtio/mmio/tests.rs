@@ -45,6 +45,9 @@ impl VirtioDevice for FakeDevice {
     fn avail_features(&self) -> u64 {
         OFFERED
     }
+    fn threads(&mut self) -> crate::virtio::worker_thread::ParkedThreads {
+        crate::virtio::worker_thread::ParkedThreads::new("fake", VIRTIO_ID_VSOCK, 0, None)
+    }
     fn set_acked_features(&mut self, features: u64) {
         self.seen.lock().unwrap().acked.push(features);
     }

@@ -146,7 +146,7 @@ impl Device for Vsock {
             self.max_connections,
             Arc::clone(&self.live),
         )?;
-        let mut threads = WorkerThreads::new(NAME)?;
+        let mut threads = WorkerThreads::lend(&activation.threads, 1)?;
         // One epoll set for the queues and every host socket.
         let epoll_worker = EpollWorker::joining(
             muxer.epoll(),
@@ -167,7 +167,7 @@ impl Device for Vsock {
             rx_buf: vec![0; MAX_PACKET_SIZE],
             warn_limit: WarnLimiter::default(),
         };
-        threads.spawn(NAME.to_owned(), move || epoll_worker.run(worker))?;
+        threads.run(move || epoll_worker.run(worker))?;
         Ok(threads)
     }
 

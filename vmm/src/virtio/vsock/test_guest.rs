@@ -101,6 +101,7 @@ impl TestGuest {
         let uds = dir.path().join("v.sock");
         let mut vsock = Vsock::new(GUEST_CID, &uds).expect("vsock");
         configure(&mut vsock);
+        vsock.threads().start(None).expect("device threads");
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("memory");
         let irq = EventFd::new(EFD_NONBLOCK).expect("irq");
         let interrupt = Arc::new(VirtioInterrupt::new(irq));
