@@ -32,7 +32,7 @@ use cocoon_vmm::layout::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use cocoon_vmm::virtio::interrupt::VirtioInterrupt;
 use cocoon_vmm::virtio::mmio::MmioTransport;
 use cocoon_vmm::virtio::rng::Rng;
-use cocoon_vmm::virtio::GuestMemory;
+use cocoon_vmm::virtio::{GuestMemory, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -106,8 +106,11 @@ impl Machine {
 
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("memory");
         let irq = EventFd::new(EFD_NONBLOCK).expect("irq eventfd");
+        let mut rng: Box<dyn VirtioDevice> = Box::new(Rng::new());
+        // As the VM does before the guest runs (without seccomp filters).
+        rng.threads().start(None).expect("device threads");
         let transport = MmioTransport::new(
-            Box::new(Rng::new()),
+            rng,
             mem.clone(),
             Arc::new(VirtioInterrupt::new(irq)),
         )

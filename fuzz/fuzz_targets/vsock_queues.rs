@@ -164,6 +164,8 @@ impl Guest {
         let uds = dir.path().join("v.sock");
         let mut vsock = Vsock::new(GUEST_CID, &uds).expect("vsock");
         vsock.set_max_connections(MAX_CONNECTIONS);
+        // As the VM does before the guest runs (without seccomp filters).
+        vsock.threads().start(None).expect("device threads");
         let services = SERVICES
             .iter()
             .map(|port| {

@@ -10,6 +10,7 @@
 //! driver does); the shim removes the leaf when the sandbox ends.
 
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Where cgroup v2 is mounted.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -118,11 +119,27 @@ fn enable_controllers(parent: &Path) {
     }
 }
 
-/// Removes the sandbox's cgroup once its VMM is gone.
+/// How long a VMM that was killed may take to leave its cgroup: a process
+/// is in it until its memory is torn down, hundreds of MiB of guest RAM.
+const EXIT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Removes the sandbox's cgroup once its VMM is gone, waiting (at most
+/// [`EXIT_PATIENCE`]) while a dying VMM still populates it.
 pub fn remove(path: &Path) {
-    if let Err(error) = std::fs::remove_dir(path) {
-        if error.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!("removing the cgroup {}: {error}", path.display());
+    let deadline = Instant::now() + EXIT_PATIENCE;
+    loop {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+            Err(error)
+                if error.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(error) => {
+                tracing::warn!("removing the cgroup {}: {error}", path.display());
+                return;
+            }
         }
     }
 }
