@@ -76,26 +76,39 @@ fn systemd_path(slice: &str, prefix: &str, name: &str) -> Option<PathBuf> {
 }
 
 /// Creates `relative` under `root`, enabling the usual controllers in each
-/// parent the shim creates, and returns the full path. Best effort beyond
-/// the directory itself: a parent that cannot delegate a controller (it has
-/// processes of its own) only means that controller is not accounted.
-pub fn create(root: &Path, relative: &Path) -> Result<PathBuf, CgroupError> {
+/// parent on the way, and returns the cgroup the VMM joins, which the shim
+/// created and removes. A cgroup that already exists belongs to someone else
+/// (`ctr run --config` with the default spec names `/default` itself, a
+/// parent of others, which no process may join): the VMM then gets a leaf of
+/// its own in it, `cocoon-<sandbox>`. Controllers are best effort: a parent
+/// that cannot delegate one (it has processes of its own) only means that
+/// controller is not accounted.
+pub fn create(root: &Path, relative: &Path, sandbox: &str) -> Result<PathBuf, CgroupError> {
     let mut path = root.to_path_buf();
+    let mut created = false;
     for component in relative.components() {
         enable_controllers(&path);
         path.push(component);
-        match std::fs::create_dir(&path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(source) => {
-                return Err(CgroupError::Create {
-                    path: path.display().to_string(),
-                    source,
-                })
-            }
-        }
+        created = make_dir(&path)?;
+    }
+    if !created {
+        enable_controllers(&path);
+        path.push(format!("cocoon-{sandbox}"));
+        make_dir(&path)?;
     }
     Ok(path)
+}
+
+// Whether `path` was made now (false: it was there).
+fn make_dir(path: &Path) -> Result<bool, CgroupError> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(CgroupError::Create {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
 }
 
 fn enable_controllers(parent: &Path) {
@@ -195,12 +208,16 @@ mod tests {
     #[test]
     fn create_makes_every_level() {
         let root = tempfile::tempdir().unwrap();
-        let made = create(root.path(), Path::new("default/web")).unwrap();
+        let made = create(root.path(), Path::new("default/web"), "web").unwrap();
         assert!(made.is_dir());
         assert_eq!(made, root.path().join("default/web"));
-        // Again: already there is fine.
-        create(root.path(), Path::new("default/web")).unwrap();
         remove(&made);
         assert!(!made.exists());
+        // An existing cgroup (here `default`) is someone else's: the VMM gets
+        // a leaf of its own in it, and only that leaf is removed.
+        let leaf = create(root.path(), Path::new("default"), "web").unwrap();
+        assert_eq!(leaf, root.path().join("default/cocoon-web"));
+        remove(&leaf);
+        assert!(!leaf.exists() && root.path().join("default").is_dir());
     }
 }

@@ -153,7 +153,8 @@ impl Sandbox {
         create_private_dir(&jail).map_err(state(&jail))?;
         let cgroup = match cgroup {
             Some(relative) => {
-                let path = cgroup::create(Path::new(cgroup::CGROUP_ROOT), relative)?;
+                let sandbox = dir.file_name().unwrap_or_default().to_string_lossy();
+                let path = cgroup::create(Path::new(cgroup::CGROUP_ROOT), relative, &sandbox)?;
                 std::fs::write(dir.join(CGROUP_RECORD), path.as_os_str().as_encoded_bytes())
                     .map_err(state(dir))?;
                 Some(path)
