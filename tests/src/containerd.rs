@@ -129,6 +129,51 @@ impl Containerd {
         self.ctr(&command)
     }
 
+    /// `ctr run -d FLAGS ... BUSYBOX ID sleep 600`, which must succeed, and
+    /// waits until the task runs.
+    pub fn start_sleeping(&self, flags: &[&str], id: &str) {
+        let flags: Vec<&str> = ["-d"].iter().chain(flags).copied().collect();
+        ok(
+            self.run(RUNTIME, &flags, id, &["sleep", "600"]),
+            &format!("ctr run -d {id}"),
+        );
+        self.wait_for_status(id, "RUNNING");
+    }
+
+    /// `ctr run FLAGS --runtime cocoon --env PATH=/bin --rootfs ROOTFS ID
+    /// ARGS...`: a container on a root file system directory of the test's
+    /// own, no image (ctr then sets no PATH).
+    pub fn run_on_rootfs(&self, flags: &[&str], rootfs: &Path, id: &str, args: &[&str]) -> Output {
+        let rootfs = rootfs.display().to_string();
+        let mut command = vec!["run"];
+        command.extend_from_slice(flags);
+        command.extend_from_slice(&["--runtime", RUNTIME, "--env", "PATH=/bin", "--rootfs"]);
+        command.extend_from_slice(&[&rootfs, id]);
+        command.extend_from_slice(args);
+        self.ctr(&command)
+    }
+
+    /// ctr's default OCI spec running `args` on the root file system
+    /// directory `rootfs`, with PATH=/bin.
+    pub fn spec_on_rootfs(&self, rootfs: &Path, args: &[&str]) -> serde_json::Value {
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&ok(self.ctr(&["oci", "spec"]), "ctr oci spec"))
+                .expect("ctr oci spec prints JSON");
+        spec["root"] = serde_json::json!({ "path": rootfs });
+        spec["process"]["args"] = serde_json::json!(args);
+        spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+        spec
+    }
+
+    /// `ctr run --rm --runtime cocoon --config SPEC ID`: container `id` from
+    /// a whole spec.
+    pub fn run_spec(&self, spec: &serde_json::Value, id: &str) -> Output {
+        let path = self.dir.path().join(format!("{id}.json"));
+        std::fs::write(&path, spec.to_string()).expect("writing the spec");
+        let path = path.display().to_string();
+        self.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", &path, id])
+    }
+
     /// Deletes task and container `id`, retrying the task delete while its
     /// exit lands; returns what `ctr task delete` said (it names a non-zero
     /// exit status there).

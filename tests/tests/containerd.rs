@@ -332,25 +332,12 @@ fn ctr_run_with_a_user_log_uris_and_a_runtime_config() {
     // whose process runs as nobody, on a root file system of its own.
     let rootfs = dir.join("user-rootfs");
     cocoon_tests::sandbox::busybox_rootfs(&rootfs);
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&ok(containerd.ctr(&["oci", "spec"]), "ctr oci spec"))
-            .expect("ctr oci spec prints JSON");
-    spec["root"] = serde_json::json!({ "path": rootfs });
+    let mut spec = containerd.spec_on_rootfs(
+        &rootfs,
+        &["sh", "-c", "id -u; id -g; grep MemTotal /proc/meminfo"],
+    );
     spec["process"]["user"] = serde_json::json!({ "uid": 65534, "gid": 65534 });
-    spec["process"]["args"] =
-        serde_json::json!(["sh", "-c", "id -u; id -g; grep MemTotal /proc/meminfo"]);
-    spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
-    let spec_path = dir.join("spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let out = containerd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--config",
-        spec_path.to_str().unwrap(),
-        "user",
-    ]);
+    let out = containerd.run_spec(&spec, "user");
     let said = text(&out.stdout);
     assert!(
         said.starts_with("65534\n65534\n"),

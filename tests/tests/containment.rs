@@ -140,16 +140,7 @@ fn a_symlink_planted_in_the_share_before_create_reaches_no_host_mount() {
     containerd.import_busybox();
     let host = HostMount::new();
     let mount = guest_share_mount();
-    ok(
-        containerd.run(
-            RUNTIME,
-            &["-d", "--mount", &mount],
-            "pod",
-            &["sleep", "600"],
-        ),
-        "ctr run -d pod",
-    );
-    containerd.wait_for_status("pod", "RUNNING");
+    containerd.start_sleeping(&["--mount", &mount], "pod");
     // Where the next container of the pod will be mounted.
     let aim = host.parent().display().to_string();
     let planted = exec(
@@ -164,26 +155,12 @@ fn a_symlink_planted_in_the_share_before_create_reaches_no_host_mount() {
     // A second container of the pod, as CRI creates one.
     let rootfs = containerd.dir().join("app-rootfs");
     busybox_rootfs(&rootfs);
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&ok(containerd.ctr(&["oci", "spec"]), "ctr oci spec")).unwrap();
-    spec["root"] = serde_json::json!({ "path": rootfs });
-    spec["process"]["args"] = serde_json::json!(["sh", "-c", "echo app-ran"]);
-    spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+    let mut spec = containerd.spec_on_rootfs(&rootfs, &["sh", "-c", "echo app-ran"]);
     spec["annotations"] = serde_json::json!({
         "io.kubernetes.cri.container-type": "container",
         "io.kubernetes.cri.sandbox-id": "pod",
     });
-    let spec_path = containerd.dir().join("app.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let out = containerd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--config",
-        spec_path.to_str().unwrap(),
-        "app",
-    ]);
+    let out = containerd.run_spec(&spec, "app");
     assert!(
         text(&out.stdout).contains("app-ran"),
         "the pod's second container: {}{}",
@@ -202,16 +179,7 @@ fn the_guest_cannot_fill_the_hosts_run_through_the_share() {
     let containerd = Containerd::start();
     containerd.import_busybox();
     let mount = guest_share_mount();
-    ok(
-        containerd.run(
-            RUNTIME,
-            &["-d", "--mount", &mount],
-            "filler",
-            &["sleep", "600"],
-        ),
-        "ctr run -d filler",
-    );
-    containerd.wait_for_status("filler", "RUNNING");
+    containerd.start_sleeping(&["--mount", &mount], "filler");
     let state = state_dir(&containerd, "filler");
     let free_before = free_bytes(&state);
     let said = exec(
@@ -268,21 +236,8 @@ fn a_guest_made_setuid_file_or_device_node_gives_the_host_nothing() {
     let containerd = Containerd::start();
     let rootfs = containerd.dir().join("suid-rootfs");
     busybox_rootfs(&rootfs);
-    let rootfs_arg = rootfs.display().to_string();
     ok(
-        containerd.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            "--env",
-            "PATH=/bin",
-            "--rootfs",
-            &rootfs_arg,
-            "suid",
-            "sleep",
-            "600",
-        ]),
+        containerd.run_on_rootfs(&["-d"], &rootfs, "suid", &["sleep", "600"]),
         "ctr run -d --rootfs",
     );
     containerd.wait_for_status("suid", "RUNNING");
@@ -351,7 +306,6 @@ fn a_process_in_a_container_cannot_reach_the_agent() {
     let containerd = Containerd::start();
     let rootfs = containerd.dir().join("probe-rootfs");
     busybox_rootfs(&rootfs);
-    let rootfs_arg = rootfs.display().to_string();
     let ports = [
         cocoon_protocol::AGENT_RPC_PORT,
         cocoon_protocol::AGENT_STDIO_PORT,
@@ -362,20 +316,7 @@ fn a_process_in_a_container_cannot_reach_the_agent() {
             ports.map(|port| format!("echo {cid}:{port} $(probe connect {cid} {port});"))
         })
         .collect();
-    let out = containerd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--env",
-        "PATH=/bin",
-        "--rootfs",
-        &rootfs_arg,
-        "prober",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let out = containerd.run_on_rootfs(&["--rm"], &rootfs, "prober", &["sh", "-c", &script]);
     let said = text(&out.stdout);
     eprintln!("the container saw:\n{said}{}", text(&out.stderr));
     assert_eq!(said.lines().count(), 4, "{said}{}", text(&out.stderr));
@@ -417,11 +358,7 @@ fn the_vmm_runs_jailed_filtered_and_charged_to_the_sandbox() {
     require_hardware_kvm();
     let containerd = Containerd::start();
     containerd.import_busybox();
-    ok(
-        containerd.run(RUNTIME, &["-d"], "jailed", &["sleep", "600"]),
-        "ctr run -d",
-    );
-    containerd.wait_for_status("jailed", "RUNNING");
+    containerd.start_sleeping(&[], "jailed");
     // containerd is told a host pid of the sandbox: the VMM's.
     let pid = containerd.task_pid("jailed");
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
