@@ -203,6 +203,7 @@ impl Sandbox {
             console_limit_bytes: config.console_limit_mib << 20,
             jail: &jail,
             cgroup: cgroup.as_deref(),
+            net: None,
         })
         .command(&config.vmm);
         command

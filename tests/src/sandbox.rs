@@ -59,6 +59,7 @@ impl Sandbox {
             console_limit_bytes: CONSOLE_LIMIT_BYTES,
             jail: &jail,
             cgroup: None,
+            net: None,
         })
         .command(&vmm)
         .stdin(Stdio::null())

@@ -163,6 +163,7 @@ mod tests {
             console_limit_bytes: 1 << 20,
             jail: Path::new("/state/jail"),
             cgroup: None,
+            net: None,
         }));
         assert_eq!(args.cmdline, cocoon_protocol::GUEST_DEBUG_ARG);
         assert_eq!(args.shares[0].0, cocoon_protocol::SHARE_TAG);

@@ -21,6 +21,27 @@ pub enum Console {
     Discard,
 }
 
+/// A virtio-net device backed by a tap the caller opened (IFF_TAP |
+/// IFF_NO_PI | IFF_VNET_HDR) and leaves open, without CLOEXEC, for the VMM
+/// to inherit; cocoon-vmm sets the vnet header size and offloads itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetDevice {
+    pub tap_fd: i32,
+    /// The guest interface's MAC address.
+    pub mac: [u8; 6],
+}
+
+impl NetDevice {
+    /// The MAC in the usual `aa:bb:cc:dd:ee:ff` form.
+    pub fn mac_text(&self) -> String {
+        self.mac
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
 /// A cocoon-vmm invocation. Settings left unset get cocoon-vmm's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmmCommand {
@@ -46,6 +67,8 @@ pub struct VmmCommand {
     pub jail: Option<PathBuf>,
     /// The cgroup v2 directory the VMM moves itself into first.
     pub cgroup: Option<PathBuf>,
+    /// The guest's network interface, if it has one.
+    pub net: Option<NetDevice>,
 }
 
 /// What the shim gives every sandbox's VM; [`VmmCommand::sandbox`] turns it
@@ -69,6 +92,8 @@ pub struct SandboxVm<'a> {
     pub jail: &'a Path,
     /// The cgroup (a cgroup v2 directory) the VM is charged to.
     pub cgroup: Option<&'a Path>,
+    /// The pod's network interface, if the sandbox has a network.
+    pub net: Option<NetDevice>,
 }
 
 impl VmmCommand {
@@ -89,6 +114,7 @@ impl VmmCommand {
             console_limit_bytes: None,
             jail: None,
             cgroup: None,
+            net: None,
         }
     }
 
@@ -115,8 +141,12 @@ impl VmmCommand {
             } else {
                 "quiet"
             });
-        match vm.cgroup {
+        let command = match vm.cgroup {
             Some(cgroup) => command.cgroup(cgroup),
+            None => command,
+        };
+        match vm.net {
+            Some(net) => command.net(net),
             None => command,
         }
     }
@@ -187,6 +217,11 @@ impl VmmCommand {
         self
     }
 
+    pub fn net(mut self, net: NetDevice) -> Self {
+        self.net = Some(net);
+        self
+    }
+
     /// The arguments, without the program name.
     pub fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["--kernel".into(), self.kernel.clone().into()];
@@ -234,6 +269,10 @@ impl VmmCommand {
         }
         if let Some(cgroup) = &self.cgroup {
             push("--cgroup", cgroup.into());
+        }
+        if let Some(net) = &self.net {
+            push("--net-fd", net.tap_fd.to_string().into());
+            push("--net-mac", net.mac_text().into());
         }
         if self.balloon {
             args.push("--balloon".into());
@@ -288,6 +327,7 @@ mod tests {
             console_limit_bytes: 1024,
             jail: Path::new("/state/jail"),
             cgroup: Some(Path::new("/sys/fs/cgroup/pod")),
+            net: None,
         })
         .args();
         let line: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
@@ -301,6 +341,25 @@ mod tests {
                  --cgroup /sys/fs/cgroup/pod --balloon",
                 cocoon_protocol::SHARE_TAG
             )
+        );
+    }
+
+    #[test]
+    fn a_net_device_passes_its_fd_and_mac() {
+        let args = VmmCommand::new("/k")
+            .net(NetDevice {
+                tap_fd: 7,
+                mac: [0x02, 0x42, 0x0a, 0x58, 0x00, 0xff],
+            })
+            .args();
+        assert_eq!(
+            &args[2..],
+            &[
+                OsString::from("--net-fd"),
+                "7".into(),
+                "--net-mac".into(),
+                "02:42:0a:58:00:ff".into()
+            ]
         );
     }
 }
