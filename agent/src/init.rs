@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use anyhow::Context;
-use cocoon_protocol::api::agent::SetupNetworkRequest;
 use nix::mount::{mount, MsFlags};
 
 use crate::error::{AgentError, Result};
@@ -161,36 +160,6 @@ pub fn bring_up_loopback() -> anyhow::Result<()> {
     };
     if result != 0 {
         return Err(std::io::Error::last_os_error()).context("bringing up lo");
-    }
-    Ok(())
-}
-
-/// Guest network set-up from the shim. Hostname and DNS now; interfaces and
-/// routes arrive with pod networking.
-pub fn setup_network(request: &SetupNetworkRequest) -> Result<()> {
-    if !request.interfaces.is_empty() || !request.routes.is_empty() {
-        return Err(AgentError::FailedPrecondition(
-            "this agent cannot configure network interfaces or routes yet".into(),
-        ));
-    }
-    if !request.hostname.is_empty() {
-        set_hostname(&request.hostname)?;
-    }
-    if let Some(dns) = request.dns.as_ref() {
-        let mut text = String::new();
-        for server in &dns.nameservers {
-            text.push_str(&format!("nameserver {server}\n"));
-        }
-        if !dns.searches.is_empty() {
-            text.push_str(&format!("search {}\n", dns.searches.join(" ")));
-        }
-        if !dns.options.is_empty() {
-            text.push_str(&format!("options {}\n", dns.options.join(" ")));
-        }
-        std::fs::create_dir_all("/run/cocoon")
-            .map_err(|e| AgentError::internal("creating /run/cocoon", e))?;
-        std::fs::write("/run/cocoon/resolv.conf", text)
-            .map_err(|e| AgentError::internal("writing resolv.conf", e))?;
     }
     Ok(())
 }

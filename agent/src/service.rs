@@ -41,7 +41,7 @@ impl agent_ttrpc::Agent for AgentService {
     }
 
     async fn setup_network(&self, _: &TtrpcContext, request: SetupNetworkRequest) -> Reply<Empty> {
-        done(crate::init::setup_network(&request).map(|()| Empty::new()))
+        done(crate::network::setup_network(&request).map(|()| Empty::new()))
     }
 
     async fn create_container(

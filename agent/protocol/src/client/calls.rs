@@ -8,8 +8,8 @@ use super::Agent;
 use crate::api::agent::{
     ContainerRequest, CreateContainerRequest, ExecProcessRequest, HealthRequest, HealthResponse,
     MountRequest, ProcessExit, ProcessInfo, ProcessRequest, RemoveContainerRequest,
-    ResizeTtyRequest, ShutdownRequest, SignalProcessRequest, StatsResponse, Stdio,
-    UpdateResourcesRequest,
+    ResizeTtyRequest, SetupNetworkRequest, ShutdownRequest, SignalProcessRequest, StatsResponse,
+    Stdio, UpdateResourcesRequest,
 };
 
 /// A call the agent did not carry out.
@@ -59,6 +59,9 @@ pub trait AgentCalls: Send + Sync {
             .await
     }
     /// Creates container `id` from its OCI spec; returns its init's pid.
+    /// Configures the guest's interfaces, routes, neighbours, hostname and
+    /// DNS.
+    async fn setup_network(&self, request: SetupNetworkRequest) -> CallResult<()>;
     async fn create_container(
         &self,
         id: &str,
@@ -129,6 +132,11 @@ impl AgentCalls for Agent {
         request.target = target.into();
         request.options = options.to_vec();
         self.rpc.mount(self.deadline(), &request).await?;
+        Ok(())
+    }
+
+    async fn setup_network(&self, request: SetupNetworkRequest) -> CallResult<()> {
+        self.rpc.setup_network(self.deadline(), &request).await?;
         Ok(())
     }
 

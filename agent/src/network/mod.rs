@@ -1,0 +1,41 @@
+//! The guest's network, as the shim asks for it (SetupNetwork): the pod's
+//! NIC configured like the veth it stands in for, hostname and DNS.
+
+mod configure;
+mod netlink;
+pub mod plan;
+
+use cocoon_protocol::api::agent::SetupNetworkRequest;
+
+use crate::error::{AgentError, Result};
+
+/// Checks the whole request, then configures interfaces, routes and
+/// neighbours, then hostname and DNS.
+pub fn setup_network(request: &SetupNetworkRequest) -> Result<()> {
+    let plan = plan::Plan::from_request(request)?;
+    configure::apply(&plan)?;
+    if !request.hostname.is_empty() {
+        crate::init::set_hostname(&request.hostname)?;
+    }
+    if let Some(dns) = request.dns.as_ref() {
+        write_resolv_conf(dns)?;
+    }
+    Ok(())
+}
+
+fn write_resolv_conf(dns: &cocoon_protocol::api::agent::Dns) -> Result<()> {
+    let mut text = String::new();
+    for server in &dns.nameservers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    if !dns.searches.is_empty() {
+        text.push_str(&format!("search {}\n", dns.searches.join(" ")));
+    }
+    if !dns.options.is_empty() {
+        text.push_str(&format!("options {}\n", dns.options.join(" ")));
+    }
+    std::fs::create_dir_all("/run/cocoon")
+        .map_err(|e| AgentError::internal("creating /run/cocoon", e))?;
+    std::fs::write("/run/cocoon/resolv.conf", text)
+        .map_err(|e| AgentError::internal("writing resolv.conf", e))
+}
