@@ -347,7 +347,13 @@ mod tests {
         refused(&|r| r.interfaces[0].addresses[0] = "10.0.0.1/33".into(), "invalid address");
         refused(&|r| r.interfaces[0].mtu = 20, "invalid MTU 20");
         refused(&|r| r.routes[0].device = "eth1".into(), "device \"eth1\" is none");
-        refused(&|r| r.routes[0].gateway = "fd00::1".into(), "different families");
+        refused(
+            &|r| {
+                r.routes[0].destination = "10.0.0.0/8".into();
+                r.routes[0].gateway = "fd00::1".into();
+            },
+            "different families",
+        );
         refused(&|r| r.routes[0].gateway.clear(), "without a gateway");
         refused(&|r| r.routes[0].scope = "link".into(), "cannot have Link scope");
         refused(&|r| r.routes[1].scope = "galaxy".into(), "unknown scope");

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cocoon_protocol::api::agent::{HealthResponse, ProcessExit, ProcessInfo, StatsResponse, Stdio};
+use cocoon_protocol::api::agent::{
+    HealthResponse, ProcessExit, ProcessInfo, SetupNetworkRequest, StatsResponse, Stdio,
+};
 use cocoon_protocol::client::{AgentCalls, CallError, CallResult};
 use containerd_shim::protos::api::{CreateTaskRequest, Mount};
 use containerd_shim::protos::protobuf::MessageDyn;
@@ -122,6 +124,11 @@ impl AgentCalls for FakeGuest {
 
     async fn mount(&self, _: &str, _: &str, target: &str, _: &[String]) -> CallResult<()> {
         self.record(format!("mount {target}"));
+        Ok(())
+    }
+
+    async fn setup_network(&self, _: SetupNetworkRequest) -> CallResult<()> {
+        self.record("setup network".into());
         Ok(())
     }
 
