@@ -13,6 +13,7 @@ mod io;
 mod launch;
 mod log_driver;
 mod metrics;
+mod network;
 mod process;
 mod rootfs;
 mod runtime_options;
