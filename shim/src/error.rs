@@ -6,6 +6,7 @@ use ttrpc::Code;
 
 use crate::config::ConfigError;
 use crate::io::IoError;
+use crate::network::NetworkError;
 use crate::rootfs::RootfsError;
 use crate::runtime_options::OptionsError;
 use crate::sandbox::SandboxError;
@@ -39,6 +40,8 @@ pub enum ShimError {
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
     Rootfs(#[from] RootfsError),
     #[error(transparent)]
     Shape(#[from] crate::vm_shape::ShapeError),
@@ -66,6 +69,8 @@ impl ShimError {
             | ShimError::Sandbox(_)
             | ShimError::Rootfs(_)
             | ShimError::Stdio(_) => Code::FAILED_PRECONDITION,
+            ShimError::Network(error) if error.is_invalid_request() => Code::INVALID_ARGUMENT,
+            ShimError::Network(_) => Code::FAILED_PRECONDITION,
             ShimError::Unsupported(_) => Code::UNIMPLEMENTED,
             ShimError::DeletedWhileWaiting | ShimError::Metrics(_) => Code::INTERNAL,
             ShimError::Agent(CallError::Refused { code, .. }) => agent_code(*code),
@@ -132,6 +137,13 @@ mod tests {
         assert_eq!(
             status(ShimError::NotFound("container web".into())),
             (Code::NOT_FOUND, "container web not found".into())
+        );
+        let host = status(ShimError::Network(NetworkError::HostNetwork));
+        assert_eq!(host.0, Code::INVALID_ARGUMENT);
+        assert!(
+            host.1.contains("host networking is not supported"),
+            "{}",
+            host.1
         );
         assert_eq!(
             status(ShimError::AlreadyExited("web".into())),

@@ -1,6 +1,7 @@
 //! The sandbox VM's start, on the sandbox's first Create: the config its
 //! runtime options name (or the default one), the VM sized by the first
-//! container, the state directory recorded in its bundle.
+//! container, its network namespace, the state directory recorded in its
+//! bundle.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use crate::cgroup;
 use crate::config::Config;
 use crate::error::{Result, ShimError};
 use crate::guest::{Guest, Launch};
+use crate::network::{self, PodNetns};
 use crate::runtime_options;
 use crate::sandbox::{self, Sandbox};
 use crate::vm_shape::{HostLimits, VmShape};
@@ -30,6 +32,10 @@ impl Launch for VmLauncher {
         req: &CreateTaskRequest,
         spec: &serde_json::Value,
     ) -> Result<Arc<dyn Guest>> {
+        let netns = match network::pod_netns(spec)? {
+            PodNetns::Path(path) => Some(path),
+            PodNetns::Empty => None,
+        };
         let source = runtime_options::config_source(req.options.as_ref())?;
         let config = Config::resolve(source)?;
         log::set_max_level(config.log_filter(self.debug));
@@ -40,7 +46,15 @@ impl Launch for VmLauncher {
             tracing::warn!("recording the state directory in {}: {error}", req.bundle);
         }
         Ok(Arc::new(
-            Sandbox::start(&config, &self.namespace, dir, &shape, cgroup.as_deref()).await?,
+            Sandbox::start(
+                &config,
+                &self.namespace,
+                dir,
+                &shape,
+                cgroup.as_deref(),
+                netns.as_deref(),
+            )
+            .await?,
         ))
     }
 }

@@ -4,16 +4,19 @@
 //! directory the shim makes): `mounts/` and `share/` (the virtio-fs share and
 //! the host-only directory behind it, see [`crate::share`]), `jail/` (the
 //! VMM's root), `vsock.sock` (the hybrid vsock socket), `console.log`
-//! (capped), `vmm.log`, `vmm.pid` and `cgroup` (the VMM's cgroup).
+//! (capped), `vmm.log`, `vmm.pid`, `cgroup` (the VMM's cgroup) and
+//! `network.json` (what the shim added to the pod's network namespace, see
+//! [`crate::network`]).
 //! [`clean_up_leftovers`] removes all of it, also after a crash.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cocoon_protocol::client::{Agent, AgentCalls};
-use cocoon_vmm_command::{SandboxVm, VmmCommand};
+use cocoon_vmm_command::{NetDevice, SandboxVm, VmmCommand};
 use containerd_shim::monitor::{monitor_subscribe, monitor_unsubscribe, Subject, Topic};
 use containerd_shim::protos::api::Mount;
 use nix::sys::signal::{kill, Signal};
@@ -25,6 +28,7 @@ use crate::config::Config;
 use crate::error::Result as ShimResult;
 use crate::guest::{vm_exited, Guest};
 use crate::io::{self, Relay, StdioPaths};
+use crate::network::{self, NetworkError};
 use crate::share::{Share, ShareError};
 use crate::vm_shape::VmShape;
 
@@ -34,6 +38,10 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 const SHUTDOWN_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the agent may take to mount the share.
 const MOUNT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agent may take to configure the guest's network.
+const NETWORK_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The descriptor number the VMM finds the pod network's tap under.
+const VMM_TAP_FD: i32 = 3;
 /// Console lines quoted in boot failures.
 const CONSOLE_TAIL_LINES: usize = 20;
 
@@ -65,6 +73,8 @@ pub enum SandboxError {
     Share(#[from] ShareError),
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
 }
 
 pub struct Sandbox {
@@ -109,6 +119,7 @@ impl Sandbox {
         dir: PathBuf,
         shape: &VmShape,
         cgroup: Option<&Path>,
+        netns: Option<&Path>,
     ) -> Result<Self, SandboxError> {
         for (what, key, path) in [
             ("guest kernel", "kernel", &config.kernel),
@@ -124,7 +135,7 @@ impl Sandbox {
             }
         }
         clean_up_leftovers(&dir);
-        let booted = match Self::prepare(config, &dir, cgroup) {
+        let booted = match Self::prepare(config, &dir, cgroup, netns) {
             Ok(prepared) => Self::boot(config, namespace, dir.clone(), shape, prepared).await,
             Err(error) => Err(error),
         };
@@ -134,11 +145,13 @@ impl Sandbox {
         booted
     }
 
-    // The state directory, the share, the VMM's jail and cgroup.
+    // The state directory, the share, the VMM's jail and cgroup, the tap in
+    // the pod's network namespace.
     fn prepare(
         config: &Config,
         dir: &Path,
         cgroup: Option<&Path>,
+        netns: Option<&Path>,
     ) -> Result<Prepared, SandboxError> {
         let state = |path: &Path| {
             let path = path.to_path_buf();
@@ -162,11 +175,16 @@ impl Sandbox {
             None => None,
         };
         let vmm_log = std::fs::File::create(dir.join("vmm.log")).map_err(state(dir))?;
+        let network = match netns {
+            Some(netns) => network::attach(netns, dir)?,
+            None => None,
+        };
         Ok(Prepared {
             share,
             jail,
             cgroup,
             vmm_log,
+            network,
         })
     }
 
@@ -182,6 +200,7 @@ impl Sandbox {
             jail,
             cgroup,
             vmm_log,
+            network,
         } = prepared;
         let vsock = dir.join("vsock.sock");
         let console = dir.join("console.log");
@@ -203,19 +222,27 @@ impl Sandbox {
             console_limit_bytes: config.console_limit_mib << 20,
             jail: &jail,
             cgroup: cgroup.as_deref(),
-            net: None,
+            net: network.as_ref().map(|attached| NetDevice {
+                tap_fd: VMM_TAP_FD,
+                mac: attached.mac,
+            }),
         })
         .command(&config.vmm);
         command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(vmm_log);
+        if let Some(attached) = &network {
+            pass_tap(&mut command, attached.tap.as_raw_fd());
+        }
         let launched = std::time::Instant::now();
         let child = command.spawn().map_err(|source| SandboxError::Spawn {
             vmm: config.vmm.display().to_string(),
             source,
         })?;
         let vmm_pid = child.id() as i32;
+        // The VMM has the tap now; ours would only keep it alive.
+        let network_request = network.map(|attached| attached.request);
         let _ = std::fs::write(dir.join("vmm.pid"), vmm_pid.to_string());
         let (exit_sender, vmm_exit) = watch::channel(None);
         tokio::spawn(async move {
@@ -273,6 +300,23 @@ impl Sandbox {
             "cocoon-vmm {vmm_pid}: share mounted {:?} after launch",
             launched.elapsed()
         );
+        if let Some(request) = network_request {
+            let configured = sandbox
+                .agent
+                .with_call_timeout(NETWORK_CALL_TIMEOUT)
+                .setup_network(request)
+                .await;
+            if let Err(error) = configured {
+                sandbox.stop().await;
+                return Err(SandboxError::Agent(format!(
+                    "configuring the guest's network: {error}"
+                )));
+            }
+            tracing::info!(
+                "cocoon-vmm {vmm_pid}: network configured {:?} after launch",
+                launched.elapsed()
+            );
+        }
         Ok(sandbox)
     }
 
@@ -344,6 +388,8 @@ pub fn clean_up_leftovers(dir: &Path) {
             wait_until_gone(pid);
         }
     }
+    // After the VMM: it holds the tap.
+    network::detach(dir);
     Share::unmount_all(dir);
     if let Ok(path) = std::fs::read_to_string(dir.join(CGROUP_RECORD)) {
         cgroup::remove(Path::new(&path));
@@ -382,6 +428,30 @@ struct Prepared {
     jail: PathBuf,
     cgroup: Option<PathBuf>,
     vmm_log: std::fs::File,
+    /// The pod's network, when its namespace has an interface.
+    network: Option<network::Attached>,
+}
+
+/// Has the VMM inherit the tap at `tap` as [`VMM_TAP_FD`], the one
+/// descriptor besides stdio it inherits (everything the shim opens is
+/// close-on-exec).
+fn pass_tap(command: &mut std::process::Command, tap: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes async-signal-safe calls (dup2, fcntl) on descriptors it owns.
+    unsafe {
+        command.pre_exec(move || {
+            if tap == VMM_TAP_FD {
+                // dup2 onto itself would keep close-on-exec.
+                if libc::fcntl(tap, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(tap, VMM_TAP_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Creates `dir` and any missing parent, each readable by root only: the

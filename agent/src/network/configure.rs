@@ -80,10 +80,13 @@ fn links(netlink: &mut Netlink) -> Result<Vec<(u32, Option<[u8; 6]>)>> {
             _ => None,
         })
         .map(|link| {
-            let mac = link.attributes.iter().find_map(|attribute| match attribute {
-                LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
-                _ => None,
-            });
+            let mac = link
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                    _ => None,
+                });
             (link.header.index, mac)
         })
         .collect())
@@ -105,7 +108,8 @@ fn configure_interface(
     // up below.
     let mut link = LinkMessage::default();
     link.header.index = index;
-    link.attributes.push(LinkAttribute::IfName(interface.name.clone()));
+    link.attributes
+        .push(LinkAttribute::IfName(interface.name.clone()));
     if let Some(mtu) = interface.mtu {
         link.attributes.push(LinkAttribute::Mtu(mtu));
     }
@@ -120,7 +124,9 @@ fn configure_interface(
         message.header.family = family(address.ip);
         message.header.prefix_len = address.prefix;
         message.header.index = index;
-        message.attributes.push(AddressAttribute::Address(address.ip));
+        message
+            .attributes
+            .push(AddressAttribute::Address(address.ip));
         if address.ip.is_ipv4() {
             message.attributes.push(AddressAttribute::Local(address.ip));
         } else {
@@ -161,7 +167,9 @@ fn add_route(netlink: &mut Netlink, index: u32, route: &PlannedRoute) -> Result<
     if route.destination.prefix > 0 {
         message
             .attributes
-            .push(RouteAttribute::Destination(route_address(route.destination.ip)));
+            .push(RouteAttribute::Destination(route_address(
+                route.destination.ip,
+            )));
     }
     if let Some(gateway) = route.gateway {
         message
@@ -174,7 +182,9 @@ fn add_route(netlink: &mut Netlink, index: u32, route: &PlannedRoute) -> Result<
             .push(RouteAttribute::PrefSource(route_address(source)));
     }
     if route.metric != 0 {
-        message.attributes.push(RouteAttribute::Priority(route.metric));
+        message
+            .attributes
+            .push(RouteAttribute::Priority(route.metric));
     }
     message.attributes.push(RouteAttribute::Oif(index));
     netlink
@@ -196,7 +206,10 @@ fn add_neighbour(netlink: &mut Netlink, index: u32, neighbour: &PlannedNeighbour
         .attributes
         .push(NeighbourAttribute::LinkLayerAddress(neighbour.mac.to_vec()));
     netlink
-        .change(RouteNetlinkMessage::NewNeighbour(message), CREATE_OR_REPLACE)
+        .change(
+            RouteNetlinkMessage::NewNeighbour(message),
+            CREATE_OR_REPLACE,
+        )
         .map_err(|e| {
             AgentError::FailedPrecondition(format!(
                 "adding neighbour {} lladdr {} dev {}: {e}",

@@ -65,11 +65,11 @@ impl Netlink {
             while offset < bytes.len() {
                 let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[offset..])
                     .map_err(|e| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!("undecodable netlink answer: {e}"),
-                        )
-                    })?;
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("undecodable netlink answer: {e}"),
+                    )
+                })?;
                 let length = answer.header.length as usize;
                 if length == 0 {
                     break;

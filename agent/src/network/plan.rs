@@ -88,7 +88,10 @@ impl Plan {
             .map(interface)
             .collect::<Result<Vec<_>>>()?;
         for (i, a) in interfaces.iter().enumerate() {
-            if interfaces[..i].iter().any(|b| b.name == a.name || b.mac == a.mac) {
+            if interfaces[..i]
+                .iter()
+                .any(|b| b.name == a.name || b.mac == a.mac)
+            {
                 return Err(invalid(format!(
                     "interface {} ({}) is given twice",
                     a.name,
@@ -197,8 +200,9 @@ fn route(request: &Route) -> Result<PlannedRoute> {
                 )))
             }
         },
-        text => parse_cidr(text)
-            .ok_or_else(|| invalid(format!("{}: invalid destination", what())))?,
+        text => {
+            parse_cidr(text).ok_or_else(|| invalid(format!("{}: invalid destination", what())))?
+        }
     };
     if gateway.is_some_and(|g| g.is_ipv4() != destination.ip.is_ipv4()) {
         return Err(invalid(format!(
@@ -327,7 +331,11 @@ mod tests {
         let plan = Plan::from_request(&request()).unwrap();
         assert_eq!(plan.interfaces[0].mac, [0x0a, 0x58, 0x0a, 0x58, 0, 5]);
         assert_eq!(plan.interfaces[0].addresses[1].to_string(), "fd00::5/64");
-        let order: Vec<String> = plan.routes.iter().map(|r| r.destination.to_string()).collect();
+        let order: Vec<String> = plan
+            .routes
+            .iter()
+            .map(|r| r.destination.to_string())
+            .collect();
         assert_eq!(order, ["10.89.0.0/16", "0.0.0.0/0", "::/0"]);
         assert_eq!(plan.routes[1].gateway, Some("10.88.0.1".parse().unwrap()));
         assert_eq!(plan.neighbours[0].mac, [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]);
@@ -341,12 +349,27 @@ mod tests {
             let error = Plan::from_request(&request).unwrap_err().to_string();
             assert!(error.contains(words), "{error:?} lacks {words:?}");
         };
-        refused(&|r| r.interfaces[0].mac = "0a:58".into(), "invalid MAC \"0a:58\"");
-        refused(&|r| r.interfaces[0].name = "a/b".into(), "invalid interface name");
-        refused(&|r| r.interfaces[0].addresses[0] = "10.0.0.1".into(), "invalid address");
-        refused(&|r| r.interfaces[0].addresses[0] = "10.0.0.1/33".into(), "invalid address");
+        refused(
+            &|r| r.interfaces[0].mac = "0a:58".into(),
+            "invalid MAC \"0a:58\"",
+        );
+        refused(
+            &|r| r.interfaces[0].name = "a/b".into(),
+            "invalid interface name",
+        );
+        refused(
+            &|r| r.interfaces[0].addresses[0] = "10.0.0.1".into(),
+            "invalid address",
+        );
+        refused(
+            &|r| r.interfaces[0].addresses[0] = "10.0.0.1/33".into(),
+            "invalid address",
+        );
         refused(&|r| r.interfaces[0].mtu = 20, "invalid MTU 20");
-        refused(&|r| r.routes[0].device = "eth1".into(), "device \"eth1\" is none");
+        refused(
+            &|r| r.routes[0].device = "eth1".into(),
+            "device \"eth1\" is none",
+        );
         refused(
             &|r| {
                 r.routes[0].destination = "10.0.0.0/8".into();
@@ -355,10 +378,19 @@ mod tests {
             "different families",
         );
         refused(&|r| r.routes[0].gateway.clear(), "without a gateway");
-        refused(&|r| r.routes[0].scope = "link".into(), "cannot have Link scope");
+        refused(
+            &|r| r.routes[0].scope = "link".into(),
+            "cannot have Link scope",
+        );
         refused(&|r| r.routes[1].scope = "galaxy".into(), "unknown scope");
-        refused(&|r| r.routes[1].source = "fd00::5".into(), "different families");
-        refused(&|r| r.neighbours[0].ip = "x".into(), "neighbour: invalid address");
+        refused(
+            &|r| r.routes[1].source = "fd00::5".into(),
+            "different families",
+        );
+        refused(
+            &|r| r.neighbours[0].ip = "x".into(),
+            "neighbour: invalid address",
+        );
         refused(
             &|r| {
                 let twin = r.interfaces[0].clone();

@@ -24,7 +24,7 @@ where
 {
     let namespace = std::fs::File::open(netns).map_err(|source| NetworkError::Netns {
         path: netns.display().to_string(),
-        source: source.into(),
+        source,
     })?;
     let path = netns.display().to_string();
     let thread = std::thread::Builder::new()

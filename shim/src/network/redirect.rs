@@ -12,7 +12,7 @@ use rtnetlink::Handle;
 use super::NetworkError;
 
 /// `protocol all`, as the kernel reads it: network byte order.
-const ETH_P_ALL: u16 = (libc::ETH_P_ALL as u16).to_be();
+pub const ETH_P_ALL: u16 = (libc::ETH_P_ALL as u16).to_be();
 /// The filters' priority (tc's `pref`).
 const PRIORITY: u16 = 1;
 
@@ -50,7 +50,12 @@ pub async fn remove(handle: &Handle, index: u32) -> Result<(), NetworkError> {
         .attributes
         .push(TcAttribute::Kind("ingress".to_string()));
     match request.execute().await {
-        Err(error) if matches!(errno(&error), Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)) => {
+        Err(error)
+            if matches!(
+                errno(&error),
+                Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)
+            ) =>
+        {
             Ok(())
         }
         result => result.map_err(|e| NetworkError::netlink("removing an ingress qdisc", e)),

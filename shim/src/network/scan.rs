@@ -124,10 +124,13 @@ pub async fn scan(handle: &Handle) -> Result<Option<Scanned>, NetworkError> {
         .into_iter()
         .filter(|address| address.header.index == index)
         .filter_map(|address| {
-            let ip = address.attributes.iter().find_map(|attribute| match attribute {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            })?;
+            let ip = address
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })?;
             keep_address(ip).then_some((ip, address.header.prefix_len))
         })
         .collect();
@@ -189,10 +192,12 @@ pub async fn scan(handle: &Handle) -> Result<Option<Scanned>, NetworkError> {
 }
 
 pub fn link_name(link: &LinkMessage) -> Option<String> {
-    link.attributes.iter().find_map(|attribute| match attribute {
-        LinkAttribute::IfName(name) => Some(name.clone()),
-        _ => None,
-    })
+    link.attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::IfName(name) => Some(name.clone()),
+            _ => None,
+        })
 }
 
 /// IPv6 link-local addresses are left to the guest kernel.
@@ -293,7 +298,9 @@ mod tests {
         route.header.kind = RouteType::Unicast;
         route
             .attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet("10.88.0.1".parse().unwrap())));
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(
+                "10.88.0.1".parse().unwrap(),
+            )));
         route.attributes.push(RouteAttribute::Oif(oif));
         route
     }
