@@ -39,3 +39,6 @@ fn write_resolv_conf(dns: &cocoon_protocol::api::agent::Dns) -> Result<()> {
     std::fs::write("/run/cocoon/resolv.conf", text)
         .map_err(|e| AgentError::internal("writing resolv.conf", e))
 }
+
+#[cfg(test)]
+mod tests;

@@ -40,6 +40,17 @@ pub enum Scope {
     Host,
 }
 
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scope::Universe => "universe",
+            Scope::Site => "site",
+            Scope::Link => "link",
+            Scope::Host => "host",
+        })
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct PlannedRoute {
     pub destination: Cidr,
@@ -56,7 +67,7 @@ impl std::fmt::Display for PlannedRoute {
         if let Some(gateway) = self.gateway {
             write!(f, " via {gateway}")?;
         }
-        write!(f, " dev {} scope {:?}", self.device, self.scope)?;
+        write!(f, " dev {} scope {}", self.device, self.scope)?;
         if let Some(source) = self.source {
             write!(f, " src {source}")?;
         }
@@ -219,7 +230,7 @@ fn route(request: &Route) -> Result<PlannedRoute> {
     };
     if gateway.is_some() && matches!(scope, Scope::Link | Scope::Host) {
         return Err(invalid(format!(
-            "{}: a route through a gateway cannot have {:?} scope",
+            "{}: a route through a gateway cannot have {} scope",
             what(),
             scope
         )));
@@ -380,7 +391,7 @@ mod tests {
         refused(&|r| r.routes[0].gateway.clear(), "without a gateway");
         refused(
             &|r| r.routes[0].scope = "link".into(),
-            "cannot have Link scope",
+            "cannot have link scope",
         );
         refused(&|r| r.routes[1].scope = "galaxy".into(), "unknown scope");
         refused(
