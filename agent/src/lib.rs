@@ -10,6 +10,7 @@ pub mod helper;
 pub mod host_only;
 pub mod init;
 pub mod mounts;
+pub mod pod_tmpfs;
 pub mod pty;
 pub mod reaper;
 pub mod service;

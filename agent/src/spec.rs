@@ -5,6 +5,14 @@
 //! (e.g. the host's network namespace), hooks (host binaries), and LSM labels
 //! (the guest kernel has no AppArmor or SELinux). The translation works on the
 //! JSON itself so every field we do not touch passes through unchanged.
+//!
+//! Namespaces: the VM is the pod. Every container shares the guest's network
+//! (the pod's interface is the guest's), so a network namespace the host
+//! named by path is no namespace at all in the guest; one without a path (a
+//! container of its own, `ctr run`) is still a new, empty one. The other
+//! namespaces a CRI container names by path are its pod's (IPC, UTS, and PID
+//! when the pod shares it): in the guest they are the namespaces of the
+//! pod's sandbox container, joined through its init process.
 
 use std::path::Path;
 
@@ -25,6 +33,20 @@ pub struct Placement<'a> {
     pub rootfs: &'a Path,
     /// Whether the shim attaches a terminal.
     pub terminal: bool,
+    /// The guest pid of the init process of the pod's sandbox container,
+    /// when this container joins a pod that runs in this guest.
+    pub pod_sandbox_pid: Option<i32>,
+}
+
+/// The annotation containerd's CRI puts on every container of a pod.
+const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The id of the pod's sandbox container, if the spec names one other than
+/// `container_id` itself.
+pub fn pod_sandbox_id(spec_json: &[u8], container_id: &str) -> Option<String> {
+    let spec: Value = serde_json::from_slice(spec_json).ok()?;
+    let sandbox = spec["annotations"][SANDBOX_ID_ANNOTATION].as_str()?;
+    (sandbox != container_id).then(|| sandbox.to_owned())
 }
 
 /// The guest's cgroup of a container.
@@ -67,11 +89,7 @@ pub fn translate_spec(spec_json: &[u8], placement: &Placement) -> Result<Vec<u8>
     );
     linux.remove("mountLabel");
     if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
-        // A host namespace path cannot be joined from inside the VM: the
-        // container gets a new namespace of that type in the guest.
-        for namespace in namespaces.iter_mut().filter_map(Value::as_object_mut) {
-            namespace.remove("path");
-        }
+        place_namespaces(namespaces, placement.pod_sandbox_pid);
     }
 
     let process = object
@@ -97,6 +115,26 @@ pub fn translate_process(process_json: &[u8], placement: &Placement) -> Result<V
     serde_json::from_value::<oci_spec::runtime::Process>(process.clone())
         .map_err(|e| SpecError::InvalidProcess(e.to_string()))?;
     serde_json::to_vec(&process).map_err(|e| SpecError::InvalidProcess(e.to_string()))
+}
+
+/// A host namespace path cannot be joined from inside the VM: a network
+/// namespace named by path is the guest's own (the pod's network), other
+/// types join the pod's sandbox container, else get a new namespace.
+fn place_namespaces(namespaces: &mut Vec<Value>, pod_sandbox_pid: Option<i32>) {
+    namespaces
+        .retain(|namespace| !(namespace["type"] == "network" && namespace.get("path").is_some()));
+    for namespace in namespaces.iter_mut().filter_map(Value::as_object_mut) {
+        let had_path = namespace.remove("path").is_some();
+        let proc_name = match namespace.get("type").and_then(Value::as_str) {
+            Some("ipc") => "ipc",
+            Some("uts") => "uts",
+            Some("pid") => "pid",
+            _ => continue,
+        };
+        if let (true, Some(pid)) = (had_path, pod_sandbox_pid) {
+            namespace.insert("path".into(), json!(format!("/proc/{pid}/ns/{proc_name}")));
+        }
+    }
 }
 
 fn fix_process(process: &mut Map<String, Value>, placement: &Placement) {
@@ -157,6 +195,7 @@ mod tests {
             container_id: "c1",
             rootfs,
             terminal: false,
+            pod_sandbox_pid: None,
         }
     }
 
@@ -205,9 +244,41 @@ mod tests {
         assert!(spec.get("hooks").is_none());
         assert!(spec["linux"].get("mountLabel").is_none());
         assert!(spec["process"].get("apparmorProfile").is_none());
+        assert_eq!(spec["linux"]["namespaces"], json!([{ "type": "pid" }]));
+    }
+
+    #[test]
+    fn pod_containers_join_the_sandbox_and_share_the_guest_network() {
+        let mut spec = host_spec();
+        spec["annotations"] = json!({ "io.kubernetes.cri.sandbox-id": "pod1" });
+        spec["linux"]["namespaces"] = json!([
+            { "type": "pid" },
+            { "type": "ipc", "path": "/proc/4242/ns/ipc" },
+            { "type": "uts", "path": "/proc/4242/ns/uts" },
+            { "type": "mount" },
+            { "type": "network", "path": "/proc/4242/ns/net" },
+        ]);
+        let bytes = serde_json::to_vec(&spec).unwrap();
+        assert_eq!(pod_sandbox_id(&bytes, "app").as_deref(), Some("pod1"));
+        assert_eq!(pod_sandbox_id(&bytes, "pod1"), None);
+        let mut place = placement(Path::new("/r"));
+        place.pod_sandbox_pid = Some(7);
+        let translated: Value =
+            serde_json::from_slice(&translate_spec(&bytes, &place).unwrap()).unwrap();
         assert_eq!(
-            spec["linux"]["namespaces"],
-            json!([{ "type": "pid" }, { "type": "network" }])
+            translated["linux"]["namespaces"],
+            json!([
+                { "type": "pid" },
+                { "type": "ipc", "path": "/proc/7/ns/ipc" },
+                { "type": "uts", "path": "/proc/7/ns/uts" },
+                { "type": "mount" },
+            ])
+        );
+        // Without the sandbox in this guest: new namespaces.
+        let translated = translate(&spec, Path::new("/r"));
+        assert_eq!(
+            translated["linux"]["namespaces"],
+            json!([{ "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }])
         );
     }
 
