@@ -147,7 +147,7 @@ fn a_pods_containers_share_its_namespaces_and_shm_in_one_vm() {
     let pod_said = containerd.exec(
         "pod",
         "write",
-        "echo from-the-pod > /dev/shm/note; readlink /proc/self/ns/ipc /proc/self/ns/uts",
+        "echo from-the-pod > /dev/shm/note; readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts",
     );
 
     // As CRI creates an app container: the pod's namespaces by path (a host
@@ -157,7 +157,7 @@ fn a_pods_containers_share_its_namespaces_and_shm_in_one_vm() {
         &[
             "sh",
             "-c",
-            "hostname; cat /dev/shm/note; readlink /proc/self/ns/ipc /proc/self/ns/uts",
+            "hostname; cat /dev/shm/note; readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts",
         ],
     );
     app["annotations"] = json!({
