@@ -113,10 +113,11 @@ impl Containers {
         };
         let spec = spec::translate_spec(spec_json, &placement)?;
         crate::pod_tmpfs::prepare(spec_json)?;
+        crate::sysctl::set_network(&spec.pod_network_sysctls)?;
         std::fs::create_dir_all(&bundle)
             .map_err(|e| AgentError::internal("creating the bundle", e))?;
         let result = async {
-            std::fs::write(bundle.join("config.json"), spec)
+            std::fs::write(bundle.join("config.json"), spec.json)
                 .map_err(|e| AgentError::internal("writing config.json", e))?;
             let job = |console_socket| Job::Create {
                 container_id: id.into(),

@@ -16,5 +16,6 @@ pub mod reaper;
 pub mod service;
 pub mod spec;
 pub mod stdio;
+pub mod sysctl;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

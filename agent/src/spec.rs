@@ -54,8 +54,18 @@ pub fn cgroup_path(container_id: &str) -> String {
     format!("/cocoon/{container_id}")
 }
 
+/// A container's spec for the guest, and what the agent sets up for it.
+#[derive(Debug)]
+pub struct GuestSpec {
+    pub json: Vec<u8>,
+    /// `net.*` sysctls of a container in the pod's network, which is the
+    /// guest's own: the agent sets them there (libcontainer refuses them for
+    /// a container without a network namespace of its own).
+    pub pod_network_sysctls: Vec<(String, String)>,
+}
+
 /// Translates a container's config.json for the guest.
-pub fn translate_spec(spec_json: &[u8], placement: &Placement) -> Result<Vec<u8>, SpecError> {
+pub fn translate_spec(spec_json: &[u8], placement: &Placement) -> Result<GuestSpec, SpecError> {
     let mut spec: Value =
         serde_json::from_slice(spec_json).map_err(|e| SpecError::Invalid(e.to_string()))?;
     let object = spec
@@ -88,8 +98,11 @@ pub fn translate_spec(spec_json: &[u8], placement: &Placement) -> Result<Vec<u8>
         json!(cgroup_path(placement.container_id)),
     );
     linux.remove("mountLabel");
+    let mut pod_network_sysctls = Vec::new();
     if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
-        place_namespaces(namespaces, placement.pod_sandbox_pid);
+        if place_namespaces(namespaces, placement.pod_sandbox_pid) {
+            pod_network_sysctls = take_network_sysctls(linux);
+        }
     }
 
     let process = object
@@ -101,7 +114,31 @@ pub fn translate_spec(spec_json: &[u8], placement: &Placement) -> Result<Vec<u8>
     // Refuse what libcontainer would refuse, with serde's words for where.
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
         .map_err(|e| SpecError::Invalid(e.to_string()))?;
-    serde_json::to_vec(&spec).map_err(|e| SpecError::Invalid(e.to_string()))
+    let json = serde_json::to_vec(&spec).map_err(|e| SpecError::Invalid(e.to_string()))?;
+    Ok(GuestSpec {
+        json,
+        pod_network_sysctls,
+    })
+}
+
+/// Removes the `net.*` sysctls (either spelling, `net.x` or `net/x`) from
+/// `linux.sysctl` and returns them, dotted.
+fn take_network_sysctls(linux: &mut Map<String, Value>) -> Vec<(String, String)> {
+    let Some(sysctls) = linux.get_mut("sysctl").and_then(Value::as_object_mut) else {
+        return Vec::new();
+    };
+    let network: Vec<String> = sysctls
+        .keys()
+        .filter(|key| key.replace('/', ".").starts_with("net."))
+        .cloned()
+        .collect();
+    network
+        .into_iter()
+        .filter_map(|key| {
+            let value = sysctls.remove(&key)?;
+            Some((key.replace('/', "."), value.as_str()?.to_owned()))
+        })
+        .collect()
 }
 
 /// Translates the process of an exec into a running container.
@@ -120,9 +157,12 @@ pub fn translate_process(process_json: &[u8], placement: &Placement) -> Result<V
 /// A host namespace path cannot be joined from inside the VM: a network
 /// namespace named by path is the guest's own (the pod's network), other
 /// types join the pod's sandbox container, else get a new namespace.
-fn place_namespaces(namespaces: &mut Vec<Value>, pod_sandbox_pid: Option<i32>) {
+/// Returns whether the container is in the pod's network.
+fn place_namespaces(namespaces: &mut Vec<Value>, pod_sandbox_pid: Option<i32>) -> bool {
+    let before = namespaces.len();
     namespaces
         .retain(|namespace| !(namespace["type"] == "network" && namespace.get("path").is_some()));
+    let in_pod_network = namespaces.len() != before;
     for namespace in namespaces.iter_mut().filter_map(Value::as_object_mut) {
         let had_path = namespace.remove("path").is_some();
         let proc_name = match namespace.get("type").and_then(Value::as_str) {
@@ -135,6 +175,7 @@ fn place_namespaces(namespaces: &mut Vec<Value>, pod_sandbox_pid: Option<i32>) {
             namespace.insert("path".into(), json!(format!("/proc/{pid}/ns/{proc_name}")));
         }
     }
+    in_pod_network
 }
 
 fn fix_process(process: &mut Map<String, Value>, placement: &Placement) {
@@ -224,8 +265,8 @@ mod tests {
     }
 
     fn translate(spec: &Value, rootfs: &Path) -> Value {
-        let bytes = translate_spec(&serde_json::to_vec(spec).unwrap(), &placement(rootfs)).unwrap();
-        serde_json::from_slice(&bytes).unwrap()
+        let guest = translate_spec(&serde_json::to_vec(spec).unwrap(), &placement(rootfs)).unwrap();
+        serde_json::from_slice(&guest.json).unwrap()
     }
 
     #[test]
@@ -264,7 +305,7 @@ mod tests {
         let mut place = placement(Path::new("/r"));
         place.pod_sandbox_pid = Some(7);
         let translated: Value =
-            serde_json::from_slice(&translate_spec(&bytes, &place).unwrap()).unwrap();
+            serde_json::from_slice(&translate_spec(&bytes, &place).unwrap().json).unwrap();
         assert_eq!(
             translated["linux"]["namespaces"],
             json!([
@@ -280,6 +321,37 @@ mod tests {
             translated["linux"]["namespaces"],
             json!([{ "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }])
         );
+    }
+
+    #[test]
+    fn the_pods_network_sysctls_are_set_by_the_agent() {
+        let mut spec = host_spec();
+        spec["linux"]["sysctl"] = json!({
+            "net.ipv4.ip_unprivileged_port_start": "0",
+            "net/ipv4/ping_group_range": "0 2147483647",
+            "kernel.shm_rmid_forced": "1",
+        });
+        let bytes = serde_json::to_vec(&spec).unwrap();
+        let guest = translate_spec(&bytes, &placement(Path::new("/r"))).unwrap();
+        let mut sysctls = guest.pod_network_sysctls.clone();
+        sysctls.sort();
+        assert_eq!(
+            sysctls,
+            [
+                ("net.ipv4.ip_unprivileged_port_start".into(), "0".into()),
+                ("net.ipv4.ping_group_range".into(), "0 2147483647".into()),
+            ]
+        );
+        let translated: Value = serde_json::from_slice(&guest.json).unwrap();
+        assert_eq!(
+            translated["linux"]["sysctl"],
+            json!({ "kernel.shm_rmid_forced": "1" })
+        );
+        // A container with a network namespace of its own keeps them.
+        spec["linux"]["namespaces"] = json!([{ "type": "network" }]);
+        let bytes = serde_json::to_vec(&spec).unwrap();
+        let guest = translate_spec(&bytes, &placement(Path::new("/r"))).unwrap();
+        assert!(guest.pod_network_sysctls.is_empty());
     }
 
     #[test]
