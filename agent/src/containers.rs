@@ -103,16 +103,21 @@ impl Containers {
                 )));
             }
         }
+        let pod_sandbox_pid =
+            spec::pod_sandbox_id(spec_json, id).and_then(|sandbox| self.pid(&sandbox, "").ok());
         let placement = Placement {
             container_id: id,
             rootfs: &rootfs,
             terminal: stdio.terminal,
+            pod_sandbox_pid,
         };
         let spec = spec::translate_spec(spec_json, &placement)?;
+        crate::pod_tmpfs::prepare(spec_json)?;
+        crate::sysctl::set_network(&spec.pod_network_sysctls)?;
         std::fs::create_dir_all(&bundle)
             .map_err(|e| AgentError::internal("creating the bundle", e))?;
         let result = async {
-            std::fs::write(bundle.join("config.json"), spec)
+            std::fs::write(bundle.join("config.json"), spec.json)
                 .map_err(|e| AgentError::internal("writing config.json", e))?;
             let job = |console_socket| Job::Create {
                 container_id: id.into(),
@@ -178,6 +183,7 @@ impl Containers {
             container_id: id,
             rootfs: &rootfs,
             terminal: stdio.terminal,
+            pod_sandbox_pid: None,
         };
         let process = spec::translate_process(process_json, &placement)?;
         let process_path = bundle.join(format!("exec-{exec_id}.json"));

@@ -11,10 +11,12 @@ pub mod host_only;
 pub mod init;
 pub mod mounts;
 pub mod network;
+pub mod pod_tmpfs;
 pub mod pty;
 pub mod reaper;
 pub mod service;
 pub mod spec;
 pub mod stdio;
+pub mod sysctl;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,6 +5,14 @@
 //! (e.g. the host's network namespace), hooks (host binaries), and LSM labels
 //! (the guest kernel has no AppArmor or SELinux). The translation works on the
 //! JSON itself so every field we do not touch passes through unchanged.
+//!
+//! Namespaces: the VM is the pod. Every container shares the guest's network
+//! (the pod's interface is the guest's), so a network namespace the host
+//! named by path is no namespace at all in the guest; one without a path (a
+//! container of its own, `ctr run`) is still a new, empty one. The other
+//! namespaces a CRI container names by path are its pod's (IPC, UTS, and PID
+//! when the pod shares it): in the guest they are the namespaces of the
+//! pod's sandbox container, joined through its init process.
 
 use std::path::Path;
 
@@ -25,6 +33,20 @@ pub struct Placement<'a> {
     pub rootfs: &'a Path,
     /// Whether the shim attaches a terminal.
     pub terminal: bool,
+    /// The guest pid of the init process of the pod's sandbox container,
+    /// when this container joins a pod that runs in this guest.
+    pub pod_sandbox_pid: Option<i32>,
+}
+
+/// The annotation containerd's CRI puts on every container of a pod.
+const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The id of the pod's sandbox container, if the spec names one other than
+/// `container_id` itself.
+pub fn pod_sandbox_id(spec_json: &[u8], container_id: &str) -> Option<String> {
+    let spec: Value = serde_json::from_slice(spec_json).ok()?;
+    let sandbox = spec["annotations"][SANDBOX_ID_ANNOTATION].as_str()?;
+    (sandbox != container_id).then(|| sandbox.to_owned())
 }
 
 /// The guest's cgroup of a container.
@@ -32,8 +54,18 @@ pub fn cgroup_path(container_id: &str) -> String {
     format!("/cocoon/{container_id}")
 }
 
+/// A container's spec for the guest, and what the agent sets up for it.
+#[derive(Debug)]
+pub struct GuestSpec {
+    pub json: Vec<u8>,
+    /// `net.*` sysctls of a container in the pod's network, which is the
+    /// guest's own: the agent sets them there (libcontainer refuses them for
+    /// a container without a network namespace of its own).
+    pub pod_network_sysctls: Vec<(String, String)>,
+}
+
 /// Translates a container's config.json for the guest.
-pub fn translate_spec(spec_json: &[u8], placement: &Placement) -> Result<Vec<u8>, SpecError> {
+pub fn translate_spec(spec_json: &[u8], placement: &Placement) -> Result<GuestSpec, SpecError> {
     let mut spec: Value =
         serde_json::from_slice(spec_json).map_err(|e| SpecError::Invalid(e.to_string()))?;
     let object = spec
@@ -66,11 +98,10 @@ pub fn translate_spec(spec_json: &[u8], placement: &Placement) -> Result<Vec<u8>
         json!(cgroup_path(placement.container_id)),
     );
     linux.remove("mountLabel");
+    let mut pod_network_sysctls = Vec::new();
     if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
-        // A host namespace path cannot be joined from inside the VM: the
-        // container gets a new namespace of that type in the guest.
-        for namespace in namespaces.iter_mut().filter_map(Value::as_object_mut) {
-            namespace.remove("path");
+        if place_namespaces(namespaces, placement.pod_sandbox_pid) {
+            pod_network_sysctls = take_network_sysctls(linux);
         }
     }
 
@@ -83,7 +114,31 @@ pub fn translate_spec(spec_json: &[u8], placement: &Placement) -> Result<Vec<u8>
     // Refuse what libcontainer would refuse, with serde's words for where.
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
         .map_err(|e| SpecError::Invalid(e.to_string()))?;
-    serde_json::to_vec(&spec).map_err(|e| SpecError::Invalid(e.to_string()))
+    let json = serde_json::to_vec(&spec).map_err(|e| SpecError::Invalid(e.to_string()))?;
+    Ok(GuestSpec {
+        json,
+        pod_network_sysctls,
+    })
+}
+
+/// Removes the `net.*` sysctls (either spelling, `net.x` or `net/x`) from
+/// `linux.sysctl` and returns them, dotted.
+fn take_network_sysctls(linux: &mut Map<String, Value>) -> Vec<(String, String)> {
+    let Some(sysctls) = linux.get_mut("sysctl").and_then(Value::as_object_mut) else {
+        return Vec::new();
+    };
+    let network: Vec<String> = sysctls
+        .keys()
+        .filter(|key| key.replace('/', ".").starts_with("net."))
+        .cloned()
+        .collect();
+    network
+        .into_iter()
+        .filter_map(|key| {
+            let value = sysctls.remove(&key)?;
+            Some((key.replace('/', "."), value.as_str()?.to_owned()))
+        })
+        .collect()
 }
 
 /// Translates the process of an exec into a running container.
@@ -97,6 +152,30 @@ pub fn translate_process(process_json: &[u8], placement: &Placement) -> Result<V
     serde_json::from_value::<oci_spec::runtime::Process>(process.clone())
         .map_err(|e| SpecError::InvalidProcess(e.to_string()))?;
     serde_json::to_vec(&process).map_err(|e| SpecError::InvalidProcess(e.to_string()))
+}
+
+/// A host namespace path cannot be joined from inside the VM: a network
+/// namespace named by path is the guest's own (the pod's network), other
+/// types join the pod's sandbox container, else get a new namespace.
+/// Returns whether the container is in the pod's network.
+fn place_namespaces(namespaces: &mut Vec<Value>, pod_sandbox_pid: Option<i32>) -> bool {
+    let before = namespaces.len();
+    namespaces
+        .retain(|namespace| !(namespace["type"] == "network" && namespace.get("path").is_some()));
+    let in_pod_network = namespaces.len() != before;
+    for namespace in namespaces.iter_mut().filter_map(Value::as_object_mut) {
+        let had_path = namespace.remove("path").is_some();
+        let proc_name = match namespace.get("type").and_then(Value::as_str) {
+            Some("ipc") => "ipc",
+            Some("uts") => "uts",
+            Some("pid") => "pid",
+            _ => continue,
+        };
+        if let (true, Some(pid)) = (had_path, pod_sandbox_pid) {
+            namespace.insert("path".into(), json!(format!("/proc/{pid}/ns/{proc_name}")));
+        }
+    }
+    in_pod_network
 }
 
 fn fix_process(process: &mut Map<String, Value>, placement: &Placement) {
@@ -157,6 +236,7 @@ mod tests {
             container_id: "c1",
             rootfs,
             terminal: false,
+            pod_sandbox_pid: None,
         }
     }
 
@@ -185,8 +265,8 @@ mod tests {
     }
 
     fn translate(spec: &Value, rootfs: &Path) -> Value {
-        let bytes = translate_spec(&serde_json::to_vec(spec).unwrap(), &placement(rootfs)).unwrap();
-        serde_json::from_slice(&bytes).unwrap()
+        let guest = translate_spec(&serde_json::to_vec(spec).unwrap(), &placement(rootfs)).unwrap();
+        serde_json::from_slice(&guest.json).unwrap()
     }
 
     #[test]
@@ -205,10 +285,73 @@ mod tests {
         assert!(spec.get("hooks").is_none());
         assert!(spec["linux"].get("mountLabel").is_none());
         assert!(spec["process"].get("apparmorProfile").is_none());
+        assert_eq!(spec["linux"]["namespaces"], json!([{ "type": "pid" }]));
+    }
+
+    #[test]
+    fn pod_containers_join_the_sandbox_and_share_the_guest_network() {
+        let mut spec = host_spec();
+        spec["annotations"] = json!({ "io.kubernetes.cri.sandbox-id": "pod1" });
+        spec["linux"]["namespaces"] = json!([
+            { "type": "pid" },
+            { "type": "ipc", "path": "/proc/4242/ns/ipc" },
+            { "type": "uts", "path": "/proc/4242/ns/uts" },
+            { "type": "mount" },
+            { "type": "network", "path": "/proc/4242/ns/net" },
+        ]);
+        let bytes = serde_json::to_vec(&spec).unwrap();
+        assert_eq!(pod_sandbox_id(&bytes, "app").as_deref(), Some("pod1"));
+        assert_eq!(pod_sandbox_id(&bytes, "pod1"), None);
+        let mut place = placement(Path::new("/r"));
+        place.pod_sandbox_pid = Some(7);
+        let translated: Value =
+            serde_json::from_slice(&translate_spec(&bytes, &place).unwrap().json).unwrap();
         assert_eq!(
-            spec["linux"]["namespaces"],
-            json!([{ "type": "pid" }, { "type": "network" }])
+            translated["linux"]["namespaces"],
+            json!([
+                { "type": "pid" },
+                { "type": "ipc", "path": "/proc/7/ns/ipc" },
+                { "type": "uts", "path": "/proc/7/ns/uts" },
+                { "type": "mount" },
+            ])
         );
+        // Without the sandbox in this guest: new namespaces.
+        let translated = translate(&spec, Path::new("/r"));
+        assert_eq!(
+            translated["linux"]["namespaces"],
+            json!([{ "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }])
+        );
+    }
+
+    #[test]
+    fn the_pods_network_sysctls_are_set_by_the_agent() {
+        let mut spec = host_spec();
+        spec["linux"]["sysctl"] = json!({
+            "net.ipv4.ip_unprivileged_port_start": "0",
+            "net/ipv4/ping_group_range": "0 2147483647",
+            "kernel.shm_rmid_forced": "1",
+        });
+        let bytes = serde_json::to_vec(&spec).unwrap();
+        let guest = translate_spec(&bytes, &placement(Path::new("/r"))).unwrap();
+        let mut sysctls = guest.pod_network_sysctls.clone();
+        sysctls.sort();
+        assert_eq!(
+            sysctls,
+            [
+                ("net.ipv4.ip_unprivileged_port_start".into(), "0".into()),
+                ("net.ipv4.ping_group_range".into(), "0 2147483647".into()),
+            ]
+        );
+        let translated: Value = serde_json::from_slice(&guest.json).unwrap();
+        assert_eq!(
+            translated["linux"]["sysctl"],
+            json!({ "kernel.shm_rmid_forced": "1" })
+        );
+        // A container with a network namespace of its own keeps them.
+        spec["linux"]["namespaces"] = json!([{ "type": "network" }]);
+        let bytes = serde_json::to_vec(&spec).unwrap();
+        let guest = translate_spec(&bytes, &placement(Path::new("/r"))).unwrap();
+        assert!(guest.pod_network_sysctls.is_empty());
     }
 
     #[test]

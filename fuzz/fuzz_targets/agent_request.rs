@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use cocoon_agent::spec::{translate_process, translate_spec, Placement};
+use cocoon_agent::spec::{pod_sandbox_id, translate_process, translate_spec, Placement};
 use cocoon_protocol::api::agent::{
     CreateContainerRequest, ExecProcessRequest, MountRequest, ResizeTtyRequest,
     SetupNetworkRequest, SignalProcessRequest, UpdateResourcesRequest,
@@ -18,6 +18,7 @@ fn placement(terminal: bool) -> Placement<'static> {
         container_id: "fuzz",
         rootfs: Path::new("/nonexistent/rootfs"),
         terminal,
+        pod_sandbox_pid: Some(1),
     }
 }
 
@@ -40,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         // Raw JSON, so the fuzzer need not learn protobuf to reach serde.
         2 => {
             let _ = translate_spec(bytes, &placement(false));
+            let _ = pod_sandbox_id(bytes, "fuzz");
         }
         3 => {
             let _ = translate_process(bytes, &placement(true));

@@ -46,6 +46,8 @@ pub enum ShimError {
     #[error(transparent)]
     Shape(#[from] crate::vm_shape::ShapeError),
     #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
+    #[error(transparent)]
     Stdio(#[from] IoError),
     #[error("encoding metrics: {0}")]
     Metrics(#[from] protobuf::Error),
@@ -62,7 +64,8 @@ impl ShimError {
             ShimError::BadRequest(_)
             | ShimError::RuntimeOptions(_)
             | ShimError::Config(_)
-            | ShimError::Shape(_) => Code::INVALID_ARGUMENT,
+            | ShimError::Shape(_)
+            | ShimError::Volume(_) => Code::INVALID_ARGUMENT,
             ShimError::ExecStarted(_)
             | ShimError::ExecRunning(_)
             | ShimError::NoSandbox

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::error::Result;
 use crate::io::{Relay, StdioPaths};
+use crate::volumes::HostVolume;
 
 #[async_trait]
 pub trait Guest: Send + Sync {
@@ -23,8 +24,13 @@ pub trait Guest: Send + Sync {
     /// (`mounts`, else the directory `root`); returns the guest path.
     async fn mount_rootfs(&self, id: &str, mounts: &[Mount], root: &Path) -> Result<String>;
 
-    /// Undoes [`Guest::mount_rootfs`], also a partial one.
-    fn unmount_rootfs(&self, id: &str);
+    /// Mounts container `id`'s volumes (its spec's bind mounts) where the
+    /// guest sees them ([`crate::volumes::guest_volume`]).
+    fn mount_volumes(&self, id: &str, volumes: &[HostVolume]) -> Result<()>;
+
+    /// Undoes [`Guest::mount_rootfs`] and [`Guest::mount_volumes`], also
+    /// partial ones.
+    fn unmount_container(&self, id: &str);
 
     /// Connects process (`id`, `exec`)'s streams to containerd's stdio and
     /// starts copying.

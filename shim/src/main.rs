@@ -22,6 +22,7 @@ mod service;
 mod share;
 mod task;
 mod vm_shape;
+mod volumes;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -66,10 +66,11 @@ pub async fn mount_rootfs(mounts: &[Mount], root: &Path, target: &Path) -> Resul
 }
 
 /// Makes the mount at `target` nosuid and nodev (keeping read-only and
-/// noexec as they were): the guest writes in it, and a setuid binary or a
-/// device node it made must give no host user anything. A bind mount ignores
-/// these flags when made, hence a remount, which works for every type.
-pub fn harden(target: &Path) -> Result<(), RootfsError> {
+/// noexec as they were; read-only also if `readonly`): the guest writes in
+/// it, and a setuid binary or a device node it made must give no host user
+/// anything. A bind mount ignores these flags when made, hence a remount,
+/// which works for every type.
+pub fn harden(target: &Path, readonly: bool) -> Result<(), RootfsError> {
     let failed = |message: String| RootfsError::Mount {
         kind: "remount nosuid,nodev".into(),
         source_path: target.display().to_string(),
@@ -77,6 +78,9 @@ pub fn harden(target: &Path) -> Result<(), RootfsError> {
     };
     let current = statvfs(target).map_err(|e| failed(e.to_string()))?.flags();
     let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
     for (kept, flag) in [
         (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),

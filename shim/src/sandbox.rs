@@ -31,6 +31,7 @@ use crate::io::{self, Relay, StdioPaths};
 use crate::network::{self, NetworkError};
 use crate::share::{Share, ShareError};
 use crate::vm_shape::VmShape;
+use crate::volumes::HostVolume;
 
 /// How long the guest gets to stop by itself before the VMM is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -353,8 +354,15 @@ impl Guest for Sandbox {
         Ok(Share::guest_rootfs(id))
     }
 
-    fn unmount_rootfs(&self, id: &str) {
-        self.share.unmount_rootfs(id);
+    fn mount_volumes(&self, id: &str, volumes: &[HostVolume]) -> ShimResult<()> {
+        for volume in volumes {
+            self.share.mount_volume(id, volume)?;
+        }
+        Ok(())
+    }
+
+    fn unmount_container(&self, id: &str) {
+        self.share.unmount_container(id);
     }
 
     fn host_pid(&self) -> u32 {

@@ -26,6 +26,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{mkdirat, Mode};
 
 use crate::rootfs::{self, RootfsError};
+use crate::volumes::HostVolume;
 
 /// Where the shim mounts; never exposed writable to the guest.
 const HOST_ONLY_DIR: &str = "mounts";
@@ -148,34 +149,67 @@ impl Share {
         root: &Path,
     ) -> Result<(), RootfsError> {
         check_id(id)?;
-        let failed = |path: &Path, step: &str, error: nix::Error| RootfsError::Create {
-            path: path.display().to_string(),
-            source: std::io::Error::other(format!("{step}: {error}")),
-        };
         let target_path = self.host_only.join(id).join("rootfs");
         let target = make_dirs_beneath(&self.host_only, &[id, "rootfs"])
             .map_err(|e| failed(&target_path, "creating the mount point", e))?;
-        let staged = Staged::mount(&self.staging, id, mounts, root).await?;
-        mount(
-            Some(&by_fd(&staged.root)),
-            &by_fd(&target),
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(|e| failed(&target_path, "binding the staged root file system", e))
+        let staged = Staged::point(&self.staging, id, PointKind::Directory)?;
+        rootfs::mount_rootfs(mounts, root, &by_fd(&staged.root)).await?;
+        let staged = staged.settle(false)?;
+        bind_into_place(&staged, &target, &target_path)
     }
 
-    /// Unmounts everything at container `id`'s root file system and removes
-    /// its directory.
-    pub fn unmount_rootfs(&self, id: &str) {
+    /// Mounts a host path (a directory or a file) at
+    /// `mounts/<id>/volumes/<index>`, where the guest sees it as
+    /// [`crate::volumes::guest_volume`]: nosuid and nodev always, read-only
+    /// if the volume says.
+    pub fn mount_volume(&self, id: &str, volume: &HostVolume) -> Result<(), RootfsError> {
+        check_id(id)?;
+        let kind = PointKind::of_source(&volume.source)?;
+        let name = volume.index.to_string();
+        let target_path = self.host_only.join(id).join("volumes").join(&name);
+        let volumes = make_dirs_beneath(&self.host_only, &[id, "volumes"])
+            .map_err(|e| failed(&target_path, "creating the volumes directory", e))?;
+        let target = make_point_beneath(&volumes, &name, kind)
+            .map_err(|e| failed(&target_path, "creating the mount point", e))?;
+        // Ids cannot hold '@': no clash with a root file system's staging point.
+        let staged = Staged::point(&self.staging, &format!("{id}@{name}"), kind)?;
+        let mut flags = MsFlags::MS_BIND;
+        if volume.recursive {
+            flags |= MsFlags::MS_REC;
+        }
+        // The source is the host's own path (containerd and kubelet wrote
+        // it), followed as runc follows it.
+        mount(
+            Some(&volume.source),
+            &by_fd(&staged.root),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| RootfsError::Mount {
+            kind: "bind".into(),
+            source_path: volume.source.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let staged = staged.settle(volume.readonly)?;
+        bind_into_place(&staged, &target, &target_path)
+    }
+
+    /// Unmounts everything of container `id` (its root file system and
+    /// volumes) and removes its directory.
+    pub fn unmount_container(&self, id: &str) {
         if check_id(id).is_err() {
             return;
         }
         let dir = self.host_only.join(id);
-        let rootfs = dir.join("rootfs");
-        // Stacked mounts (several layers of the same target) come off one by one.
-        while umount2(&rootfs, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).is_ok() {}
+        let mut points = vec![dir.join("rootfs")];
+        if let Ok(volumes) = std::fs::read_dir(dir.join("volumes")) {
+            points.extend(volumes.flatten().map(|entry| entry.path()));
+        }
+        for point in points {
+            // Stacked mounts (several layers of the same target) come off one by one.
+            while umount2(&point, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).is_ok() {}
+        }
         if crate::sandbox::has_mounts_under(&dir) {
             tracing::error!(
                 "{} still has mounts under it; leaving it in place",
@@ -215,48 +249,136 @@ fn check_id(id: &str) -> Result<(), RootfsError> {
     }
 }
 
-/// A root file system mounted and hardened in the staging directory;
-/// unmounted from there when dropped (a bind of it elsewhere stays).
+fn failed(path: &Path, step: &str, error: nix::Error) -> RootfsError {
+    RootfsError::Create {
+        path: path.display().to_string(),
+        source: std::io::Error::other(format!("{step}: {error}")),
+    }
+}
+
+/// Binds a staged, hardened mount at `target` (opened at `target_path`).
+fn bind_into_place(
+    staged: &Staged,
+    target: &OwnedFd,
+    target_path: &Path,
+) -> Result<(), RootfsError> {
+    mount(
+        Some(&by_fd(&staged.root)),
+        &by_fd(target),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| failed(target_path, "binding the staged mount into the share", e))
+}
+
+/// What a mount point is: a bind mount's target must be of its source's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PointKind {
+    Directory,
+    File,
+}
+
+impl PointKind {
+    /// Directories and regular files can be shared with the guest; a
+    /// socket, pipe or device node means nothing inside another kernel.
+    fn of_source(source: &Path) -> Result<Self, RootfsError> {
+        let refuse = |message: String| RootfsError::Mount {
+            kind: "bind".into(),
+            source_path: source.display().to_string(),
+            message,
+        };
+        let metadata = std::fs::metadata(source).map_err(|e| refuse(e.to_string()))?;
+        if metadata.is_dir() {
+            Ok(PointKind::Directory)
+        } else if metadata.is_file() {
+            Ok(PointKind::File)
+        } else {
+            Err(refuse(
+                "only directories and regular files can be shared with a VM \
+                 (a socket, pipe or device node on the host means nothing in the guest)"
+                    .into(),
+            ))
+        }
+    }
+}
+
+/// A mount in the staging directory, hardened before it is bound into the
+/// share; unmounted from there when dropped (a bind of it elsewhere stays).
 struct Staged {
     dir: PathBuf,
+    name: String,
+    kind: PointKind,
+    /// The mount point, then (after [`Staged::settle`]) the mount's root.
     root: OwnedFd,
 }
 
 impl Staged {
-    async fn mount(
-        staging: &Path,
-        id: &str,
-        mounts: &[Mount],
-        root: &Path,
-    ) -> Result<Self, RootfsError> {
-        let dir = staging.join(id);
-        let failed = |step: &str, error: nix::Error| RootfsError::Create {
-            path: dir.display().to_string(),
-            source: std::io::Error::other(format!("{step}: {error}")),
-        };
-        let point = make_dirs_beneath(staging, &[id])
-            .map_err(|e| failed("creating the staging point", e))?;
-        let mut staged = Staged {
-            dir: dir.clone(),
-            root: point,
-        };
-        rootfs::mount_rootfs(mounts, root, &by_fd(&staged.root)).await?;
-        // Opened again, it is the new mount's root.
+    /// An empty mount point `name` in `staging`, for the caller to mount on.
+    fn point(staging: &Path, name: &str, kind: PointKind) -> Result<Self, RootfsError> {
+        let path = staging.join(name);
         let base = open_beneath(None, staging, ResolveFlag::RESOLVE_NO_MAGICLINKS)
-            .map_err(|e| failed("opening the staging directory", e))?;
+            .map_err(|e| failed(staging, "opening the staging directory", e))?;
+        let root = make_point_beneath(&base, name, kind)
+            .map_err(|e| failed(&path, "creating the staging point", e))?;
+        Ok(Staged {
+            dir: path,
+            name: name.into(),
+            kind,
+            root,
+        })
+    }
+
+    /// Once mounted on: opens the new mount's root and makes it nosuid and
+    /// nodev (and read-only if asked).
+    fn settle(mut self, readonly: bool) -> Result<Self, RootfsError> {
+        let staging = self.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let base = open_beneath(None, &staging, ResolveFlag::RESOLVE_NO_MAGICLINKS)
+            .map_err(|e| failed(&staging, "opening the staging directory", e))?;
         let resolve = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS;
-        staged.root = open_beneath(Some(&base), Path::new(id), resolve)
-            .map_err(|e| failed("opening the staged mount", e))?;
-        rootfs::harden(&by_fd(&staged.root))?;
-        Ok(staged)
+        // Opened again, it is the new mount's root.
+        self.root = open_path_beneath(Some(&base), Path::new(&self.name), resolve, self.kind)
+            .map_err(|e| failed(&self.dir, "opening the staged mount", e))?;
+        rootfs::harden(&by_fd(&self.root), readonly)?;
+        Ok(self)
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
         while umount2(&self.dir, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).is_ok() {}
-        let _ = std::fs::remove_dir(&self.dir);
+        let _ = match self.kind {
+            PointKind::Directory => std::fs::remove_dir(&self.dir),
+            PointKind::File => std::fs::remove_file(&self.dir),
+        };
     }
+}
+
+/// Creates (if missing) and opens the mount point `name` in the directory
+/// `dir`, never following a symlink.
+fn make_point_beneath(dir: &OwnedFd, name: &str, kind: PointKind) -> nix::Result<OwnedFd> {
+    let strict = ResolveFlag::RESOLVE_BENEATH
+        | ResolveFlag::RESOLVE_NO_SYMLINKS
+        | ResolveFlag::RESOLVE_NO_XDEV;
+    match kind {
+        PointKind::Directory => {
+            ignore_exists(mkdirat(
+                Some(dir.as_raw_fd()),
+                name,
+                Mode::from_bits_truncate(0o700),
+            ))?;
+        }
+        PointKind::File => {
+            let how = OpenHow::new()
+                .flags(OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+                .mode(Mode::from_bits_truncate(0o600))
+                .resolve(strict);
+            let fd = openat2(dir.as_raw_fd(), name, how)?;
+            // SAFETY: openat2 just returned this descriptor, which nothing else owns.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    open_path_beneath(Some(dir), Path::new(name), strict, kind)
 }
 
 /// Creates each of `names` below the last (starting at `base`) and opens
@@ -283,9 +405,23 @@ fn by_fd(fd: &OwnedFd) -> PathBuf {
 // A directory opened O_PATH at `path` beneath `base` (absolute `path` when
 // `base` is None), resolved as `resolve` says.
 fn open_beneath(base: Option<&OwnedFd>, path: &Path, resolve: ResolveFlag) -> nix::Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(resolve);
+    open_path_beneath(base, path, resolve, PointKind::Directory)
+}
+
+// A directory or file opened O_PATH, as `open_beneath`.
+fn open_path_beneath(
+    base: Option<&OwnedFd>,
+    path: &Path,
+    resolve: ResolveFlag,
+    kind: PointKind,
+) -> nix::Result<OwnedFd> {
+    let mut flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
+    if kind == PointKind::Directory {
+        flags |= OFlag::O_DIRECTORY;
+    } else {
+        flags |= OFlag::O_NOFOLLOW;
+    }
+    let how = OpenHow::new().flags(flags).resolve(resolve);
     let dirfd = base.map_or(libc::AT_FDCWD, |fd| fd.as_fd().as_raw_fd());
     let fd = openat2(dirfd, path, how)?;
     // SAFETY: openat2 just returned this descriptor, which nothing else owns.
@@ -382,8 +518,47 @@ mod tests {
         let total = nix::sys::statvfs::statvfs(&exposed).unwrap();
         assert!(total.blocks() * total.fragment_size() <= 4 << 20);
 
-        share.unmount_rootfs("web");
+        // Volumes: a read-only directory and a file, live.
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(data.path().join("config"), "v1").unwrap();
+        let hosts = data.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        let volume = |index, source: &Path, readonly| HostVolume {
+            index,
+            source: source.to_path_buf(),
+            readonly,
+            recursive: true,
+        };
+        share
+            .mount_volume("web", &volume(0, data.path(), true))
+            .unwrap();
+        share
+            .mount_volume("web", &volume(1, &hosts, false))
+            .unwrap();
+        let seen = exposed.join("web/volumes/0");
+        assert_eq!(std::fs::read_to_string(seen.join("config")).unwrap(), "v1");
+        std::fs::write(data.path().join("config"), "v2").unwrap();
+        assert_eq!(std::fs::read_to_string(seen.join("config")).unwrap(), "v2");
+        let refused = std::fs::write(seen.join("config"), "x").unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EROFS));
+        std::fs::write(exposed.join("web/volumes/1"), "10.0.0.1 web\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "10.0.0.1 web\n");
+        let flags = nix::sys::statvfs::statvfs(&exposed.join("web/volumes/1"))
+            .unwrap()
+            .flags();
+        assert!(
+            flags.contains(FsFlags::ST_NOSUID | FsFlags::ST_NODEV),
+            "{flags:?}"
+        );
+        // Only directories and files.
+        let error = share
+            .mount_volume("web", &volume(2, Path::new("/dev/null"), false))
+            .unwrap_err();
+        assert!(error.to_string().contains("only directories"), "{error}");
+
+        share.unmount_container("web");
         assert!(!exposed.join("web").exists());
+        assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "10.0.0.1 web\n");
         Share::unmount_all(dir.path());
         assert!(!crate::sandbox::has_mounts_under(dir.path()));
     }

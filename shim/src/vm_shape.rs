@@ -1,11 +1,19 @@
-//! How big a sandbox's VM is: annotations first, then the first
-//! container's CPU and memory limits, then the config's defaults.
+//! How big a sandbox's VM is: Cocoon's annotations first, then the pod's
+//! limits (the annotations containerd's CRI puts on a pod's sandbox: the
+//! config's size plus the pod's), then the first container's CPU and memory
+//! limits, then the config's defaults.
 
 use crate::config::Config;
 
 /// Annotations that size the VM.
 const VCPUS_ANNOTATION: &str = "io.cocoon.vcpus";
 const MEMORY_ANNOTATION: &str = "io.cocoon.memory-mib";
+/// The pod's limits (the sum of its containers', and the pod overhead), as
+/// containerd's CRI annotates the sandbox container: CFS quota and period,
+/// memory in bytes. 0 or less means unlimited.
+const POD_CPU_QUOTA_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+const POD_CPU_PERIOD_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-period";
+const POD_MEMORY_ANNOTATION: &str = "io.kubernetes.cri.sandbox-memory";
 /// Guest kernel and agent need room beside the container.
 const GUEST_OVERHEAD_MIB: u32 = 64;
 
@@ -100,6 +108,29 @@ impl VmShape {
                 }),
             }
         };
+        let number = |key: &'static str| -> Result<Option<i64>, ShapeError> {
+            let Some(value) = spec["annotations"][key].as_str() else {
+                return Ok(None);
+            };
+            match value.trim().parse::<i64>() {
+                Ok(n) => Ok((n > 0).then_some(n)),
+                Err(_) => Err(ShapeError::BadAnnotation {
+                    key,
+                    value: value.into(),
+                }),
+            }
+        };
+        let pod_cpus = match (
+            number(POD_CPU_QUOTA_ANNOTATION)?,
+            number(POD_CPU_PERIOD_ANNOTATION)?,
+        ) {
+            (Some(quota), Some(period)) => {
+                Some(u64::from(config.vcpus) + (quota as u64).div_ceil(period as u64))
+            }
+            _ => None,
+        };
+        let pod_memory = number(POD_MEMORY_ANNOTATION)?
+            .map(|bytes| u64::from(config.memory_mib) + ((bytes as u64) >> 20));
         let resources = spec.get("linux").and_then(|l| l.get("resources"));
         let cpu_limit = resources.and_then(|r| r.get("cpu")).and_then(|cpu| {
             let quota = cpu.get("quota")?.as_i64()?;
@@ -113,10 +144,31 @@ impl VmShape {
             .filter(|l| *l > 0)
             .map(|l| ((l as u64) >> 20) + u64::from(GUEST_OVERHEAD_MIB));
 
-        let (vcpus_from, vcpus) = match (annotation(VCPUS_ANNOTATION)?, cpu_limit) {
-            (Some(n), _) => (VCPUS_ANNOTATION, n),
-            (None, Some(n)) => ("the container's CPU limit (linux.resources.cpu)", n),
-            (None, None) => ("`vcpus` in the cocoon config", u64::from(config.vcpus)),
+        // (source, vCPUs, whether it is a limit)
+        let (vcpus_from, vcpus, is_limit) =
+            match (annotation(VCPUS_ANNOTATION)?, pod_cpus, cpu_limit) {
+                (Some(n), _, _) => (VCPUS_ANNOTATION, n, false),
+                (None, Some(n), _) => (
+                    "the pod's CPU limit (io.kubernetes.cri.sandbox-cpu-quota / -period, \
+                     plus `vcpus` in the cocoon config)",
+                    n,
+                    true,
+                ),
+                (None, None, Some(n)) => {
+                    ("the container's CPU limit (linux.resources.cpu)", n, true)
+                }
+                (None, None, None) => (
+                    "`vcpus` in the cocoon config",
+                    u64::from(config.vcpus),
+                    false,
+                ),
+            };
+        // A CPU limit is a cap, not a request: a VM with every online CPU
+        // is all the host can give (as runc lets a limit exceed the host).
+        let vcpus = if is_limit {
+            vcpus.min(u64::from(host.cpus))
+        } else {
+            vcpus
         };
         if vcpus > u64::from(host.cpus) {
             return Err(ShapeError::TooManyVcpus {
@@ -125,8 +177,16 @@ impl VmShape {
                 max: host.cpus,
             });
         }
-        let (memory_from, memory_mib) = match (annotation(MEMORY_ANNOTATION)?, memory_limit) {
+        let (memory_from, memory_mib) = match (
+            annotation(MEMORY_ANNOTATION)?,
+            pod_memory.or(memory_limit),
+        ) {
             (Some(n), _) => (MEMORY_ANNOTATION, n),
+            (None, Some(n)) if pod_memory.is_some() => (
+                "the pod's memory limit (io.kubernetes.cri.sandbox-memory, plus `memory_mib` \
+                 in the cocoon config)",
+                n,
+            ),
             (None, Some(n)) => (
                 "the container's memory limit (linux.resources.memory.limit, plus 64 MiB for the guest)",
                 n,
@@ -187,6 +247,44 @@ mod tests {
         annotated["annotations"] =
             json!({ "io.cocoon.vcpus": "4", "io.cocoon.memory-mib": "1024" });
         assert_eq!(shape(&config, &annotated), (4, 1024));
+    }
+
+    #[test]
+    fn a_pods_limits_are_added_to_the_configured_base() {
+        let config = Config::default();
+        let pod = json!({ "annotations": {
+            "io.kubernetes.cri.sandbox-cpu-quota": "250000",
+            "io.kubernetes.cri.sandbox-cpu-period": "100000",
+            "io.kubernetes.cri.sandbox-memory": (512u64 << 20).to_string(),
+        } });
+        assert_eq!(
+            shape(&config, &pod),
+            (config.vcpus + 3, config.memory_mib + 512)
+        );
+        // A CPU limit above the host's CPUs gets them all.
+        let big = json!({ "annotations": {
+            "io.kubernetes.cri.sandbox-cpu-quota": "6400000",
+            "io.kubernetes.cri.sandbox-cpu-period": "100000",
+        } });
+        assert_eq!(shape(&config, &big).0, HOST.cpus);
+        // Unlimited pods (0, -1) get the configured size.
+        let unlimited = json!({ "annotations": {
+            "io.kubernetes.cri.sandbox-cpu-quota": "-1",
+            "io.kubernetes.cri.sandbox-cpu-period": "100000",
+            "io.kubernetes.cri.sandbox-memory": "0",
+        } });
+        assert_eq!(
+            shape(&config, &unlimited),
+            (config.vcpus, config.memory_mib)
+        );
+        let said = refusal(&json!({ "annotations": {
+            "io.kubernetes.cri.sandbox-memory": (64u64 << 30).to_string(),
+        } }));
+        assert!(said.contains("sandbox-memory"), "{said}");
+        let said = refusal(&json!({ "annotations": {
+            "io.kubernetes.cri.sandbox-memory": "lots",
+        } }));
+        assert!(said.contains("lots"), "{said}");
     }
 
     #[test]

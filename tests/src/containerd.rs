@@ -165,13 +165,23 @@ impl Containerd {
         spec
     }
 
-    /// `ctr run --rm --runtime cocoon --config SPEC ID`: container `id` from
-    /// a whole spec.
-    pub fn run_spec(&self, spec: &serde_json::Value, id: &str) -> Output {
+    /// `ctr task exec --exec-id EXEC_ID ID sh -c SCRIPT`: what it printed,
+    /// stdout then stderr.
+    pub fn exec(&self, id: &str, exec_id: &str, script: &str) -> String {
+        let out = self.ctr(&["task", "exec", "--exec-id", exec_id, id, "sh", "-c", script]);
+        format!("{}{}", text(&out.stdout), text(&out.stderr))
+    }
+
+    /// `ctr run FLAGS --runtime cocoon --config SPEC ID`: container `id`
+    /// from a whole spec (FLAGS: `--rm`, or `-d`).
+    pub fn run_spec(&self, flags: &[&str], spec: &serde_json::Value, id: &str) -> Output {
         let path = self.dir.path().join(format!("{id}.json"));
         std::fs::write(&path, spec.to_string()).expect("writing the spec");
         let path = path.display().to_string();
-        self.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", &path, id])
+        let mut command = vec!["run"];
+        command.extend_from_slice(flags);
+        command.extend_from_slice(&["--runtime", RUNTIME, "--config", &path, id]);
+        self.ctr(&command)
     }
 
     /// Deletes task and container `id`, retrying the task delete while its

@@ -337,7 +337,7 @@ fn ctr_run_with_a_user_log_uris_and_a_runtime_config() {
         &["sh", "-c", "id -u; id -g; grep MemTotal /proc/meminfo"],
     );
     spec["process"]["user"] = serde_json::json!({ "uid": 65534, "gid": 65534 });
-    let out = containerd.run_spec(&spec, "user");
+    let out = containerd.run_spec(&["--rm"], &spec, "user");
     let said = text(&out.stdout);
     assert!(
         said.starts_with("65534\n65534\n"),

@@ -3,9 +3,9 @@
 //! containerd is told host pids; the VMM runs jailed, filtered and charged to
 //! the sandbox's cgroup.
 //!
-//! The attacker is played by a container given the guest's own view of the
-//! share (`--mount type=bind,src=<guest share dir>`: the agent resolves bind
-//! sources in the guest), i.e. by root in the guest with the guest kernel's
+//! The attacker is played by a privileged container that mounts the share's
+//! virtio-fs tag itself (the guest kernel gives a second mount of a tag the
+//! same file system), i.e. by root in the guest with the guest kernel's
 //! help: everything it does reaches the host as it would from a compromised
 //! guest kernel, as FUSE requests to the VMM's file server.
 
@@ -15,14 +15,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use cocoon_protocol::GUEST_SHARE_DIR;
+use cocoon_protocol::SHARE_TAG;
 use cocoon_tests::containerd::{ok, text, Containerd, RUNTIME};
 use cocoon_tests::require_hardware_kvm;
 use cocoon_tests::sandbox::busybox_rootfs;
 
-/// The guest's share, seen by the attacking container at /share.
-fn guest_share_mount() -> String {
-    format!("type=bind,src={GUEST_SHARE_DIR},dst=/share,options=rbind:rw")
+/// `ctr run` flags of the attacking container: root in the guest with every
+/// capability.
+const ATTACKER: &str = "--privileged";
+
+/// A script run by the attacker, with the guest's share mounted at /share.
+fn with_share(script: &str) -> String {
+    format!("mkdir -p /share && mount -t virtiofs {SHARE_TAG} /share && {{ {script}; }}")
 }
 
 /// A host tmpfs (the "host mount point" an attacker aims at) with a canary
@@ -85,12 +89,6 @@ impl Drop for HostMount {
     }
 }
 
-/// `ctr task exec` of a shell script in task `id`; its stdout and stderr.
-fn exec(containerd: &Containerd, id: &str, exec_id: &str, script: &str) -> String {
-    let out = containerd.ctr(&["task", "exec", "--exec-id", exec_id, id, "sh", "-c", script]);
-    format!("{}{}", text(&out.stdout), text(&out.stderr))
-}
-
 /// The sandbox's state directory.
 fn state_dir(containerd: &Containerd, sandbox: &str) -> PathBuf {
     containerd.cocoon_state.join("default").join(sandbox)
@@ -114,12 +112,11 @@ fn a_symlink_planted_in_the_share_before_delete_reaches_no_host_mount() {
          mv attacker/rootfs attacker/old; echo rename-rootfs=$?; \
          ln -sfT {aim}/rootfs attacker/rootfs; echo link-rootfs=$?"
     );
-    let mount = guest_share_mount();
     let out = containerd.run(
         RUNTIME,
-        &["--rm", "--mount", &mount],
+        &["--rm", ATTACKER],
         "attacker",
-        &["sh", "-c", &script],
+        &["sh", "-c", &with_share(&script)],
     );
     let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
     eprintln!("the attacker saw:\n{said}");
@@ -139,15 +136,13 @@ fn a_symlink_planted_in_the_share_before_create_reaches_no_host_mount() {
     let containerd = Containerd::start();
     containerd.import_busybox();
     let host = HostMount::new();
-    let mount = guest_share_mount();
-    containerd.start_sleeping(&["--mount", &mount], "pod");
+    containerd.start_sleeping(&[ATTACKER], "pod");
     // Where the next container of the pod will be mounted.
     let aim = host.parent().display().to_string();
-    let planted = exec(
-        &containerd,
+    let planted = containerd.exec(
         "pod",
         "plant",
-        &format!("ln -s {aim} /share/app; echo planted=$?"),
+        &with_share(&format!("ln -s {aim} /share/app; echo planted=$?")),
     );
     eprintln!("the attacker saw:\n{planted}");
     assert!(planted.contains("planted=1"), "{planted}");
@@ -160,7 +155,7 @@ fn a_symlink_planted_in_the_share_before_create_reaches_no_host_mount() {
         "io.kubernetes.cri.container-type": "container",
         "io.kubernetes.cri.sandbox-id": "pod",
     });
-    let out = containerd.run_spec(&spec, "app");
+    let out = containerd.run_spec(&["--rm"], &spec, "app");
     assert!(
         text(&out.stdout).contains("app-ran"),
         "the pod's second container: {}{}",
@@ -178,16 +173,16 @@ fn the_guest_cannot_fill_the_hosts_run_through_the_share() {
     require_hardware_kvm();
     let containerd = Containerd::start();
     containerd.import_busybox();
-    let mount = guest_share_mount();
-    containerd.start_sleeping(&["--mount", &mount], "filler");
+    containerd.start_sleeping(&[ATTACKER], "filler");
     let state = state_dir(&containerd, "filler");
     let free_before = free_bytes(&state);
-    let said = exec(
-        &containerd,
+    let said = containerd.exec(
         "filler",
         "fill",
-        "for f in /share/big /share/filler/big; do \
-           dd if=/dev/zero of=$f bs=1M count=1024 2>&1 | tail -1; done; ls /share /share/filler",
+        &with_share(
+            "for f in /share/big /share/filler/big; do \
+               dd if=/dev/zero of=$f bs=1M count=1024 2>&1 | tail -1; done; ls /share /share/filler",
+        ),
     );
     eprintln!("the guest saw:\n{said}");
     assert!(
@@ -241,8 +236,7 @@ fn a_guest_made_setuid_file_or_device_node_gives_the_host_nothing() {
         "ctr run -d --rootfs",
     );
     containerd.wait_for_status("suid", "RUNNING");
-    let said = exec(
-        &containerd,
+    let said = containerd.exec(
         "suid",
         "make",
         "cp /bin/probe /suid && chmod 4755 /suid && echo setuid-made; \

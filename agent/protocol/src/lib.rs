@@ -40,6 +40,18 @@ pub const SHARE_TAG: &str = "cocoon";
 /// Where the agent mounts the share [`SHARE_TAG`] in the guest.
 pub const GUEST_SHARE_DIR: &str = "/run/cocoon/share";
 
+/// Where the pod's guest-local file systems live: a bind mount whose source
+/// is `<GUEST_POD_DIR>/<name>` gets a tmpfs the agent makes on first use and
+/// every container of the pod shares (`/dev/shm`, memory-backed emptyDir
+/// volumes). Names are [`POD_SHM`] or `empty-dir/<volume>`.
+pub const GUEST_POD_DIR: &str = "/run/cocoon/pod";
+
+/// The pod's `/dev/shm` under [`GUEST_POD_DIR`].
+pub const POD_SHM: &str = "shm";
+
+/// Memory-backed emptyDir volumes under [`GUEST_POD_DIR`].
+pub const POD_EMPTY_DIRS: &str = "empty-dir";
+
 /// The kernel argument that makes the agent log verbosely on the console.
 pub const GUEST_DEBUG_ARG: &str = "cocoon.debug";
 

@@ -18,6 +18,7 @@ use crate::exits::Watched;
 use crate::guest::Guest;
 use crate::io::StdioPaths;
 use crate::process::Process;
+use crate::volumes::{self, VolumePlan};
 
 impl TaskService {
     pub(super) async fn create_task(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
@@ -38,19 +39,24 @@ impl TaskService {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
+        let volumes = VolumePlan::for_spec(&req.id, &spec, &volumes::Host)?;
         let registered = Registration::new(&self.containers, &req.id, &req.bundle, &stdio)?;
         let sandbox = self.ensure_sandbox(&req, &spec).await?;
 
-        let rootfs = MountedRootfs::new(&sandbox, &req.id);
+        let mounted = ContainerMounts::new(&sandbox, &req.id);
         // Relative to the bundle, as runc reads it.
         let root = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
         let guest_rootfs = sandbox.mount_rootfs(&req.id, &req.rootfs, &root).await?;
+        sandbox.mount_volumes(&req.id, &volumes.host)?;
+        let guest_spec = serde_json::to_vec(&volumes.guest_spec).map_err(|e| {
+            ShimError::BadRequest(format!("invalid OCI spec in {}: {e}", req.bundle))
+        })?;
         let guest_pid = sandbox
             .agent()
-            .create_container(&req.id, spec_json, &guest_rootfs, stdio.wanted())
+            .create_container(&req.id, guest_spec, &guest_rootfs, stdio.wanted())
             .await?;
         let pid = sandbox.host_pid();
-        let created = GuestContainer::new(&sandbox, &req.id, rootfs);
+        let created = GuestContainer::new(&sandbox, &req.id, mounted);
         let relay = sandbox.attach_stdio(&req.id, "", &stdio).await?;
         self.containers.with_process(&req.id, "", |p| p.pid = pid)?;
         created.keep();
@@ -138,17 +144,18 @@ impl Drop for Registration {
     }
 }
 
-/// The container's root file system in the share (also a partly mounted
-/// one): unmounted when dropped, unless the container in the guest took it.
-struct MountedRootfs {
+/// The container's root file system and volumes in the share (also partly
+/// mounted ones): unmounted when dropped, unless the container in the guest
+/// took them.
+struct ContainerMounts {
     sandbox: Arc<dyn Guest>,
     id: String,
     kept: bool,
 }
 
-impl MountedRootfs {
+impl ContainerMounts {
     fn new(sandbox: &Arc<dyn Guest>, id: &str) -> Self {
-        MountedRootfs {
+        ContainerMounts {
             sandbox: sandbox.clone(),
             id: id.into(),
             kept: false,
@@ -160,10 +167,10 @@ impl MountedRootfs {
     }
 }
 
-impl Drop for MountedRootfs {
+impl Drop for ContainerMounts {
     fn drop(&mut self) {
         if !self.kept {
-            self.sandbox.unmount_rootfs(&self.id);
+            self.sandbox.unmount_container(&self.id);
         }
     }
 }
@@ -173,11 +180,11 @@ impl Drop for MountedRootfs {
 struct GuestContainer {
     sandbox: Arc<dyn Guest>,
     id: String,
-    rootfs: Option<MountedRootfs>,
+    rootfs: Option<ContainerMounts>,
 }
 
 impl GuestContainer {
-    fn new(sandbox: &Arc<dyn Guest>, id: &str, rootfs: MountedRootfs) -> Self {
+    fn new(sandbox: &Arc<dyn Guest>, id: &str, rootfs: ContainerMounts) -> Self {
         GuestContainer {
             sandbox: sandbox.clone(),
             id: id.into(),

@@ -96,7 +96,7 @@ impl TaskService {
                 tracing::warn!("removing {id} in the guest: {error}");
             }
         }
-        sandbox.unmount_rootfs(id);
+        sandbox.unmount_container(id);
         let last = self.containers.lock().remove(id);
         // Deleted before it exited: it was killed with the container.
         let exit = exit.unwrap_or_else(Exit::vm_died);

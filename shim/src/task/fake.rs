@@ -20,6 +20,7 @@ use crate::error::Result;
 use crate::events::EventSink;
 use crate::guest::{Guest, Launch};
 use crate::io::{IoError, Relay, StdioPaths};
+use crate::volumes::HostVolume;
 
 /// How long a test waits for something the service does in the background.
 pub const PATIENCE: Duration = Duration::from_secs(5);
@@ -241,7 +242,14 @@ impl Guest for FakeGuest {
         Ok(format!("/run/cocoon/share/{id}/rootfs"))
     }
 
-    fn unmount_rootfs(&self, id: &str) {
+    fn mount_volumes(&self, id: &str, volumes: &[HostVolume]) -> Result<()> {
+        if !volumes.is_empty() {
+            self.record(format!("mount-volumes {id} {}", volumes.len()));
+        }
+        Ok(())
+    }
+
+    fn unmount_container(&self, id: &str) {
         self.record(format!("unmount-rootfs {id}"));
     }
 
