@@ -38,6 +38,14 @@ struct CniNetwork {
 
 impl CniNetwork {
     fn new() -> CniNetwork {
+        // The host VM has no udev: the tap device node comes with the module.
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            let loaded = Command::new("modprobe").arg("tun").status();
+            assert!(
+                matches!(loaded, Ok(status) if status.success()),
+                "/dev/net/tun is missing and `modprobe tun` failed: {loaded:?}"
+            );
+        }
         let base = format!("cocoon-kvm{}", std::process::id());
         let network = CniNetwork {
             pod: format!("{base}-pod"),
@@ -120,12 +128,14 @@ fn the_guest_gets_the_pods_veth_and_traffic_flows_both_ways() {
         "the gateway answers:\n{said}"
     );
 
-    // From the "host" side to the guest.
+    // From the "host" side to the guest (busybox-static's ping: the host
+    // may have none of its own).
     let pinged = Command::new("ip")
         .args([
             "netns",
             "exec",
             &network.host,
+            "/bin/busybox",
             "ping",
             "-c",
             "3",

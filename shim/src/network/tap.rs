@@ -21,7 +21,12 @@ pub fn open(name: &str) -> Result<OwnedFd, NetworkError> {
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open("/dev/net/tun")
-        .map_err(|e| failed("opening /dev/net/tun", e))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => NetworkError::Tap(format!(
+                "/dev/net/tun does not exist (is the tun module loaded?): {e}"
+            )),
+            _ => failed("opening /dev/net/tun", e),
+        })?;
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     if name.len() >= request.ifr_name.len() {
