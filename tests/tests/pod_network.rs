@@ -4,11 +4,13 @@
 //! veth into the pod's namespace with the pod's address and routes), given
 //! to the sandbox as its network namespace path; the guest gets the veth's
 //! MAC, addresses and routes, pings the gateway and is pinged from the
-//! "host"; deleting the sandbox removes the tap and the redirects and
-//! leaves CNI's namespace and veth alone. Also: host networking is refused,
-//! and a namespace without a path gives the guest only `lo`.
+//! "host"; deleting the sandbox (or `shim delete` after its shim was
+//! killed) removes the tap and the redirects and leaves CNI's namespace and
+//! veth alone. Also: host networking is refused, and a namespace without a
+//! path gives the guest only `lo`.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use cocoon_tests::containerd::{ok, text, Containerd, RUNTIME};
 use cocoon_tests::require_hardware_kvm;
@@ -85,6 +87,29 @@ impl CniNetwork {
     fn path(&self) -> String {
         format!("/run/netns/{}", self.pod)
     }
+
+    /// The tap and the veth's ingress qdisc are gone; CNI's veth and its
+    /// address stay.
+    fn assert_ours_gone(&self) {
+        let links = ip(&["-n", &self.pod, "-o", "link", "show"]);
+        assert!(!links.contains("tap0_cocoon"), "the tap is gone:\n{links}");
+        let qdiscs = text(
+            &Command::new("tc")
+                .args(["-n", &self.pod, "qdisc", "show", "dev", "eth0"])
+                .output()
+                .expect("tc")
+                .stdout,
+        );
+        assert!(
+            !qdiscs.contains("ingress"),
+            "the veth's ingress qdisc is gone:\n{qdiscs}"
+        );
+        let addresses = ip(&["-n", &self.pod, "-o", "addr", "show", "eth0"]);
+        assert!(
+            addresses.contains("10.88.0.5/16"),
+            "CNI's veth and address stay:\n{addresses}"
+        );
+    }
 }
 
 impl Drop for CniNetwork {
@@ -158,24 +183,51 @@ fn the_guest_gets_the_pods_veth_and_traffic_flows_both_ways() {
 
     containerd.kill_and_delete("web");
     containerd.assert_nothing_left();
-    let links = ip(&["-n", &network.pod, "-o", "link", "show"]);
-    assert!(!links.contains("tap0_cocoon"), "the tap is gone:\n{links}");
-    let qdiscs = text(
-        &Command::new("tc")
-            .args(["-n", &network.pod, "qdisc", "show", "dev", "eth0"])
-            .output()
-            .expect("tc")
-            .stdout,
+    network.assert_ours_gone();
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn a_crashed_shims_tap_and_redirects_are_removed_by_shim_delete() {
+    require_hardware_kvm();
+    let network = CniNetwork::new();
+    let containerd = Containerd::start();
+    containerd.import_busybox();
+    let with_ns = format!("network:{}", network.path());
+    containerd.start_sleeping(&["--with-ns", &with_ns], "orphan");
+    let pid_file = containerd.cocoon_state.join("default/orphan/vmm.pid");
+    let vmm_pid = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vmm_pid.trim())).unwrap();
+    let shim_pid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))
+        .map(|pid| pid.trim().to_owned())
+        .expect("the VMM's parent, the shim");
+
+    // The VMM outlives its shim and holds the tap until `shim delete`
+    // (which containerd runs for a dead shim) kills it; the veth's
+    // qdisc would stay for good without the record in the state dir.
+    assert!(Command::new("kill")
+        .args(["-9", &shim_pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ok(containerd.ctr(&["task", "ls"]), "ctr task ls").contains("orphan") {
+        assert!(
+            Instant::now() < deadline,
+            "containerd still lists the task of a dead shim:\n{}",
+            containerd.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(
+        containerd.ctr(&["container", "delete", "orphan"]),
+        "ctr container delete",
     );
-    assert!(
-        !qdiscs.contains("ingress"),
-        "the veth's ingress qdisc is gone:\n{qdiscs}"
-    );
-    let addresses = ip(&["-n", &network.pod, "-o", "addr", "show", "eth0"]);
-    assert!(
-        addresses.contains("10.88.0.5/16"),
-        "CNI's veth and address stay:\n{addresses}"
-    );
+    containerd.assert_nothing_left();
+    network.assert_ours_gone();
 }
 
 #[test]
