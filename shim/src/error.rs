@@ -48,6 +48,8 @@ pub enum ShimError {
     #[error(transparent)]
     Volume(#[from] crate::volumes::VolumeError),
     #[error(transparent)]
+    HostNamespace(#[from] crate::host_namespaces::HostNamespaceError),
+    #[error(transparent)]
     Stdio(#[from] IoError),
     #[error("encoding metrics: {0}")]
     Metrics(#[from] protobuf::Error),
@@ -65,7 +67,8 @@ impl ShimError {
             | ShimError::RuntimeOptions(_)
             | ShimError::Config(_)
             | ShimError::Shape(_)
-            | ShimError::Volume(_) => Code::INVALID_ARGUMENT,
+            | ShimError::Volume(_)
+            | ShimError::HostNamespace(_) => Code::INVALID_ARGUMENT,
             ShimError::ExecStarted(_)
             | ShimError::ExecRunning(_)
             | ShimError::NoSandbox

@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod exits;
 mod guest;
+mod host_namespaces;
 mod io;
 mod launch;
 mod log_driver;

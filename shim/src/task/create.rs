@@ -16,6 +16,7 @@ use crate::container::{Container, ContainerTable};
 use crate::error::{Result, ShimError};
 use crate::exits::Watched;
 use crate::guest::Guest;
+use crate::host_namespaces::refuse_host_namespaces;
 use crate::io::StdioPaths;
 use crate::process::Process;
 use crate::volumes::{self, VolumePlan};
@@ -39,6 +40,7 @@ impl TaskService {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
+        refuse_host_namespaces(&spec)?;
         let volumes = VolumePlan::for_spec(&req.id, &spec, &volumes::Host)?;
         let registered = Registration::new(&self.containers, &req.id, &req.bundle, &stdio)?;
         let sandbox = self.ensure_sandbox(&req, &spec).await?;

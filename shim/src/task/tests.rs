@@ -42,7 +42,8 @@ fn harness() -> Harness {
     let bundle = tempfile::tempdir().unwrap();
     std::fs::write(
         bundle.path().join("config.json"),
-        r#"{"root": {"path": "rootfs"}}"#,
+        r#"{"root": {"path": "rootfs"},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}]}}"#,
     )
     .unwrap();
     Harness {
