@@ -110,6 +110,8 @@ fn balloon(rules: &mut Rules) {
     rules.allow_arg(libc::SYS_madvise, 2, &[libc::MADV_NOHUGEPAGE as u64]);
 }
 
+// The ioctl number is a c_ulong with glibc but a c_int with musl.
+#[allow(clippy::unnecessary_cast)]
 fn net(rules: &mut Rules) {
     rules
         // Frames from and to the tap, one read or writev each.
