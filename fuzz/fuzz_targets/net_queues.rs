@@ -69,6 +69,20 @@ const fn bit(feature: u32) -> u64 {
     1 << feature
 }
 
+// Set COCOON_FUZZ_TRACE=1 to see the frames that come out (seed work).
+fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("COCOON_FUZZ_TRACE").is_some())
+}
+
+macro_rules! trace {
+    ($($arg:tt)*) => {
+        if tracing() {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
 // The fuzz input, read front to back; zeros once it is used up.
 struct Input<'a>(&'a [u8]);
 
@@ -258,6 +272,7 @@ impl Guest {
             assert!(n <= MAX_PACKET_SIZE, "a {n}-byte packet reached the tap");
             let raw: &[u8; HEADER_SIZE] = buf[..HEADER_SIZE].try_into().expect("header");
             let h = NetHeader::parse(raw);
+            trace!("tx: {n}-byte packet, {h:?}");
             let frame_len = n - HEADER_SIZE;
             assert_eq!(h.num_buffers, 0, "{h:?}");
             assert!(h.flags == 0 || h.flags == 1, "{h:?}");
@@ -357,6 +372,7 @@ impl Guest {
     // A whole frame reached the guest: it must be the next one the host sent
     // that was not dropped.
     fn frame_done(&mut self, header: NetHeader, frame: Vec<u8>) {
+        trace!("rx: {}-byte frame, {header:?}", frame.len());
         while let Some((sent_header, sent)) = self.sent.pop_front() {
             let mut expected = NetHeader {
                 num_buffers: header.num_buffers,
@@ -473,7 +489,7 @@ impl Guest {
             return NetHeader::parse(&input.bytes());
         }
         let flags = if mode & 4 != 0 { 1 } else { 0 };
-        let gso_type = [0u8, 1, 4, 3, 5, 0x81][usize::from(mode >> 3) % 6];
+        let gso_type = [0u8, 1, 4, 3, 5, 0x81][usize::from((mode >> 3) & 7) % 6];
         let csum_start = input.u16() % (frame_len as u16).max(1);
         let csum_offset = [6u16, 16, input.u16()][usize::from(mode >> 6) % 3];
         NetHeader {
@@ -630,5 +646,10 @@ fuzz_target!(|data: &[u8]| {
         guest.check();
     }
     guest.settle();
+    // The device completes a frame's buffers together: none is left half-seen.
+    assert!(
+        guest.partial.is_none(),
+        "a merged frame's header promised more buffers than came"
+    );
     drop(guest.net);
 });

@@ -304,7 +304,9 @@ u16 = lambda v: struct.pack("<H", v)
 
 
 def net_header(mode, csum_start=0, csum_offset=0, hdr_len=0, gso_size=0):
-    # mode: bit 2 NEEDS_CSUM, bits 3-5 index of the gso_type, bits 6-7 of the csum_offset.
+    # mode: bits 0-1 not 0 (fields, not 12 raw bytes), bit 2 NEEDS_CSUM, bits
+    # 3-5 index of the gso_type (0, TCPV4, TCPV6, UDP, UDP_L4, TCPV4|ECN),
+    # bits 6-7 index of the csum_offset (6, 16, the next u16).
     return u8(mode) + u16(csum_start) + u16(csum_offset) + u16(hdr_len) + u16(gso_size)
 
 
@@ -330,9 +332,9 @@ write("net_queues", "merged", u8(0x01) + u8(0) + u8(4) + u8(2) + u8(8) + u8(1) +
       + u8(3) + u8(31) + u8(3) + u8(31) + SETTLE)
 write("net_queues", "unmerged", u8(0x00) + u8(4) + net_host(1514, PLAIN) + net_host(30000, PLAIN) + SETTLE)
 write("net_queues", "hostile", u8(0x1f) + u8(0)
-      + u8(2) + u8(2) + u8(0x01) + u16(100) + u16(100)
+      + u8(2) + u8(1) + u8(0x01) + u16(100) + u16(100)
       + u8(2) + u8(0) + u8(0x02) + u16(4096)
-      + u8(2) + u8(3) + u8(0x00) + u16(0) + u16(6) + u16(4000)
+      + u8(2) + u8(2) + u8(0x00) + u16(0) + u16(6) + u16(4000)
       + net_tx(100, PLAIN, shape=(2 << 3)) + net_tx(100, PLAIN, shape=(3 << 3))
       + net_tx(100, PLAIN, shape=(5 << 3)) + net_tx(100, PLAIN, shape=(6 << 3) | 2, cuts=(1, 50))
       + net_host(1514, PLAIN) + net_host(100, PLAIN) + SETTLE)
