@@ -240,7 +240,7 @@ async fn a_container_reaches_the_host_through_the_tap() {
          echo MAC $(cat /sys/class/net/eth0/address); \
          ping -c 3 -W 10 {HOST_IP} >/dev/null && echo PING-OK; \
          echo UPLOAD $(probe pattern {BULK} | nc {HOST_IP} {PORT_UPLOAD}); \
-         nc {HOST_IP} {PORT_DOWNLOAD} </dev/null | md5sum | nc {HOST_IP} {PORT_SUM} </dev/null; \
+         nc {HOST_IP} {PORT_DOWNLOAD} </dev/null | md5sum | nc {HOST_IP} {PORT_SUM}; \
          echo DONE"
     );
     let (out, err, exit) = run(&agent, &sandbox, "net", &spec(&script)).await;
