@@ -246,3 +246,79 @@ impl RxPath {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::net::UnixDatagram;
+
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+    use crate::virtio::test_driver::SplitRing;
+
+    // Whether a frame is waiting on the device's end of the stand-in tap.
+    fn frame_waiting(tap: &Tap) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most one byte into `byte`; MSG_PEEK leaves
+        // the frame where it is.
+        let n = unsafe {
+            libc::recv(
+                tap.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n > 0
+    }
+
+    #[test]
+    fn without_guest_buffers_frames_stay_in_the_tap() {
+        let (ours, host) = UnixDatagram::pair().expect("socket pair");
+        let tap = Tap::from_socket(OwnedFd::from(ours)).expect("stand-in tap");
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("mem");
+        let ring = SplitRing::new(0x1000, 16);
+        let mut queue = ring.queue(16);
+        let interrupt = VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).expect("irq"));
+        let mut rx = RxPath::new(super::super::features::AVAIL_FEATURES, 16);
+        // No buffer: rx waits for the guest, whatever the tap holds.
+        assert_eq!(
+            rx.process(&mut queue, &mem, &interrupt, &tap).ok(),
+            Some(RxWait::Guest)
+        );
+        host.send(&[0u8; HEADER_SIZE + 60]).expect("send");
+        // A frame but no buffer: it is not read, and rx waits for the guest.
+        for _ in 0..3 {
+            assert_eq!(
+                rx.process(&mut queue, &mem, &interrupt, &tap).ok(),
+                Some(RxWait::Guest)
+            );
+            assert!(frame_waiting(&tap), "the frame left the tap");
+            assert!(rx.pending.is_none() && rx.held.is_empty());
+        }
+        assert_eq!(ring.used_idx(&mem), 0);
+        // Two buffers: the frame goes in the first, and with the second
+        // in hand rx waits for the tap.
+        let mut ring = ring;
+        let write = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+        for head in 0..2 {
+            ring.set_desc(
+                &mem,
+                head,
+                0x8000 + u64::from(head) * 0x1000,
+                4096,
+                write,
+                0,
+            );
+            ring.push(&mem, head);
+        }
+        assert_eq!(
+            rx.process(&mut queue, &mem, &interrupt, &tap).ok(),
+            Some(RxWait::Tap)
+        );
+        assert_eq!(ring.used_elem(&mem, 0), (0, (HEADER_SIZE + 60) as u32));
+        assert!(!frame_waiting(&tap));
+    }
+}
