@@ -31,9 +31,11 @@ const MAC: [u8; 6] = [0x02, 0xc0, 0xc0, 0x00, 0x99, 0x02];
 const BULK: u64 = 20 << 20;
 /// Guest to host: the guest sends, we answer "<bytes> <checksum>".
 const PORT_UPLOAD: u16 = 5001;
-/// Host to guest: we send, the guest's md5sum comes back on PORT_SUM.
+/// Host to guest: we send; the guest connects to PORT_RECEIVED once it has
+/// it all, then sends its md5sum on PORT_SUM.
 const PORT_DOWNLOAD: u16 = 5002;
 const PORT_SUM: u16 = 5003;
+const PORT_RECEIVED: u16 = 5004;
 const TRANSFER_LIMIT: Duration = Duration::from_secs(300);
 
 /// A tap opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, without CLOEXEC
@@ -124,7 +126,12 @@ struct HostSide {
     download: (String, f64),
 }
 
-fn serve(upload: TcpListener, download: TcpListener, sums: TcpListener) -> HostSide {
+fn serve(
+    upload: TcpListener,
+    download: TcpListener,
+    received: TcpListener,
+    sums: TcpListener,
+) -> HostSide {
     let mut stream = accept(&upload);
     let started = Instant::now();
     let (bytes, sum) = checksum_stream(&mut stream).expect("read the guest's upload");
@@ -136,11 +143,12 @@ fn serve(upload: TcpListener, download: TcpListener, sums: TcpListener) -> HostS
     let started = Instant::now();
     std::io::copy(&mut PatternReader::new(BULK), &mut stream).expect("send to the guest");
     stream.shutdown(Shutdown::Write).expect("shutdown");
+    drop(accept(&received));
+    let download_secs = started.elapsed().as_secs_f64();
     let mut reply = String::new();
     BufReader::new(accept(&sums))
         .read_line(&mut reply)
         .expect("the guest's md5sum");
-    let download_secs = started.elapsed().as_secs_f64();
     HostSide {
         upload: (bytes, sum, upload_secs),
         download: (
@@ -224,8 +232,11 @@ async fn a_container_reaches_the_host_through_the_tap() {
     ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", &name]);
     ip(&["link", "set", &name, "up"]);
     let listen = |port| TcpListener::bind((HOST_IP, port)).expect("listen on the tap's address");
-    let (upload, download, sums) = (listen(PORT_UPLOAD), listen(PORT_DOWNLOAD), listen(PORT_SUM));
-    let host = std::thread::spawn(move || serve(upload, download, sums));
+    let (upload, download) = (listen(PORT_UPLOAD), listen(PORT_DOWNLOAD));
+    let (received, sums) = (listen(PORT_RECEIVED), listen(PORT_SUM));
+    let host = std::thread::spawn(move || serve(upload, download, received, sums));
+    // cocoon-vmm's dropped frames are warnings; the test prints them.
+    std::env::set_var("COCOON_VMM_LOG", "warn");
 
     let sandbox = Sandbox::boot_with_net(
         MEMORY_MIB,
@@ -239,8 +250,10 @@ async fn a_container_reaches_the_host_through_the_tap() {
         "set -e; ip link set eth0 up; ip addr add {GUEST_IP}/24 dev eth0; \
          echo MAC $(cat /sys/class/net/eth0/address); \
          ping -c 3 -W 10 {HOST_IP} >/dev/null && echo PING-OK; \
-         echo UPLOAD $(probe pattern {BULK} | nc {HOST_IP} {PORT_UPLOAD}); \
-         nc {HOST_IP} {PORT_DOWNLOAD} </dev/null | md5sum | nc {HOST_IP} {PORT_SUM}; \
+         probe pattern {BULK} > /tmp/up; \
+         echo UPLOAD $(nc {HOST_IP} {PORT_UPLOAD} < /tmp/up); rm /tmp/up; \
+         nc {HOST_IP} {PORT_DOWNLOAD} </dev/null > /tmp/down; nc {HOST_IP} {PORT_RECEIVED} </dev/null; \
+         md5sum < /tmp/down | nc {HOST_IP} {PORT_SUM}; \
          echo DONE"
     );
     let (out, err, exit) = run(&agent, &sandbox, "net", &spec(&script)).await;
@@ -258,6 +271,19 @@ async fn a_container_reaches_the_host_through_the_tap() {
     assert!(out.contains("DONE\n"), "{}", context());
 
     let side = host.join().expect("host side");
+    let counters = Command::new("ip")
+        .args(["-s", "link", "show", "dev", &name])
+        .output()
+        .expect("ip -s link");
+    println!(
+        "tap counters:\n{}\ncocoon-vmm log:\n{}",
+        String::from_utf8_lossy(&counters.stdout),
+        sandbox
+            .diagnostics()
+            .split("--- cocoon-vmm ---")
+            .nth(1)
+            .unwrap_or("")
+    );
     let (bytes, sum, upload_secs) = side.upload;
     assert_eq!((bytes, sum), (BULK, pattern_checksum(BULK)));
     let (md5, download_secs) = side.download;
