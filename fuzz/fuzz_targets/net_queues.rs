@@ -2,7 +2,7 @@
 //! a `Net` device over a datagram socket pair standing in for the tap
 //! (`Tap::from_socket`) is activated on real split rings in guest memory
 //! with features the input picks (merged rx buffers, checksum and TSO
-//! offloads either way), and the input is a sequence of actions:
+//! offloads either way, EVENT_IDX), and the input is a sequence of actions:
 //!
 //! - guest: post tx frames with any header (raw 12 bytes, or flags, gso_type,
 //!   hdr_len, gso_size, csum_start/offset picked to be near valid), any
@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use cocoon_vmm::virtio::interrupt::VirtioInterrupt;
 use cocoon_vmm::virtio::net::header::{NetHeader, HEADER_SIZE, MAX_FRAME_SIZE, MAX_PACKET_SIZE};
 use cocoon_vmm::virtio::net::{Net, Tap, AVAIL_FEATURES, QUEUE_SIZE};
-use cocoon_vmm::virtio::{GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1};
+use cocoon_vmm::virtio::{GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use libfuzzer_sys::fuzz_target;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
@@ -610,6 +610,7 @@ fuzz_target!(|data: &[u8]| {
         bit(VIRTIO_NET_F_GUEST_CSUM),
         bit(VIRTIO_NET_F_HOST_TSO4),
         bit(VIRTIO_NET_F_HOST_TSO6),
+        VIRTIO_RING_F_EVENT_IDX,
     ];
     let mut acked = VIRTIO_F_VERSION_1 | (AVAIL_FEATURES & !offered.iter().sum::<u64>());
     for (i, feature) in offered.iter().enumerate() {

@@ -297,7 +297,7 @@ write("vsock_queues", "credit_overrun", bytes([32]) + tx(1, 0) + SETTLE
                  + bytes([0, 1]) + struct.pack("<H", 44) for _ in range(10)) + SETTLE)
 
 # net_queues: byte 0 picks features (bit 0 MRG_RXBUF, 1 CSUM, 2 GUEST_CSUM,
-# 3 HOST_TSO4, 4 HOST_TSO6), byte 1 how many 4 KiB rx buffers to stock, then
+# 3 HOST_TSO4, 4 HOST_TSO6, 5 EVENT_IDX), byte 1 how many 4 KiB rx buffers to stock, then
 # one action per opcode byte (see the target for each action's bytes).
 u8 = lambda v: struct.pack("<B", v)
 u16 = lambda v: struct.pack("<H", v)

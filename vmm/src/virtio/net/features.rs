@@ -12,9 +12,10 @@
 //!   (TUNSETOFFLOAD) only as far as the driver accepted them.
 //! - Not offered: UFO/USO (UFO is gone from Linux guests, USO needs host
 //!   6.2+), ECN (rare; the tap's TSO_ECN then stays off), MQ, CTRL_VQ, MTU
-//!   (the guest gets its MTU from the agent), EVENT_IDX (the rx path relies
-//!   on the driver kicking whenever it posts buffers, which flags-based
-//!   suppression gives for free; see rx.rs).
+//!   (the guest gets its MTU from the agent).
+//! - EVENT_IDX: fewer kicks and interrupts (tx completions are signalled in
+//!   batches); rx re-arms the driver's kick (avail_event) whenever it runs
+//!   out of buffers (rx.rs).
 
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
@@ -23,7 +24,7 @@ use virtio_bindings::virtio_net::{
 };
 
 use crate::virtio::config::read_config_bytes;
-use crate::virtio::VIRTIO_F_VERSION_1;
+use crate::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 const fn bit(feature: u32) -> u64 {
     1 << feature
@@ -31,6 +32,7 @@ const fn bit(feature: u32) -> u64 {
 
 /// Every feature the device offers.
 pub const AVAIL_FEATURES: u64 = VIRTIO_F_VERSION_1
+    | VIRTIO_RING_F_EVENT_IDX
     | bit(VIRTIO_NET_F_MAC)
     | bit(VIRTIO_NET_F_STATUS)
     | bit(VIRTIO_NET_F_MRG_RXBUF)

@@ -6,7 +6,8 @@
 //! guest has no buffers, the worker stops watching the tap (frames wait in
 //! the tap's own kernel queue, which drops beyond its length) and resumes
 //! on the guest's next rx notification: rx notifications are never
-//! suppressed, so the driver kicks whenever it posts buffers.
+//! suppressed by flags, and with EVENT_IDX avail_event is set to the next
+//! buffer whenever rx runs out, so the driver kicks when it posts one.
 //!
 //! With VIRTIO_NET_F_MRG_RXBUF a frame spans as many chains as it needs (the
 //! header's num_buffers says how many; the first must hold the header);
@@ -203,6 +204,12 @@ impl RxPath {
         loop {
             let next = queue.iter(mem)?.next();
             let Some(chain) = next else {
+                // Out of buffers: ask for a kick at the next one (with
+                // EVENT_IDX, avail_event := next_avail), then look again for
+                // one posted in between.
+                if queue.enable_notification(mem)? {
+                    continue;
+                }
                 return Ok(false);
             };
             let head = chain.head_index();

@@ -495,3 +495,29 @@ fn a_real_tap_is_checked_and_set_up() {
         );
     }
 }
+
+#[test]
+fn with_event_idx_rx_asks_for_a_kick_when_it_runs_dry() {
+    let mut guest = Guest::new(OFFLOADS | crate::virtio::VIRTIO_RING_F_EVENT_IDX);
+    let avail_event_at = GuestAddress(guest.rx.used + 4 + 8 * u64::from(RING_SIZE));
+    let avail_event = |guest: &Guest| -> u16 {
+        u16::from_le(guest.mem().read_obj(avail_event_at).expect("avail_event"))
+    };
+    for (round, head) in (1..=3u16).zip(0..) {
+        let data = frame(64 + usize::from(head), head as u8);
+        guest
+            .host
+            .send(&packet(NetHeader::default(), &data))
+            .expect("send");
+        guest.post_rx(head, 4096);
+        guest.driver.notify(0);
+        assert!(guest.rx.wait_used(guest.mem(), round), "frame {round}");
+        // Out of buffers again: the next one posted (index `round`) must kick.
+        let deadline = std::time::Instant::now() + crate::virtio::test_driver::TIMEOUT;
+        while avail_event(&guest) != round && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(avail_event(&guest), round);
+    }
+    assert!(!guest.needs_reset());
+}
