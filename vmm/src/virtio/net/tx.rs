@@ -75,15 +75,11 @@ fn send(
     acked: u64,
 ) -> Result<(), TxError> {
     let len = read_tx_chain(mem, chain, buf)?;
-    let Some(raw) = buf
+    let raw = buf
         .get(..HEADER_SIZE)
+        .filter(|_| len >= HEADER_SIZE)
         .and_then(|raw| <&[u8; HEADER_SIZE]>::try_from(raw).ok())
-    else {
-        return Err(TxError::NoHeader(len));
-    };
-    if len < HEADER_SIZE {
-        return Err(TxError::NoHeader(len));
-    }
+        .ok_or(TxError::NoHeader(len))?;
     let clean = NetHeader::parse(raw).check_tx(len - HEADER_SIZE, acked)?;
     buf[..HEADER_SIZE].copy_from_slice(&clean.to_bytes());
     tap.write_frame(&[IoSlice::new(&buf[..len])])
