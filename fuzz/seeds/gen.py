@@ -295,3 +295,46 @@ write("vsock_queues", "connection_limit", bytes([63]) + bytes([3, 31])
 write("vsock_queues", "credit_overrun", bytes([32]) + tx(1, 0) + SETTLE
       + b"".join(struct.pack("<BBB", 0, 32, 5) + bytes([0]) + struct.pack("<H", 65535)
                  + bytes([0, 1]) + struct.pack("<H", 44) for _ in range(10)) + SETTLE)
+
+# net_queues: byte 0 picks features (bit 0 MRG_RXBUF, 1 CSUM, 2 GUEST_CSUM,
+# 3 HOST_TSO4, 4 HOST_TSO6, 5 EVENT_IDX), byte 1 how many 4 KiB rx buffers to stock, then
+# one action per opcode byte (see the target for each action's bytes).
+u8 = lambda v: struct.pack("<B", v)
+u16 = lambda v: struct.pack("<H", v)
+
+
+def net_header(mode, csum_start=0, csum_offset=0, hdr_len=0, gso_size=0):
+    # mode: bits 0-1 not 0 (fields, not 12 raw bytes), bit 2 NEEDS_CSUM, bits
+    # 3-5 index of the gso_type (0, TCPV4, TCPV6, UDP, UDP_L4, TCPV4|ECN),
+    # bits 6-7 index of the csum_offset (6, 16, the next u16).
+    return u8(mode) + u16(csum_start) + u16(csum_offset) + u16(hdr_len) + u16(gso_size)
+
+
+def frame_len(n):
+    return u8(1) + u16(n) if n != 1514 else u8(3)
+
+
+def net_tx(n, header, shape=0, cuts=()):
+    return u8(0) + frame_len(n) + header + bytes(range(min(n, 64))) + u8(shape) + b"".join(u16(c) for c in cuts)
+
+
+def net_host(n, header, seed=1):
+    return u8(4) + frame_len(n) + u8(1) + header + u8(seed)
+
+
+PLAIN = net_header(1)
+TSO4 = net_header(1 | 4 | (1 << 3) | (1 << 6), csum_start=34, hdr_len=66, gso_size=1448)
+SETTLE = u8(6)
+write("net_queues", "plain", u8(0x1f) + u8(8) + net_tx(1514, PLAIN) + net_host(1514, PLAIN) + SETTLE)
+write("net_queues", "tso", u8(0x1f) + u8(32) + net_tx(30000, TSO4, shape=2, cuts=(5, 100))
+      + net_host(30000, TSO4, seed=2) + SETTLE)
+write("net_queues", "merged", u8(0x01) + u8(0) + u8(4) + u8(2) + u8(8) + u8(1) + PLAIN + u8(3)
+      + u8(3) + u8(31) + u8(3) + u8(31) + SETTLE)
+write("net_queues", "unmerged", u8(0x00) + u8(4) + net_host(1514, PLAIN) + net_host(30000, PLAIN) + SETTLE)
+write("net_queues", "hostile", u8(0x1f) + u8(0)
+      + u8(2) + u8(1) + u8(0x01) + u16(100) + u16(100)
+      + u8(2) + u8(0) + u8(0x02) + u16(4096)
+      + u8(2) + u8(2) + u8(0x00) + u16(0) + u16(6) + u16(4000)
+      + net_tx(100, PLAIN, shape=(2 << 3)) + net_tx(100, PLAIN, shape=(3 << 3))
+      + net_tx(100, PLAIN, shape=(5 << 3)) + net_tx(100, PLAIN, shape=(6 << 3) | 2, cuts=(1, 50))
+      + net_host(1514, PLAIN) + net_host(100, PLAIN) + SETTLE)

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cocoon_protocol::client::{Agent, AgentCalls};
-use cocoon_vmm_command::{SandboxVm, VmmCommand};
+use cocoon_vmm_command::{NetDevice, SandboxVm, VmmCommand};
 
 use crate::{build_output, guest_probe, release_dir, tail};
 
@@ -34,6 +34,12 @@ impl Sandbox {
     /// Boots a guest as the shim boots a sandbox (the same cocoon-vmm command
     /// line), with `memory_mib` of RAM and an empty share.
     pub fn boot(memory_mib: u32) -> Self {
+        Self::boot_with_net(memory_mib, None)
+    }
+
+    /// As [`boot`](Self::boot), with a network interface on `net`'s tap
+    /// (whose fd must be open without CLOEXEC, for cocoon-vmm to inherit).
+    pub fn boot_with_net(memory_mib: u32, net: Option<NetDevice>) -> Self {
         let vmm = release_dir().join("cocoon-vmm");
         assert!(
             vmm.is_file(),
@@ -59,7 +65,7 @@ impl Sandbox {
             console_limit_bytes: CONSOLE_LIMIT_BYTES,
             jail: &jail,
             cgroup: None,
-            net: None,
+            net,
         })
         .command(&vmm)
         .stdin(Stdio::null())

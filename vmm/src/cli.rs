@@ -62,6 +62,43 @@ pub struct Args {
     /// guest memory, so that the VM is charged to it.
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
+    /// Give the guest a virtio-net interface backed by this inherited,
+    /// open tap fd (opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR; the VMM
+    /// sets the header size and offloads). Needs --net-mac.
+    #[arg(long, value_name = "FD", requires = "net_mac")]
+    pub net_fd: Option<i32>,
+    /// The guest interface's MAC address, aa:bb:cc:dd:ee:ff (unicast, not
+    /// all zeros). Needs --net-fd.
+    #[arg(long, value_name = "MAC", value_parser = parse_mac, requires = "net_fd")]
+    pub net_mac: Option<[u8; 6]>,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` strictly: six groups of exactly two hex
+/// digits; a multicast or all-zero address is refused (the guest's own
+/// address must be a unicast one).
+pub fn parse_mac(value: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("expected a MAC address like 02:00:00:00:00:01, got {value:?}");
+    let mut mac = [0u8; 6];
+    let mut groups = value.split(':');
+    for byte in &mut mac {
+        let group = groups.next().ok_or_else(bad)?;
+        if group.len() != 2 || !group.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(group, 16).map_err(|_| bad())?;
+    }
+    if groups.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "{value} is a multicast address; the guest needs a unicast one"
+        ));
+    }
+    if mac == [0; 6] {
+        return Err("00:00:00:00:00:00 is not a usable MAC address".into());
+    }
+    Ok(mac)
 }
 
 fn parse_share(value: &str) -> Result<(String, PathBuf), String> {
@@ -74,7 +111,7 @@ fn parse_share(value: &str) -> Result<(String, PathBuf), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cocoon_vmm_command::{Console, SandboxVm, VmmCommand};
+    use cocoon_vmm_command::{Console, NetDevice, SandboxVm, VmmCommand};
     use std::path::Path;
 
     fn parse(command: &VmmCommand) -> Args {
@@ -100,7 +137,11 @@ mod tests {
             .console_limit_bytes(4096)
             .jail("/state/jail")
             .cgroup("/sys/fs/cgroup/pod")
-            .balloon(true);
+            .balloon(true)
+            .net(NetDevice {
+                tap_fd: 9,
+                mac: [0x02, 0x42, 0xac, 0x11, 0x00, 0xfe],
+            });
         let args = parse(&command);
         assert_eq!(args.kernel, Path::new("/boot/vmlinux"));
         assert_eq!(
@@ -131,6 +172,37 @@ mod tests {
             Some(Path::new("/sys/fs/cgroup/pod"))
         );
         assert!(args.balloon);
+        assert_eq!(args.net_fd, Some(9));
+        assert_eq!(args.net_mac, Some([0x02, 0x42, 0xac, 0x11, 0x00, 0xfe]));
+    }
+
+    #[test]
+    fn net_flags_come_together_and_macs_are_strict() {
+        let try_parse = |extra: &[&str]| {
+            let argv = ["cocoon-vmm", "--kernel", "/k"].iter().chain(extra);
+            Args::try_parse_from(argv)
+        };
+        assert!(try_parse(&["--net-fd", "5"]).is_err());
+        assert!(try_parse(&["--net-mac", "02:00:00:00:00:01"]).is_err());
+        let args = try_parse(&["--net-fd", "5", "--net-mac", "02:AB:cd:00:00:01"]).expect("valid");
+        assert_eq!(args.net_mac, Some([0x02, 0xab, 0xcd, 0, 0, 1]));
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "02:00:00:00:00:1",
+            "02:00:00:00:00:001",
+            "02-00-00-00-00-01",
+            "02:00:00:00:00:0g",
+            "02:00:00:00:00:+1",
+            "02:00:00:00:00:01:",
+            "01:00:5e:00:00:01",
+            "ff:ff:ff:ff:ff:ff",
+            "00:00:00:00:00:00",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(try_parse(&["--net-fd", "x", "--net-mac", "02:00:00:00:00:01"]).is_err());
     }
 
     #[test]
@@ -141,6 +213,7 @@ mod tests {
         assert_eq!((args.vcpus, args.memory_mib), (1, 128));
         assert_eq!(args.console, "-");
         assert!(args.shares.is_empty() && args.vsock_uds.is_none() && !args.balloon);
+        assert!(args.net_fd.is_none() && args.net_mac.is_none());
         for (console, expected) in [(Console::Stdout, "-"), (Console::Discard, "none")] {
             assert_eq!(
                 parse(&VmmCommand::new("/k").console(console)).console,

@@ -31,6 +31,7 @@ use crate::seccomp::{self, Role, SeccompError};
 use crate::vcpu::{setup, Buses, Vcpu, VcpuStart};
 use crate::virtio::balloon::Balloon;
 use crate::virtio::fs::Fs;
+use crate::virtio::net::{Net, Tap};
 use crate::virtio::rng::Rng;
 use crate::virtio::vsock::Vsock;
 use crate::virtio::worker_thread::ParkedThreads;
@@ -53,6 +54,16 @@ pub struct VmConfig {
     /// virtio-balloon with free page reporting: memory the guest frees is
     /// dropped from the host (the guest kernel needs CONFIG_VIRTIO_BALLOON).
     pub balloon: bool,
+    /// virtio-net: the tap (checked already) and the guest's MAC.
+    pub net: Option<NetConfig>,
+}
+
+/// The guest's network interface: a tap checked by [`Tap::from_inherited_fd`]
+/// and the MAC the guest gets.
+#[derive(Debug)]
+pub struct NetConfig {
+    pub tap: Tap,
+    pub mac: [u8; 6],
 }
 
 /// A hybrid vsock device (Firecracker convention): host processes connect to
@@ -169,7 +180,7 @@ impl Vm {
         let kernel = boot::load_kernel(&memory, &config.kernel)?;
         let initrd = load_initrd(&memory, &config, &kernel)?;
         // virtio devices first: their command line entries go to the kernel.
-        let (mmio, cmdline, device_threads) = attach_virtio_devices(&vm, &memory, &config)?;
+        let (mmio, cmdline, device_threads) = attach_virtio_devices(&vm, &memory, &mut config)?;
         clock.done("kernel, initramfs and devices ready");
         params::write_boot_params(&memory, &kernel, initrd.as_ref(), &cmdline)?;
         mptable::write(&memory, config.vcpus).map_err(boot::BootError::from)?;
@@ -395,7 +406,7 @@ fn load_initrd(
 fn attach_virtio_devices(
     vm: &Arc<VmFd>,
     memory: &GuestMemory,
-    config: &VmConfig,
+    config: &mut VmConfig,
 ) -> Result<(Bus, String, Vec<ParkedThreads>), VmError> {
     let mut mmio = Bus::default();
     let mut virtio = VirtioAttacher::new(vm.clone(), memory.clone());
@@ -415,6 +426,9 @@ fn attach_virtio_devices(
             source,
         })?;
         virtio.attach(Box::new(fs), &mut mmio)?;
+    }
+    if let Some(net) = config.net.take() {
+        virtio.attach(Box::new(Net::new(net.tap, net.mac)), &mut mmio)?;
     }
     // Last, so that the other devices keep their windows and IRQs either way.
     if config.balloon {

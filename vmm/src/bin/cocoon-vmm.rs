@@ -8,7 +8,8 @@ use cocoon_vmm::cli::Args;
 use cocoon_vmm::devices::console_cap::CappedSink;
 use cocoon_vmm::jail::{self, Jail};
 use cocoon_vmm::seccomp;
-use cocoon_vmm::vm::{Vm, VmConfig, VmEvent, VsockConfig};
+use cocoon_vmm::virtio::net::Tap;
+use cocoon_vmm::vm::{NetConfig, Vm, VmConfig, VmEvent, VsockConfig};
 
 /// Kernel arguments every Cocoon guest needs: the console on COM1, a restart
 /// through the i8042 (which ends the VM), and an immediate restart on panic
@@ -119,6 +120,14 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let launched = std::time::Instant::now();
+    // First: an inherited fd is only ours while nothing else has opened one.
+    let net = match (args.net_fd, args.net_mac) {
+        (Some(fd), Some(mac)) => Some(NetConfig {
+            tap: Tap::from_inherited_fd(fd)?,
+            mac,
+        }),
+        _ => None,
+    };
     // Before guest memory exists, so that all of it is charged there.
     if let Some(cgroup) = &args.cgroup {
         jail::cgroup::join(cgroup)?;
@@ -160,6 +169,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             uds_path,
         }),
         balloon: args.balloon,
+        net,
     };
     let mut vm = Vm::new(config)?;
     // Everything opened by host path is open now; every thread starts after

@@ -1,7 +1,9 @@
 //! Device worker threads: the epoll loop every device runs, then what each
 //! kind of device does on top (entropy, Unix sockets, files, freeing memory).
 
-use crate::virtio::{VIRTIO_ID_BALLOON, VIRTIO_ID_FS, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK};
+use crate::virtio::{
+    VIRTIO_ID_BALLOON, VIRTIO_ID_FS, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK,
+};
 
 use super::{runtime, Rules, KVM_IRQ_LINE};
 
@@ -25,6 +27,7 @@ pub(super) fn rules(device_type: u32) -> Rules {
         VIRTIO_ID_VSOCK => vsock(&mut rules),
         VIRTIO_ID_FS => fs(&mut rules),
         VIRTIO_ID_BALLOON => balloon(&mut rules),
+        VIRTIO_ID_NET => net(&mut rules),
         _ => {}
     }
     rules
@@ -105,4 +108,14 @@ fn balloon(rules: &mut Rules) {
     // Reported free pages leave the resident set; guest RAM switches to small
     // pages at the first report.
     rules.allow_arg(libc::SYS_madvise, 2, &[libc::MADV_NOHUGEPAGE as u64]);
+}
+
+// The ioctl number is a c_ulong with glibc but a c_int with musl.
+#[allow(clippy::unnecessary_cast)]
+fn net(rules: &mut Rules) {
+    rules
+        // Frames from and to the tap, one read or writev each.
+        .allow(&[libc::SYS_read, libc::SYS_write, libc::SYS_writev])
+        // At activation: the tap's offloads, as the driver negotiated them.
+        .allow_arg(libc::SYS_ioctl, 1, &[libc::TUNSETOFFLOAD as u64]);
 }

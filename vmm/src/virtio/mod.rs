@@ -11,6 +11,7 @@ mod epoll_worker;
 pub mod fs;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 mod queue_drain;
 pub mod rng;
 pub mod vsock;
@@ -34,6 +35,8 @@ pub use crate::memory::GuestMemory;
 
 /// Virtio device type of the entropy device.
 pub const VIRTIO_ID_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+/// Virtio device type of the network device.
+pub const VIRTIO_ID_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 /// Virtio device type of the socket device.
 pub const VIRTIO_ID_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 /// Virtio device type of the file system device.
