@@ -441,6 +441,14 @@ fn what_is_not_a_tap_is_refused_naming_the_flag() {
 
 // Opens a tap named from `name` with `flags` (needs root and /dev/net/tun).
 fn open_tap(name: &str, flags: libc::c_int) -> OwnedFd {
+    // The host VM's Debian kernel has tun as a module, loaded on demand.
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        let status = std::process::Command::new("modprobe").arg("tun").status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "/dev/net/tun is missing and `modprobe tun` failed: {status:?}"
+        );
+    }
     let tun = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
