@@ -68,6 +68,10 @@ for _ in $(seq 100); do [ -c /root/dev/hvc0 ] && break; sleep 0.1; done
 # seen to lock up some 25-35 s after boot, when khugepaged starts its scans.
 echo 86400000 >/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs 2>/dev/null
 
+# Loopback up, as on any machine: tests serve on 127.0.0.1 (the CRI tests'
+# registry, containerd's stream server, critest's port mappings).
+ip link set lo up || fail "bringing up the loopback interface"
+
 (while sleep 10; do say "alive $(cut -d' ' -f1 /proc/uptime)"; done) &
 
 chroot /root /bin/bash /kvm-host/inner </dev/null >/root/dev/hvc0 2>&1
