@@ -55,7 +55,12 @@ fn images() -> Vec<Image> {
     nnp.extend(args(&["--entrypoint", r#"["/usr/local/bin/nnp"]"#]));
     let mut pause = file("cocoon-pause", "/pause", "0755");
     pause.extend(args(&["--bare", "--entrypoint", r#"["/pause"]"#]));
-    let www_data = ["--passwd", "www-data:x:33:33:www-data:/var/www:/bin/false", "--group", "www-data:x:33:"];
+    let www_data = [
+        "--passwd",
+        "www-data:x:33:33:www-data:/var/www:/bin/false",
+        "--group",
+        "www-data:x:33:",
+    ];
     let user = |user: &str| {
         let mut options = args(&["--user", user]);
         options.extend(args(&www_data));
@@ -179,7 +184,12 @@ impl Registry {
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).expect("registry log"))
-            .stderr(std::fs::File::options().append(true).open(&log).expect("registry log"))
+            .stderr(
+                std::fs::File::options()
+                    .append(true)
+                    .open(&log)
+                    .expect("registry log"),
+            )
             .spawn()
             .expect("docker-registry (Debian package docker-registry; make deps installs it)");
         let registry = Registry {
@@ -207,10 +217,7 @@ impl Registry {
             return false;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let request = format!(
-            "GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n",
-            self.address
-        );
+        let request = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.address);
         if stream.write_all(request.as_bytes()).is_err() {
             return false;
         }
@@ -223,7 +230,12 @@ impl Registry {
     pub fn push(&self, archive: &Path, name: &str) {
         let path = name.split_once('/').map_or(name, |(_, path)| path);
         let out = Command::new("skopeo")
-            .args(["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"])
+            .args([
+                "--insecure-policy",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+            ])
             .arg(format!("oci-archive:{}", archive.display()))
             .arg(format!("docker://{}/{path}", self.address))
             .stdin(Stdio::null())
@@ -238,9 +250,108 @@ impl Registry {
         );
     }
 
+    /// Makes image `from` (pushed before) also `name`, through the registry
+    /// API: its blobs mounted into the new repository, its manifest put
+    /// under the new tag. One skopeo run per name took seconds each under
+    /// emulation; this is a few small requests.
+    pub fn tag(&self, from: &str, name: &str) {
+        let (from_repo, from_tag) = repo_and_tag(from);
+        let (repo, tag) = repo_and_tag(name);
+        let (status, manifest) = self.request(
+            "GET",
+            &format!("/v2/{from_repo}/manifests/{from_tag}"),
+            &[("Accept", OCI_MANIFEST)],
+            &[],
+        );
+        assert_eq!(status, 200, "GET manifest of {from}");
+        let parsed: serde_json::Value =
+            serde_json::from_slice(&manifest).expect("the registry's manifest is JSON");
+        let config = std::iter::once(&parsed["config"]);
+        let layers = parsed["layers"].as_array().into_iter().flatten();
+        for blob in config.chain(layers) {
+            let digest = blob["digest"].as_str().expect("a blob digest");
+            let (status, _) = self.request(
+                "POST",
+                &format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}"),
+                &[],
+                &[],
+            );
+            assert_eq!(
+                status, 201,
+                "mounting {digest} from {from_repo} into {repo}"
+            );
+        }
+        let (status, body) = self.request(
+            "PUT",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[("Content-Type", OCI_MANIFEST)],
+            &manifest,
+        );
+        assert_eq!(status, 201, "PUT manifest {name}: {}", text(&body));
+    }
+
+    /// The manifest the registry serves for `name` (`registry/path:tag`).
+    pub fn manifest(&self, name: &str) -> Option<serde_json::Value> {
+        let (repo, tag) = repo_and_tag(name);
+        let (status, body) = self.request(
+            "GET",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[("Accept", OCI_MANIFEST)],
+            &[],
+        );
+        (status == 200)
+            .then(|| serde_json::from_slice(&body).ok())
+            .flatten()
+    }
+
+    /// One HTTP/1.0 request to the registry: (status, body).
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.address).expect("registry connection");
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+        let mut head = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Length: {}\r\n",
+            self.address,
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).expect("registry request");
+        stream.write_all(body).expect("registry request body");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).expect("registry answer");
+        let split = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(answer.len(), |at| at + 4);
+        let status = text(&answer[..split])
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        (status, answer[split..].to_vec())
+    }
+
     pub fn log(&self) -> String {
         tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 20)
     }
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// `registry/path:tag` as (path, tag); the registry part is dropped (every
+/// mirrored registry is the local one).
+fn repo_and_tag(name: &str) -> (&str, &str) {
+    let path = name.split_once('/').map_or(name, |(_, path)| path);
+    path.rsplit_once(':').unwrap_or((path, "latest"))
 }
 
 impl Drop for Registry {
@@ -299,7 +410,10 @@ impl Cri {
         push_images(&registry, dir.path());
         eprintln!(
             "cri: {} images pushed to {} in {:.1?}",
-            images().iter().map(|image| image.names.len()).sum::<usize>(),
+            images()
+                .iter()
+                .map(|image| image.names.len())
+                .sum::<usize>(),
             registry.address,
             started.elapsed()
         );
@@ -313,7 +427,12 @@ impl Cri {
             &build_output("vmlinux"),
             &build_output("initramfs.img"),
             |containerd_dir| Extra {
-                cri: Some(cri_config(containerd_dir, &registry.address, &bridge, &subnet)),
+                cri: Some(cri_config(
+                    containerd_dir,
+                    &registry.address,
+                    &bridge,
+                    &subnet,
+                )),
                 tmpfs: true,
             },
         );
@@ -492,8 +611,10 @@ fn push_images(registry: &Registry, dir: &Path) {
             image.names[0],
             text(&built.stderr)
         );
-        for name in image.names {
-            registry.push(&archive, name);
+        let (first, others) = image.names.split_first().expect("an image has a name");
+        registry.push(&archive, first);
+        for name in others {
+            registry.tag(first, name);
         }
         let _ = std::fs::remove_file(&archive);
     }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cocoon_tests::containerd::text;
-use cocoon_tests::cri::{Cri, BUSYBOX, COCOON_HANDLER};
+use cocoon_tests::cri::{Cri, Registry, BUSYBOX, COCOON_HANDLER};
 use cocoon_tests::{repo_root, require_hardware_kvm, wait_or_kill};
 
 /// A pod with one busybox container, through every crictl verb a kubelet
@@ -105,6 +105,28 @@ fn skip_regex() -> String {
     regexes.join("|")
 }
 
+/// The registry half of the harness, without KVM: an image built offline,
+/// pushed with skopeo, tagged under a name of another repository.
+#[test]
+fn registry_serves_pushed_and_tagged_images() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let registry = Registry::start(&dir.path().join("registry"));
+    let archive = dir.path().join("busybox.tar");
+    let built = Command::new(repo_root().join("tests/images/oci-image.sh"))
+        .arg(&archive)
+        .arg(BUSYBOX)
+        .status()
+        .expect("oci-image.sh runs");
+    assert!(built.success());
+    registry.push(&archive, BUSYBOX);
+    let other = "gcr.io/k8s-staging-cri-tools/test-image-tags:2";
+    assert!(registry.manifest(other).is_none(), "{other} before tagging");
+    registry.tag(BUSYBOX, other);
+    let pushed = registry.manifest(BUSYBOX).expect("the pushed image");
+    assert_eq!(registry.manifest(other), Some(pushed.clone()));
+    assert_eq!(pushed["layers"].as_array().map(Vec::len), Some(1));
+}
+
 #[test]
 fn critest_skip_list_is_well_formed() {
     let regex = skip_regex();
@@ -119,7 +141,11 @@ fn summary(output: &str) -> Option<(u32, u32, u32)> {
         .find(|line| line.contains(" Passed | ") && line.contains(" Failed | "))?;
     let count = |word: &str| -> Option<u32> {
         let before = line.split(&format!(" {word}")).next()?;
-        before.rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        before
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
     };
     Some((count("Passed")?, count("Failed")?, count("Skipped")?))
 }
@@ -161,9 +187,12 @@ fn critest(handler: &str, focus: &str) {
     let counts = summary(&output);
     println!(
         "critest --runtime-handler={handler}: {} in {:.0?} ({status:?})",
-        counts.map_or("no summary".to_string(), |(passed, failed, skipped)| format!(
-            "{passed} passed, {failed} failed, {skipped} skipped"
-        )),
+        counts.map_or(
+            "no summary".to_string(),
+            |(passed, failed, skipped)| format!(
+                "{passed} passed, {failed} failed, {skipped} skipped"
+            )
+        ),
         elapsed
     );
     let (_, failed, _) = counts.unwrap_or_else(|| {
@@ -173,7 +202,10 @@ fn critest(handler: &str, focus: &str) {
         )
     });
     assert_eq!(failed, 0, "critest: {failed} specs failed (see above)");
-    assert!(matches!(status, Ok(s) if s.success()), "critest: {status:?}");
+    assert!(
+        matches!(status, Ok(s) if s.success()),
+        "critest: {status:?}"
+    );
     let left = cri.leftovers();
     assert!(left.is_empty(), "critest left behind: {left:?}");
     drop(cri);
