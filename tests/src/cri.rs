@@ -406,15 +406,35 @@ impl Cri {
         let tools = cri_tools_dir();
         let dir = tempfile::tempdir().expect("temporary directory");
         let started = Instant::now();
-        let registry = Registry::start(&dir.path().join("registry"));
-        push_images(&registry, dir.path());
+        let registry_dir = dir.path().join("registry");
+        let cache = registry_cache();
+        let cached = cache.is_dir();
+        if cached {
+            std::fs::create_dir_all(&registry_dir).expect("registry directory");
+            copy_dir(&cache, &registry_dir.join("storage"));
+        }
+        let registry = Registry::start(&registry_dir);
+        if !cached {
+            push_images(&registry, dir.path());
+            let partial = cache.with_extension(format!("partial-{}", std::process::id()));
+            copy_dir(&registry_dir.join("storage"), &partial);
+            // Whole or not at all: a later test copies only a finished one.
+            if std::fs::rename(&partial, &cache).is_err() {
+                let _ = std::fs::remove_dir_all(&partial);
+            }
+        }
         eprintln!(
-            "cri: {} images pushed to {} in {:.1?}",
+            "cri: {} images in {} ({}) in {:.1?}",
             images()
                 .iter()
                 .map(|image| image.names.len())
                 .sum::<usize>(),
             registry.address,
+            if cached {
+                "cached storage"
+            } else {
+                "built and pushed"
+            },
             started.elapsed()
         );
         // Unique per process: a bridge name has at most 15 bytes.
@@ -588,6 +608,47 @@ fn netns_names() -> BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Where the registry's storage with every image is kept for the next
+/// test: in the temporary directory (in the KVM host VM, its tmpfs: shared by
+/// the tests of one run), keyed by everything the images are made of.
+/// Building and pushing them takes about two minutes under emulation.
+fn registry_cache() -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for image in images() {
+        image.names.hash(&mut hasher);
+        image.options.hash(&mut hasher);
+    }
+    let bin = release_dir();
+    for file in [
+        repo_root().join("tests/images/oci-image.sh"),
+        PathBuf::from("/bin/busybox"),
+        bin.join("cocoon-pause"),
+        bin.join("cocoon-nonewprivs"),
+    ] {
+        std::fs::read(&file)
+            .unwrap_or_else(|e| panic!("{}: {e} (run `make` first)", file.display()))
+            .hash(&mut hasher);
+    }
+    std::env::temp_dir().join(format!("cocoon-cri-registry-{:016x}", hasher.finish()))
+}
+
+/// `cp -a FROM TO` (TO must not exist).
+fn copy_dir(from: &Path, to: &Path) {
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp runs");
+    assert!(
+        copied.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
 }
 
 /// Builds every image of [`images`] and pushes it under all its names.
