@@ -71,14 +71,31 @@ fn images() -> Vec<Image> {
             names: &[
                 "registry.k8s.io/e2e-test-images/busybox:1.29-2",
                 "docker.io/cocoon/busybox:latest",
-                "gcr.io/k8s-staging-cri-tools/test-image-latest:latest",
-                "gcr.io/k8s-staging-cri-tools/test-image-tag:test",
-                "gcr.io/k8s-staging-cri-tools/test-image-tag:all",
+            ],
+            options: Vec::new(),
+        },
+        // critest checks each of these has only its own names (repo tags):
+        // each is a different image (a file naming it).
+        Image {
+            names: &["gcr.io/k8s-staging-cri-tools/test-image-latest:latest"],
+            options: args(&["--text", "/test-image=latest"]),
+        },
+        Image {
+            names: &["gcr.io/k8s-staging-cri-tools/test-image-tag:test"],
+            options: args(&["--text", "/test-image=tag:test"]),
+        },
+        Image {
+            names: &["gcr.io/k8s-staging-cri-tools/test-image-tag:all"],
+            options: args(&["--text", "/test-image=tag:all"]),
+        },
+        // One image under three tags.
+        Image {
+            names: &[
                 "gcr.io/k8s-staging-cri-tools/test-image-tags:1",
                 "gcr.io/k8s-staging-cri-tools/test-image-tags:2",
                 "gcr.io/k8s-staging-cri-tools/test-image-tags:3",
             ],
-            options: Vec::new(),
+            options: args(&["--text", "/test-image=tags"]),
         },
         Image {
             names: &[PAUSE],
@@ -135,8 +152,11 @@ fn images() -> Vec<Image> {
             options: args(&[
                 "--text",
                 "/usr/share/nginx/html/index.html=<p>cocoon test web server</p>",
+                // PID 1's command line says "master process", as nginx's
+                // does (critest's ContainerPID spec waits for it); it ends
+                // on SIGTERM like nginx, not after the stop timeout.
                 "--cmd",
-                r#"["httpd","-f","-v","-p","80","-h","/usr/share/nginx/html"]"#,
+                r#"["sh","-c","trap 'exit 0' TERM INT; httpd -f -v -p 80 -h /usr/share/nginx/html & wait","nginx: master process"]"#,
             ]),
         },
         Image {
