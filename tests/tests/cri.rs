@@ -29,6 +29,7 @@ fn pod_lifecycle(handler: Option<&str>) {
     let started = Instant::now();
     let pod = cri.crictl_ok(&runp);
     eprintln!("runp: {:.1?}", started.elapsed());
+    print_mounts("pod sandbox", &cri.crictl_ok(&["inspectp", &pod]));
 
     cri.crictl_ok(&["pull", BUSYBOX]);
     let container_config = cri.write_json(
@@ -44,6 +45,7 @@ fn pod_lifecycle(handler: Option<&str>) {
     let container = cri.crictl_ok(&["create", &pod, &container_config, &pod_config]);
     cri.crictl_ok(&["start", &container]);
     eprintln!("runp + pull + create + start: {:.1?}", started.elapsed());
+    print_mounts("container", &cri.crictl_ok(&["inspect", &container]));
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -72,6 +74,24 @@ fn pod_lifecycle(handler: Option<&str>) {
     assert!(left.is_empty(), "left behind: {left:?}");
     drop(cri);
     assert_no_bridge_left();
+}
+
+/// The mounts of the OCI spec containerd made (`crictl inspect[p]`'s
+/// `info.runtimeSpec`): what a runtime is asked to bind into a pod.
+fn print_mounts(what: &str, inspect: &str) {
+    let Ok(info) = serde_json::from_str::<serde_json::Value>(inspect) else {
+        return;
+    };
+    let mounts = info["info"]["runtimeSpec"]["mounts"].as_array().cloned();
+    for mount in mounts.unwrap_or_default() {
+        eprintln!(
+            "{what} mount: {} <- {} ({}) {}",
+            mount["destination"].as_str().unwrap_or("?"),
+            mount["source"].as_str().unwrap_or("?"),
+            mount["type"].as_str().unwrap_or("?"),
+            mount["options"]
+        );
+    }
 }
 
 #[test]
