@@ -17,13 +17,15 @@ GUEST := build/guest
 DEBIAN_PACKAGES := \
 	build-essential patch pkg-config bc bison flex libelf-dev libssl-dev xz-utils kmod cpio file \
 	linux-source-6.1 busybox-static e2fsprogs iproute2 procps gzip libseccomp-dev \
-	qemu-system-x86 containerd runc
+	qemu-system-x86 containerd runc \
+	docker-registry skopeo containernetworking-plugins iptables
 
-.PHONY: all deps build kernel initramfs guest test lint unit-test cold-check kvm-test bench demo install clean fuzz fuzz-smoke
+.PHONY: all deps build kernel initramfs guest test lint unit-test cold-check kvm-test conformance bench demo install clean fuzz fuzz-smoke
 
 all: build guest
 
-## deps: install the Debian packages above (only those missing) and the KVM host VM's kernel.
+## deps: install the Debian packages above (only those missing), crictl and critest
+## (cri-tools, pinned, built with Go into the cache) and the KVM host VM's kernel.
 deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
@@ -32,6 +34,7 @@ deps:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+	tests/tools/build-go-tools >/dev/null
 	tests/kvm-host --prepare
 
 # The shim, cocoon-vmm, the agent, and the test tools (cocoon-guest-probe runs
@@ -72,7 +75,16 @@ kvm-test: guest
 	@bins=$$($(CARGO) test --workspace --no-run --message-format=json \
 	    | sed -n 's/.*"executable":"\([^"]*\/deps\/[^"]*\)".*/\1/p'); \
 	[ -n "$$bins" ] || { echo "kvm-test: no test binaries found" >&2; exit 1; }; \
-	tests/kvm-host --timeout 2400 -- tests/run-tests --ignored --test-threads=1 --nocapture -- $$bins
+	tests/kvm-host --timeout 2400 -- tests/run-tests --ignored --test-threads=1 --nocapture --skip conformance_ -- $$bins
+
+## conformance: critest's whole suite (minus tests/cri/critest-skip.txt) with the
+## cocoon handler, and with runc side by side; too slow under emulation for
+## every CI run, where kvm-test runs a subset (docs/testing.md).
+conformance: guest
+	@bin=$$($(CARGO) test -p cocoon-tests --test cri --no-run --message-format=json \
+	    | sed -n 's/.*"executable":"\([^"]*\/deps\/cri-[^"]*\)".*/\1/p'); \
+	[ -n "$$bin" ] || { echo "conformance: no cri test binary" >&2; exit 1; }; \
+	tests/kvm-host --timeout 14400 -- tests/run-tests --ignored --test-threads=1 --nocapture conformance_ -- $$bin
 
 ## bench: speed and memory as ratios against QEMU (and later runc), measured side by side.
 bench: all
@@ -93,13 +105,12 @@ install: all
 	@echo "Installed. Without /etc/cocoon/config.toml the shim uses $(PREFIX)/share/cocoon"
 	@echo "(kernel, initramfs) and $(PREFIX)/bin/cocoon-vmm; see docs/architecture.md for every key."
 	@echo "Try it:  ctr run --rm --runtime io.containerd.cocoon.v1 docker.io/library/busybox:latest demo uname -a"
-	@echo "For Kubernetes, add to /etc/containerd/config.toml and restart containerd:"
-	@echo '  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon]'
-	@echo '    runtime_type = "io.containerd.cocoon.v1"'
-	@echo '  # optional, a config of its own for this runtime (e.g. another size or kernel):'
-	@echo '  # [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon.options]'
-	@echo '  #   ConfigPath = "/etc/cocoon/config.toml"'
-	@echo "then use a RuntimeClass with handler: cocoon."
+	install -D -m 0644 deploy/kubernetes/runtimeclass.yaml $(PREFIX)/share/cocoon/runtimeclass.yaml
+	install -D -m 0644 deploy/kubernetes/containerd-cri.toml $(PREFIX)/share/cocoon/containerd-cri.toml
+	@echo "For Kubernetes (docs/kubernetes.md), add to /etc/containerd/config.toml and restart containerd"
+	@echo "(this is $(PREFIX)/share/cocoon/containerd-cri.toml):"
+	@sed 's/^/  /' deploy/kubernetes/containerd-cri.toml
+	@echo "then: kubectl apply -f $(PREFIX)/share/cocoon/runtimeclass.yaml  (RuntimeClass cocoon, handler: cocoon)"
 
 clean:
 	$(CARGO) clean

@@ -59,6 +59,13 @@ kernel=$(uname -r)
 mkdir -p "/root/lib/modules/$kernel"
 mount -o bind "/lower$MODULES" "/root/lib/modules/$kernel" || fail "mounting the modules of $kernel"
 
+# The kernel's own module requests (a bridge, netfilter tables, veth for CNI)
+# run /proc/sys/kernel/modprobe in this initramfs's root, which has none of
+# the modules: hand them to the machine's modprobe in the new root.
+printf '#!/bin/sh\nexec chroot /root /sbin/modprobe "$@"\n' >/bin/modprobe-in-root
+chmod 0755 /bin/modprobe-in-root
+echo /bin/modprobe-in-root >/proc/sys/kernel/modprobe
+
 # The command's output goes to the virtio console, which the launcher streams.
 for _ in $(seq 100); do [ -c /root/dev/hvc0 ] && break; sleep 0.1; done
 [ -c /root/dev/hvc0 ] || fail "no /dev/hvc0 for the command's output"
@@ -67,6 +74,10 @@ for _ in $(seq 100); do [ -c /root/dev/hvc0 ] && break; sleep 0.1; done
 # running nested guest's memory behind KVM's back: the emulated host VM was
 # seen to lock up some 25-35 s after boot, when khugepaged starts its scans.
 echo 86400000 >/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs 2>/dev/null
+
+# Loopback up, as on any machine: tests serve on 127.0.0.1 (the CRI tests'
+# registry, containerd's stream server, critest's port mappings).
+ip link set lo up || fail "bringing up the loopback interface"
 
 (while sleep 10; do say "alive $(cut -d' ' -f1 /proc/uptime)"; done) &
 

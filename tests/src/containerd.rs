@@ -13,6 +13,17 @@ use crate::{build_output, release_dir, repo_root, tail};
 pub const BUSYBOX: &str = "docker.io/cocoon/busybox:latest";
 pub const RUNTIME: &str = "io.containerd.cocoon.v1";
 
+/// What [`Containerd::start_with`] adds to the plain test containerd.
+#[derive(Debug, Default)]
+pub struct Extra {
+    /// The CRI plugin's configuration (TOML, whole `[plugins."io.containerd.grpc.v1.cri"]`
+    /// tables); `None` disables the plugin.
+    pub cri: Option<String>,
+    /// containerd's root and state on a tmpfs of their own (any snapshotter
+    /// works there; the host VM's root is an overlay), removed with it.
+    pub tmpfs: bool,
+}
+
 pub struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
@@ -34,6 +45,17 @@ impl Containerd {
     /// A containerd whose cocoon runtime comes from `bin` (the shim and
     /// cocoon-vmm) and boots `kernel` with `initramfs`.
     pub fn start_from(bin: &Path, kernel: &Path, initramfs: &Path) -> Self {
+        Self::start_with(bin, kernel, initramfs, |_| Extra::default())
+    }
+
+    /// [`Containerd::start_from`] with more: `extra` gets the containerd's
+    /// own directory (to put files for its config there) before it starts.
+    pub fn start_with(
+        bin: &Path,
+        kernel: &Path,
+        initramfs: &Path,
+        extra: impl FnOnce(&Path) -> Extra,
+    ) -> Self {
         for binary in ["containerd-shim-cocoon-v1", "cocoon-vmm"] {
             assert!(
                 bin.join(binary).is_file(),
@@ -42,6 +64,7 @@ impl Containerd {
             );
         }
         let dir = tempfile::tempdir().expect("temporary directory");
+        let extra = extra(dir.path());
         let socket = dir.path().join("containerd.sock");
         let cocoon_state = dir.path().join("cocoon");
         let cocoon_config = dir.path().join("cocoon.toml");
@@ -59,15 +82,29 @@ impl Containerd {
             ),
         )
         .expect("cocoon config");
+        // containerd's root and state, on a tmpfs of their own when asked.
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("containerd data directory");
+        if extra.tmpfs {
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "mode=0700,size=2g", "tmpfs"])
+                .arg(&data)
+                .status()
+                .expect("mount runs");
+            assert!(mounted.success(), "mounting a tmpfs on {}", data.display());
+        }
+        let plugins = match &extra.cri {
+            Some(cri) => cri.clone(),
+            None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string(),
+        };
         let config = dir.path().join("containerd.toml");
         std::fs::write(
             &config,
             format!(
                 "version = 2\nroot = {:?}\nstate = {:?}\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n",
-                dir.path().join("root"),
-                dir.path().join("state"),
+                 [grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n{plugins}",
+                data.join("root"),
+                data.join("state"),
                 socket,
                 dir.path().join("containerd.sock.ttrpc"),
             ),
@@ -220,11 +257,11 @@ impl Containerd {
     /// Builds the busybox image offline and imports it as [`BUSYBOX`].
     pub fn import_busybox(&self) {
         let archive = self.dir.path().join("busybox.tar");
-        let built = Command::new(repo_root().join("tests/images/busybox-oci.sh"))
+        let built = Command::new(repo_root().join("tests/images/oci-image.sh"))
             .arg(&archive)
             .arg(BUSYBOX)
             .status()
-            .expect("busybox-oci.sh runs");
+            .expect("oci-image.sh runs");
         assert!(built.success(), "building the busybox image failed");
         let imported = self.ctr(&["image", "import", archive.to_str().expect("utf-8 path")]);
         assert!(

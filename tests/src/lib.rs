@@ -13,6 +13,7 @@ use cocoon_vmm_command::{Console, VmmCommand};
 use wait_timeout::ChildExt;
 
 pub mod containerd;
+pub mod cri;
 pub mod oci;
 pub mod pattern;
 pub mod sandbox;

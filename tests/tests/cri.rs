@@ -1,0 +1,274 @@
+//! Kubernetes' side of Cocoon: containerd's CRI plugin with the `cocoon`
+//! runtime handler, driven by crictl and by critest (cri-tools' validation
+//! suite), against a private containerd, registry and CNI bridge
+//! (`cocoon_tests::cri`). The same scenarios with runc, containerd's default
+//! handler, prove the harness itself.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cocoon_tests::containerd::text;
+use cocoon_tests::cri::{Cri, Registry, BUSYBOX, COCOON_HANDLER};
+use cocoon_tests::{repo_root, require_hardware_kvm, wait_or_kill};
+
+/// A pod with one busybox container, through every crictl verb a kubelet
+/// uses: run the pod, pull, create, start, logs, exec, stop, remove; then
+/// nothing of it may be left. `handler` is the RuntimeClass handler (None:
+/// containerd's default, runc).
+fn pod_lifecycle(handler: Option<&str>) {
+    require_hardware_kvm();
+    let cri = Cri::start();
+    let name = format!("pod-{}", handler.unwrap_or("default"));
+    let pod_config = cri.write_json(&name, &cri.pod_config(&name));
+    let mut runp = vec!["runp"];
+    if let Some(handler) = handler {
+        runp.extend(["--runtime", handler]);
+    }
+    runp.push(&pod_config);
+    let started = Instant::now();
+    let pod = cri.crictl_ok(&runp);
+    eprintln!("runp: {:.1?}", started.elapsed());
+    print_mounts("pod sandbox", &cri.crictl_ok(&["inspectp", &pod]));
+
+    cri.crictl_ok(&["pull", BUSYBOX]);
+    let container_config = cri.write_json(
+        "hello",
+        &serde_json::json!({
+            "metadata": { "name": "hello" },
+            "image": { "image": BUSYBOX },
+            "command": ["sh", "-c", "echo hello from cri; exec sleep 600"],
+            "log_path": "hello.log",
+            "linux": {}
+        }),
+    );
+    let container = cri.crictl_ok(&["create", &pod, &container_config, &pod_config]);
+    cri.crictl_ok(&["start", &container]);
+    eprintln!("runp + pull + create + start: {:.1?}", started.elapsed());
+    print_mounts("container", &cri.crictl_ok(&["inspect", &container]));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = cri.crictl(&["logs", &container]);
+        if text(&logs.stdout).contains("hello from cri") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "crictl logs never showed the greeting: {}{}",
+            text(&logs.stdout),
+            text(&logs.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let exec = cri.crictl_ok(&["exec", &container, "sh", "-c", "echo exec $((6 * 7))"]);
+    assert_eq!(exec, "exec 42");
+    let hostname = cri.crictl_ok(&["exec", &container, "hostname"]);
+    assert_eq!(hostname, name, "the pod's hostname");
+
+    cri.crictl_ok(&["stop", "--timeout", "5", &container]);
+    cri.crictl_ok(&["rm", &container]);
+    cri.crictl_ok(&["stopp", &pod]);
+    cri.crictl_ok(&["rmp", &pod]);
+    let left = cri.leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    drop(cri);
+    assert_no_bridge_left();
+}
+
+/// The mounts of the OCI spec containerd made (`crictl inspect[p]`'s
+/// `info.runtimeSpec`): what a runtime is asked to bind into a pod.
+fn print_mounts(what: &str, inspect: &str) {
+    let Ok(info) = serde_json::from_str::<serde_json::Value>(inspect) else {
+        return;
+    };
+    let mounts = info["info"]["runtimeSpec"]["mounts"].as_array().cloned();
+    for mount in mounts.unwrap_or_default() {
+        eprintln!(
+            "{what} mount: {} <- {} ({}) {}",
+            mount["destination"].as_str().unwrap_or("?"),
+            mount["source"].as_str().unwrap_or("?"),
+            mount["type"].as_str().unwrap_or("?"),
+            mount["options"]
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs real KVM: the CRI node runs in tests/kvm-host (make kvm-test)"]
+fn crictl_pod_with_runc() {
+    pod_lifecycle(None);
+}
+
+#[test]
+#[ignore = "needs real KVM: a Cocoon pod is a microVM (make kvm-test)"]
+fn crictl_pod_with_cocoon() {
+    pod_lifecycle(Some(COCOON_HANDLER));
+}
+
+/// tests/cri/critest-skip.txt as one `--ginkgo.skip` regex. Each line is
+/// `REGEX # reason`; a skip without its reason is refused.
+fn skip_regex() -> String {
+    let path = repo_root().join("tests/cri/critest-skip.txt");
+    let list = std::fs::read_to_string(&path).expect("tests/cri/critest-skip.txt");
+    let mut regexes = Vec::new();
+    for line in list.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (regex, reason) = line
+            .split_once(" # ")
+            .unwrap_or_else(|| panic!("skip without a `# reason`: {line}"));
+        assert!(!reason.trim().is_empty(), "skip without a reason: {line}");
+        regexes.push(format!("({})", regex.trim()));
+    }
+    regexes.join("|")
+}
+
+/// The registry half of the harness, without KVM: an image built offline,
+/// pushed with skopeo, tagged under a name of another repository.
+#[test]
+fn registry_serves_pushed_and_tagged_images() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let registry = Registry::start(&dir.path().join("registry"));
+    let archive = dir.path().join("busybox.tar");
+    let built = Command::new(repo_root().join("tests/images/oci-image.sh"))
+        .arg(&archive)
+        .arg(BUSYBOX)
+        .status()
+        .expect("oci-image.sh runs");
+    assert!(built.success());
+    registry.push(&archive, BUSYBOX);
+    let other = "gcr.io/k8s-staging-cri-tools/test-image-tags:2";
+    assert!(registry.manifest(other).is_none(), "{other} before tagging");
+    registry.tag(BUSYBOX, other);
+    let pushed = registry.manifest(BUSYBOX).expect("the pushed image");
+    assert_eq!(registry.manifest(other), Some(pushed.clone()));
+    assert_eq!(pushed["layers"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn critest_skip_list_is_well_formed() {
+    let regex = skip_regex();
+    assert!(regex.contains("HostNetwork"), "{regex}");
+}
+
+/// ginkgo's closing count, e.g. `FAIL! -- 80 Passed | 3 Failed | 0 Pending | 40 Skipped`.
+fn summary(output: &str) -> Option<(u32, u32, u32)> {
+    let line = output
+        .lines()
+        .rev()
+        .find(|line| line.contains(" Passed | ") && line.contains(" Failed | "))?;
+    let count = |word: &str| -> Option<u32> {
+        let before = line.split(&format!(" {word}")).next()?;
+        before
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((count("Passed")?, count("Failed")?, count("Skipped")?))
+}
+
+/// Runs critest against a fresh CRI node with `handler`, the committed skip
+/// list, and `focus` (a ginkgo regex; empty: every spec). Prints critest's
+/// output and its counts; fails if any spec that ran failed.
+fn critest(handler: &str, focus: &str) {
+    require_hardware_kvm();
+    let cri = Cri::start();
+    let report = cri.dir().join("critest-report");
+    std::fs::create_dir_all(&report).expect("report dir");
+    let log_path = cri.dir().join("critest.log");
+    let mut command = Command::new(cri.critest_path());
+    command
+        .arg(format!("--runtime-endpoint={}", cri.socket()))
+        .arg(format!("--image-endpoint={}", cri.socket()))
+        .arg(format!("--runtime-handler={handler}"))
+        .arg(format!("--ginkgo.skip={}", skip_regex()))
+        .arg("--ginkgo.no-color")
+        .arg("--ginkgo.timeout=4h")
+        .arg(format!("--report-dir={}", report.display()));
+    if !focus.is_empty() {
+        command.arg(format!("--ginkgo.focus={focus}"));
+    }
+    let log = std::fs::File::create(&log_path).expect("critest log");
+    let started = Instant::now();
+    let mut child = command
+        .current_dir(cri.dir())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("critest runs");
+    let status = wait_or_kill(&mut child, Duration::from_secs(4 * 3600));
+    let elapsed = started.elapsed();
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    println!("{output}");
+    let counts = summary(&output);
+    println!(
+        "critest --runtime-handler={handler}: {} in {:.0?} ({status:?})",
+        counts.map_or(
+            "no summary".to_string(),
+            |(passed, failed, skipped)| format!(
+                "{passed} passed, {failed} failed, {skipped} skipped"
+            )
+        ),
+        elapsed
+    );
+    let (_, failed, _) = counts.unwrap_or_else(|| {
+        panic!(
+            "critest printed no summary ({status:?}); containerd log:\n{}",
+            cri.containerd.log()
+        )
+    });
+    assert_eq!(failed, 0, "critest: {failed} specs failed (see above)");
+    assert!(
+        matches!(status, Ok(s) if s.success()),
+        "critest: {status:?}"
+    );
+    let left = cri.leftovers();
+    assert!(left.is_empty(), "critest left behind: {left:?}");
+    drop(cri);
+    assert_no_bridge_left();
+}
+
+/// What every CI run checks (`make kvm-test`): the specs of one pod and its
+/// containers' basic life, images, runtime info and idempotence, exec and
+/// logs; the whole suite is `make conformance`.
+const CI_SUBSET: &str = "Runtime info|PodSandbox runtime should support basic|\
+Container runtime should support basic operations|Image Manager|Idempotence|\
+Streaming runtime should support streaming interfaces runtime should support exec|\
+Container runtime should support log";
+
+#[test]
+#[ignore = "needs real KVM: critest's pods are Cocoon microVMs (make kvm-test)"]
+fn critest_subset_cocoon() {
+    critest(COCOON_HANDLER, CI_SUBSET);
+}
+
+#[test]
+#[ignore = "needs real KVM: the CRI node runs in tests/kvm-host (make conformance)"]
+fn conformance_critest_runc() {
+    critest("runc", "");
+}
+
+#[test]
+#[ignore = "needs real KVM: critest's pods are Cocoon microVMs (make conformance)"]
+fn conformance_critest_cocoon() {
+    critest(COCOON_HANDLER, "");
+}
+
+/// No `cocoon-cri*` bridge outlives its node.
+fn assert_no_bridge_left() {
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip (iproute2)");
+    let left: Vec<String> = text(&links.stdout)
+        .lines()
+        .filter(|line| line.contains(": cocoon-cri"))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "bridges left: {left:?}");
+    assert!(!Path::new("/var/run/netns").join("cocoon-cri").exists());
+}
