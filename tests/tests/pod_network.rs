@@ -40,12 +40,13 @@ struct CniNetwork {
 
 impl CniNetwork {
     fn new() -> CniNetwork {
-        // The host VM has no udev: the tap device node comes with the module.
-        if !std::path::Path::new("/dev/net/tun").exists() {
-            let loaded = Command::new("modprobe").arg("tun").status();
+        // What CNI and the shim use, loaded up front: the host VM has no
+        // udev (the tap's device node comes with the module).
+        for module in ["tun", "veth", "bridge", "sch_ingress", "cls_u32", "act_mirred"] {
+            let loaded = Command::new("modprobe").arg(module).status();
             assert!(
                 matches!(loaded, Ok(status) if status.success()),
-                "/dev/net/tun is missing and `modprobe tun` failed: {loaded:?}"
+                "`modprobe {module}` failed: {loaded:?}"
             );
         }
         let base = format!("cocoon-kvm{}", std::process::id());
