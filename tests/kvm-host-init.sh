@@ -65,6 +65,9 @@ mount -o bind "/lower$MODULES" "/root/lib/modules/$kernel" || fail "mounting the
 printf '#!/bin/sh\nexec chroot /root /sbin/modprobe "$@"\n' >/bin/modprobe-in-root
 chmod 0755 /bin/modprobe-in-root
 echo /bin/modprobe-in-root >/proc/sys/kernel/modprobe
+# /dev/net/tun exists on any node (systemd-tmpfiles makes kmod's static
+# nodes, which load the module on first open); here the module makes it.
+/bin/modprobe-in-root tun || fail "loading tun"
 
 # The command's output goes to the virtio console, which the launcher streams.
 for _ in $(seq 100); do [ -c /root/dev/hvc0 ] && break; sleep 0.1; done
