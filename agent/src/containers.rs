@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -25,6 +24,7 @@ use crate::cgroup::ContainerCgroup;
 use crate::error::{AgentError, Result};
 use crate::events::Events;
 use crate::helper::{self, Job, Outcome, STATE_ROOT};
+use crate::pty::ConsoleSocket;
 use crate::reaper::Reaper;
 use crate::spec::{self, Placement};
 use crate::stdio::{ProcessStdio, StreamBroker};
@@ -224,16 +224,15 @@ impl Containers {
             .map_err(|e| AgentError::internal("creating stdio pipes", e))?;
         let name = if exec_id.is_empty() { "init" } else { exec_id };
         let console = if wanted.terminal {
-            let path = bundle.join(format!("{name}.console"));
-            let _ = std::fs::remove_file(&path);
-            let listener = UnixListener::bind(&path)
-                .map_err(|e| AgentError::internal("binding the console socket", e))?;
-            Some((path, listener))
+            Some(
+                ConsoleSocket::bind()
+                    .map_err(|e| AgentError::internal("binding the console socket", e))?,
+            )
         } else {
             None
         };
         let outcome_path = bundle.join(format!("{name}.outcome"));
-        let job = job(console.as_ref().map(|(path, _)| path.clone()));
+        let job = job(console.as_ref().map(|console| console.path.clone()));
         let oom_kills_before = ContainerCgroup::of(id)
             .map(|cgroup| cgroup.oom_kills())
             .unwrap_or(0);
@@ -249,13 +248,12 @@ impl Containers {
         };
 
         let mut tty = None;
-        if let Some((path, listener)) = console {
+        if let Some(console) = console {
             let received = tokio::task::spawn_blocking(move || {
-                crate::pty::receive_master(&listener, TTY_TIMEOUT)
+                crate::pty::receive_master(&console.listener, TTY_TIMEOUT)
             })
             .await
             .map_err(|e| AgentError::internal("receiving the terminal", e))?;
-            let _ = std::fs::remove_file(path);
             let master = received.map_err(|e| AgentError::internal("receiving the terminal", e))?;
             tty = Some(
                 master

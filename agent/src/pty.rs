@@ -13,6 +13,35 @@ use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Where the console sockets live: a short directory of the agent's own.
+const CONSOLE_DIR: &str = "/run/cocoon/consoles";
+
+/// The socket libcontainer sends a new process's terminal over. Its path is
+/// short and numbered: a Unix socket path holds at most 107 bytes, and CRI's
+/// container and exec ids are 64 characters each. Removed when dropped.
+pub struct ConsoleSocket {
+    pub path: std::path::PathBuf,
+    pub listener: UnixListener,
+}
+
+impl ConsoleSocket {
+    pub fn bind() -> io::Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        std::fs::create_dir_all(CONSOLE_DIR)?;
+        let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::path::Path::new(CONSOLE_DIR).join(number.to_string());
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        Ok(ConsoleSocket { path, listener })
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Waits (blocking, up to `timeout`) for the container's init to connect to
 /// the console socket and send the pty master.
 pub fn receive_master(listener: &UnixListener, timeout: Duration) -> io::Result<OwnedFd> {

@@ -42,7 +42,14 @@ impl CniNetwork {
     fn new() -> CniNetwork {
         // What CNI and the shim use, loaded up front: the host VM has no
         // udev (the tap's device node comes with the module).
-        for module in ["tun", "veth", "bridge", "sch_ingress", "cls_u32", "act_mirred"] {
+        for module in [
+            "tun",
+            "veth",
+            "bridge",
+            "sch_ingress",
+            "cls_u32",
+            "act_mirred",
+        ] {
             let loaded = Command::new("modprobe").arg(module).status();
             assert!(
                 matches!(loaded, Ok(status) if status.success()),
