@@ -75,7 +75,7 @@ kvm-test: guest
 	@bins=$$($(CARGO) test --workspace --no-run --message-format=json \
 	    | sed -n 's/.*"executable":"\([^"]*\/deps\/[^"]*\)".*/\1/p'); \
 	[ -n "$$bins" ] || { echo "kvm-test: no test binaries found" >&2; exit 1; }; \
-	tests/kvm-host --timeout 2400 -- tests/run-tests --ignored --test-threads=1 --nocapture --skip conformance_ -- $$bins
+	tests/kvm-host --timeout 4200 -- tests/run-tests --ignored --test-threads=1 --nocapture --skip conformance_ -- $$bins
 
 ## conformance: critest's whole suite (minus tests/cri/critest-skip.txt) with the
 ## cocoon handler, and with runc side by side; too slow under emulation for
