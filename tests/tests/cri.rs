@@ -106,6 +106,191 @@ fn crictl_pod_with_cocoon() {
     pod_lifecycle(Some(COCOON_HANDLER));
 }
 
+/// Runs `crictl exec` until its output contains `wanted` (or 60 s pass);
+/// returns the last output.
+fn exec_until(cri: &Cri, container: &str, script: &str, wanted: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cri.crictl(&["exec", container, "sh", "-c", script]);
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        if said.contains(wanted) || Instant::now() > deadline {
+            return said;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A busybox container config: `name`, running `script`, with `mounts`.
+fn container_config(name: &str, script: &str, mounts: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": { "name": name },
+        "image": { "image": BUSYBOX },
+        "command": ["sh", "-c", script],
+        "log_path": format!("{name}.log"),
+        "mounts": mounts,
+        "linux": {}
+    })
+}
+
+/// Two Cocoon pods as a kubelet runs them: in the first, a writer and a
+/// reader share a directory volume (as an emptyDir) and the reader sees a
+/// configMap-style update; the writer serves HTTP, which the second pod
+/// fetches by pod IP; DNS config and hostname reach the containers;
+/// `exec -it`, `logs` and `stats` work; `stopp`/`rmp` leave nothing.
+#[test]
+#[ignore = "needs real KVM: Cocoon pods are microVMs (make kvm-test)"]
+fn crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon() {
+    require_hardware_kvm();
+    let cri = Cri::start();
+    cri.crictl_ok(&["pull", BUSYBOX]);
+    let shared = cri.dir().join("empty-dir");
+    let config = cri.dir().join("config-map");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::create_dir_all(&config).unwrap();
+    write_config_map(&config, "1", "colour=blue");
+
+    let mut web_pod = cri.pod_config("web");
+    web_pod["dns_config"] = serde_json::json!({
+        "servers": ["10.96.0.10"], "searches": ["cocoon.test"], "options": ["ndots:2"]
+    });
+    let web_pod = cri.write_json("web", &web_pod);
+    let web = cri.crictl_ok(&["runp", "--runtime", COCOON_HANDLER, &web_pod]);
+    let writer = cri.write_json(
+        "writer",
+        &container_config(
+            "writer",
+            "echo from-the-writer > /shared/note; mkdir -p /www; \
+             echo hello-over-the-pod-network > /www/index.html; \
+             echo serving; exec httpd -f -p 8080 -h /www",
+            serde_json::json!([{ "container_path": "/shared", "host_path": shared }]),
+        ),
+    );
+    let writer = cri.crictl_ok(&["create", &web, &writer, &web_pod]);
+    cri.crictl_ok(&["start", &writer]);
+    let reader = cri.write_json(
+        "reader",
+        &container_config(
+            "reader",
+            "exec sleep 600",
+            serde_json::json!([
+                { "container_path": "/shared", "host_path": shared },
+                { "container_path": "/config", "host_path": config, "readonly": true }
+            ]),
+        ),
+    );
+    let reader = cri.crictl_ok(&["create", &web, &reader, &web_pod]);
+    cri.crictl_ok(&["start", &reader]);
+
+    let said = exec_until(&cri, &reader, "cat /shared/note", "from-the-writer");
+    assert!(
+        said.contains("from-the-writer"),
+        "the shared volume: {said}"
+    );
+    let said = cri.crictl_ok(&[
+        "exec",
+        &reader,
+        "sh",
+        "-c",
+        "hostname; cat /etc/resolv.conf",
+    ]);
+    assert!(said.starts_with("web"), "the pod's hostname: {said}");
+    assert!(
+        said.contains("nameserver 10.96.0.10") && said.contains("search cocoon.test"),
+        "the pod's DNS config: {said}"
+    );
+    let said = cri.crictl_ok(&["exec", &reader, "cat", "/config/settings"]);
+    assert_eq!(said, "colour=blue");
+    write_config_map(&config, "2", "colour=green");
+    let said = exec_until(&cri, &reader, "cat /config/settings", "colour=green");
+    assert!(
+        said.contains("colour=green"),
+        "the configMap update: {said}"
+    );
+
+    // A second pod fetches the first one's page by pod IP.
+    let inspect: serde_json::Value =
+        serde_json::from_str(&cri.crictl_ok(&["inspectp", &web])).expect("inspectp JSON");
+    let ip = inspect["status"]["network"]["ip"]
+        .as_str()
+        .expect("the pod's IP")
+        .to_owned();
+    let client_pod = cri.write_json("client", &cri.pod_config("client"));
+    let client = cri.crictl_ok(&["runp", "--runtime", COCOON_HANDLER, &client_pod]);
+    let fetcher = cri.write_json(
+        "fetcher",
+        &container_config("fetcher", "exec sleep 600", serde_json::json!([])),
+    );
+    let fetcher = cri.crictl_ok(&["create", &client, &fetcher, &client_pod]);
+    cri.crictl_ok(&["start", &fetcher]);
+    let said = exec_until(
+        &cri,
+        &fetcher,
+        &format!("wget -q -T 5 -O - http://{ip}:8080/"),
+        "hello-over-the-pod-network",
+    );
+    assert!(
+        said.contains("hello-over-the-pod-network"),
+        "pod to pod over HTTP ({ip}): {said}"
+    );
+
+    // exec -it, logs and stats, as kubectl uses them.
+    let command = format!(
+        "{} --runtime-endpoint {} --config /dev/null exec -it {reader} sh -c 'tty; echo in-a-terminal'",
+        cri.crictl_path().display(),
+        cri.socket()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("/dev/pts/") && said.contains("in-a-terminal"),
+        "crictl exec -it: {said}{}",
+        text(&out.stderr)
+    );
+    let logs = cri.crictl_ok(&["logs", &writer]);
+    assert!(logs.contains("serving"), "crictl logs: {logs}");
+    let stats = cri.crictl_ok(&["stats", "-o", "json", &reader]);
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
+    let memory = stats["stats"][0]["memory"]["workingSetBytes"]["value"]
+        .as_str()
+        .and_then(|v| v.parse::<u64>().ok())
+        .or_else(|| stats["stats"][0]["memory"]["workingSetBytes"]["value"].as_u64())
+        .unwrap_or(0);
+    assert!(
+        memory > 0,
+        "crictl stats gives the container's memory: {stats}"
+    );
+
+    for pod in [&web, &client] {
+        cri.crictl_ok(&["stopp", pod]);
+        cri.crictl_ok(&["rmp", pod]);
+    }
+    let left = cri.leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    cri.containerd.assert_nothing_left();
+    assert_eq!(
+        std::fs::read_to_string(shared.join("note")).unwrap(),
+        "from-the-writer\n",
+        "the volume's data stays on the host"
+    );
+}
+
+/// Writes a configMap volume as kubelet does: the data in `..<generation>`,
+/// `..data` swapped to it by a rename, the key a symlink through `..data`.
+fn write_config_map(dir: &Path, generation: &str, settings: &str) {
+    let data = format!("..{generation}");
+    std::fs::create_dir(dir.join(&data)).unwrap();
+    std::fs::write(dir.join(&data).join("settings"), settings).unwrap();
+    if dir.join("settings").symlink_metadata().is_err() {
+        std::os::unix::fs::symlink("..data/settings", dir.join("settings")).unwrap();
+    }
+    std::os::unix::fs::symlink(&data, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+}
+
 /// tests/cri/critest-skip.txt as one `--ginkgo.skip` regex. Each line is
 /// `REGEX # reason`; a skip without its reason is refused.
 fn skip_regex() -> String {
