@@ -104,6 +104,20 @@ pub fn wait_for_text(path: &Path, needle: &str, limit: Duration) -> Result<(), S
 }
 
 /// The last `lines` lines of `text`, for failure messages.
+/// Calls `probe` (every 500 ms, for at most `limit`) until what it returns
+/// contains `wanted`; returns the last answer. For state that becomes true a
+/// little later (a file cache timing out, a server coming up).
+pub fn poll_until(limit: Duration, wanted: &str, mut probe: impl FnMut() -> String) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let said = probe();
+        if said.contains(wanted) || std::time::Instant::now() > deadline {
+            return said;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

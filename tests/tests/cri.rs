@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_tests::containerd::text;
 use cocoon_tests::cri::{Cri, Registry, BUSYBOX, COCOON_HANDLER};
-use cocoon_tests::{repo_root, require_hardware_kvm, wait_or_kill};
+use cocoon_tests::{poll_until, repo_root, require_hardware_kvm, wait_or_kill};
 
 /// A pod with one busybox container, through every crictl verb a kubelet
 /// uses: run the pod, pull, create, start, logs, exec, stop, remove; then
@@ -109,15 +109,10 @@ fn crictl_pod_with_cocoon() {
 /// Runs `crictl exec` until its output contains `wanted` (or 60 s pass);
 /// returns the last output.
 fn exec_until(cri: &Cri, container: &str, script: &str, wanted: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    poll_until(Duration::from_secs(60), wanted, || {
         let out = cri.crictl(&["exec", container, "sh", "-c", script]);
-        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
-        if said.contains(wanted) || Instant::now() > deadline {
-            return said;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        format!("{}{}", text(&out.stdout), text(&out.stderr))
+    })
 }
 
 /// A busybox container config: `name`, running `script`, with `mounts`.

@@ -6,11 +6,11 @@
 //! (The CRI suite drives the same through containerd's CRI: tests/cri.rs.)
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cocoon_tests::containerd::{ok, text, Containerd};
-use cocoon_tests::require_hardware_kvm;
 use cocoon_tests::sandbox::busybox_rootfs;
+use cocoon_tests::{poll_until, require_hardware_kvm};
 use serde_json::json;
 
 /// Writes `files` as kubelet writes a configMap volume: the data in a
@@ -33,16 +33,11 @@ fn write_config_map(dir: &Path, generation: &str, files: &[(&str, &str)]) {
 /// Runs `script` in task `id` until its output contains `wanted` (the
 /// guest's file cache may show the old state for a few seconds).
 fn exec_until(containerd: &Containerd, id: &str, script: &str, wanted: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
     let mut attempt = 0;
-    loop {
+    poll_until(Duration::from_secs(30), wanted, || {
         attempt += 1;
-        let said = containerd.exec(id, &format!("poll{attempt}"), script);
-        if said.contains(wanted) || Instant::now() > deadline {
-            return said;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        containerd.exec(id, &format!("poll{attempt}"), script)
+    })
 }
 
 #[test]
