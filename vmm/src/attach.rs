@@ -70,6 +70,7 @@ impl VirtioAttacher {
         let base = VIRTIO_MMIO_BASE + u64::from(self.next) * VIRTIO_MMIO_SIZE;
         let interrupt = Arc::new(VirtioInterrupt::new(IrqLine::new(self.vm.clone(), irq)));
         let threads = device.threads();
+        let driver_args = device.kernel_args();
         let transport = MmioTransport::new(device, self.memory.clone(), interrupt)
             .map_err(AttachError::Transport)?;
         for (queue, event) in transport.queue_events().iter().enumerate() {
@@ -80,6 +81,11 @@ impl VirtioAttacher {
         }
         bus.insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
         self.cmdline.push(kernel_cmdline_entry(base, irq));
+        for arg in driver_args {
+            if !self.cmdline.iter().any(|known| known == arg) {
+                self.cmdline.push((*arg).to_string());
+            }
+        }
         self.threads.push(threads);
         self.next += 1;
         Ok(())
@@ -90,7 +96,8 @@ impl VirtioAttacher {
         self.threads.clone()
     }
 
-    /// The `virtio_mmio.device=` entries for the kernel command line.
+    /// The `virtio_mmio.device=` entries for the kernel command line, and
+    /// the parameters the devices' drivers need (each once).
     pub fn cmdline_entries(&self) -> &[String] {
         &self.cmdline
     }

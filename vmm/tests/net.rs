@@ -249,6 +249,7 @@ async fn a_container_reaches_the_host_through_the_tap() {
     let script = format!(
         "set -e; ip link set eth0 up; ip addr add {GUEST_IP}/24 dev eth0; \
          echo MAC $(cat /sys/class/net/eth0/address); \
+         echo NAPI_TX $(cat /sys/module/virtio_net/parameters/napi_tx); \
          ping -c 3 -W 10 {HOST_IP} >/dev/null && echo PING-OK; \
          probe pattern {BULK} > /tmp/up; \
          echo UPLOAD $(nc {HOST_IP} {PORT_UPLOAD} < /tmp/up); rm /tmp/up; \
@@ -261,6 +262,8 @@ async fn a_container_reaches_the_host_through_the_tap() {
     assert_eq!(exit.exit_status, 0, "{}", context());
     let mac = MAC.map(|b| format!("{b:02x}")).join(":");
     assert!(out.contains(&format!("MAC {mac}\n")), "{}", context());
+    // cocoon-vmm put the driver's parameter on the kernel command line.
+    assert!(out.contains("NAPI_TX N\n"), "{}", context());
     assert!(out.contains("PING-OK\n"), "{}", context());
     let expected = format!("UPLOAD {BULK} {:016x}\n", pattern_checksum(BULK));
     assert!(

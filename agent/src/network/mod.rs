@@ -9,10 +9,25 @@ use cocoon_protocol::api::agent::SetupNetworkRequest;
 
 use crate::error::{AgentError, Result};
 
+/// TCP segments per TSO frame at least (Linux's default is 2): 44 full
+/// segments of a 1500-byte MTU fill the 64 KiB a frame can hold.
+///
+/// Linux sizes a flow's TSO frames to about 1 ms of its pacing rate, so a
+/// flow that looks slow sends small frames. Each frame costs the VM exits
+/// (a kick, and the interrupt of the reply), far more than its bytes do, so
+/// small frames keep a flow slow: in the emulated host VM an HTTP download
+/// from a guest went from 19 KiB to 43 KiB frames with this (see
+/// docs/performance.md). A pod's sysctls, applied later, may set it back.
+const TCP_MIN_TSO_SEGS: &str = "44";
+
 /// Checks the whole request, then configures interfaces, routes and
 /// neighbours, then hostname and DNS.
 pub fn setup_network(request: &SetupNetworkRequest) -> Result<()> {
     let plan = plan::Plan::from_request(request)?;
+    crate::sysctl::set_network(&[(
+        "net.ipv4.tcp_min_tso_segs".to_string(),
+        TCP_MIN_TSO_SEGS.to_string(),
+    )])?;
     configure::apply(&plan)?;
     if !request.hostname.is_empty() {
         crate::init::set_hostname(&request.hostname)?;

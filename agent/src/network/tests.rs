@@ -176,6 +176,19 @@ fn the_nic_found_by_mac_gets_name_mtu_addresses_routes_and_neighbours() {
         .iter()
         .any(|s| s == "PERMANENT"));
 
+    // Full-sized TSO frames even for a flow that looks slow.
+    let tso = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "cat",
+            "/proc/sys/net/ipv4/tcp_min_tso_segs",
+        ])
+        .output()
+        .expect("ip netns exec");
+    assert_eq!(String::from_utf8_lossy(&tso.stdout).trim(), "44");
+
     // The same request again (a retried call) is not an error.
     guest.setup(request()).expect("SetupNetwork again");
 }

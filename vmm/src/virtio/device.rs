@@ -101,6 +101,8 @@ pub(crate) trait Device: Send {
     const THREADS: usize = 1;
     /// Runs on each of the device's threads before its seccomp filter.
     const PREPARE_THREAD: Option<fn()> = None;
+    /// Parameters for the guest driver, added to the kernel command line.
+    const KERNEL_ARGS: &'static [&'static str] = &[];
 
     /// The state the device keeps for the shared half.
     fn state(&mut self) -> &mut DeviceState;
@@ -150,6 +152,10 @@ impl<D: Device> VirtioDevice for D {
 
     fn avail_features(&self) -> u64 {
         D::FEATURES
+    }
+
+    fn kernel_args(&self) -> &'static [&'static str] {
+        D::KERNEL_ARGS
     }
 
     fn set_acked_features(&mut self, features: u64) {

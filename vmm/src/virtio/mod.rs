@@ -86,6 +86,11 @@ pub trait VirtioDevice: Send {
     /// Features offered to the driver; must include [`VIRTIO_F_VERSION_1`].
     fn avail_features(&self) -> u64;
 
+    /// Kernel command line parameters for the guest's driver of this device.
+    fn kernel_args(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Every thread the device will run on, parked until activation; the VM
     /// starts them before the guest runs (activation never spawns one).
     fn threads(&mut self) -> worker_thread::ParkedThreads;
