@@ -10,7 +10,6 @@
 //! path gives the guest only `lo`.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use cocoon_tests::containerd::{ok, text, Containerd, RUNTIME};
 use cocoon_tests::require_hardware_kvm;
