@@ -210,15 +210,13 @@ impl GuestQueues {
 
     /// Takes back the tx chains the device completed.
     pub fn reap_tx(&mut self) {
-        let used = self.tx.used_idx(&self.mem);
-        while self.tx_seen != used {
-            let (id, len) = self.tx.used_elem(&self.mem, self.tx_seen);
-            self.tx_seen = self.tx_seen.wrapping_add(1);
-            let head = u16::try_from(id).expect("tx used id out of range");
-            let descs = self
-                .tx_posted
-                .remove(&head)
-                .unwrap_or_else(|| panic!("tx used entry {head} for a chain we do not have out"));
+        while let Some((descs, len)) = pop_used(
+            &self.tx,
+            &self.mem,
+            &mut self.tx_seen,
+            &mut self.tx_posted,
+            "tx",
+        ) {
             assert_eq!(len, 0, "the device wrote into a tx chain");
             self.tx_free.0.extend(descs);
         }
@@ -263,16 +261,13 @@ impl GuestQueues {
     /// Takes back the next rx chain the device returned, checking that the
     /// guest had it out and that its used length fits its room.
     pub fn next_used_rx(&mut self) -> Option<UsedRx> {
-        if self.rx_seen == self.rx.used_idx(&self.mem) {
-            return None;
-        }
-        let (id, len) = self.rx.used_elem(&self.mem, self.rx_seen);
-        self.rx_seen = self.rx_seen.wrapping_add(1);
-        let head = u16::try_from(id).expect("rx used id out of range");
-        let chain = self
-            .rx_posted
-            .remove(&head)
-            .unwrap_or_else(|| panic!("rx used entry {head} for a buffer we do not have out"));
+        let (chain, len) = pop_used(
+            &self.rx,
+            &self.mem,
+            &mut self.rx_seen,
+            &mut self.rx_posted,
+            "rx",
+        )?;
         self.rx_free.0.extend(&chain.descs);
         let Some(bufs) = chain.bufs else {
             assert_eq!(len, 0, "the device used an unusable rx buffer");
@@ -427,4 +422,25 @@ impl GuestQueues {
         self.tx.push(&self.mem, head);
         self.kick(TX_QUEUE);
     }
+}
+
+// The next entry of `ring`'s used ring past `seen`, if there is one: the
+// chain the guest had out at its id (taken from `posted`) and its used length.
+fn pop_used<T>(
+    ring: &SplitRing,
+    mem: &GuestMemory,
+    seen: &mut u16,
+    posted: &mut HashMap<u16, T>,
+    queue: &str,
+) -> Option<(T, u32)> {
+    if *seen == ring.used_idx(mem) {
+        return None;
+    }
+    let (id, len) = ring.used_elem(mem, *seen);
+    *seen = seen.wrapping_add(1);
+    let head = u16::try_from(id).unwrap_or_else(|_| panic!("{queue} used id {id} out of range"));
+    let chain = posted
+        .remove(&head)
+        .unwrap_or_else(|| panic!("{queue} used entry {head} for a chain we do not have out"));
+    Some((chain, len))
 }
