@@ -29,105 +29,36 @@
 //! Each input gets a fresh device and memory.
 #![no_main]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use cocoon_vmm::virtio::interrupt::VirtioInterrupt;
+use cocoon_fuzz::queue_guest::{GuestQueues, Input, Layout, UsedRx};
+use cocoon_fuzz::trace;
 use cocoon_vmm::virtio::net::header::{NetHeader, HEADER_SIZE, MAX_FRAME_SIZE, MAX_PACKET_SIZE};
 use cocoon_vmm::virtio::net::{Net, Tap, AVAIL_FEATURES, QUEUE_SIZE};
-use cocoon_vmm::virtio::{GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use cocoon_vmm::virtio::{VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use libfuzzer_sys::fuzz_target;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
     VIRTIO_NET_F_MRG_RXBUF,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-const WRITE: u16 = VRING_DESC_F_WRITE as u16;
-const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 
-const MEM_SIZE: u64 = 48 << 20;
-const RX_RING: u64 = 0x1000;
-const TX_RING: u64 = 0x4000;
-/// Each rx chain gets this much room at RX_BUFS + head * RX_STRIDE.
-const RX_BUFS: u64 = 0x10_0000;
-const RX_STRIDE: u64 = 0x1_0000;
-/// Each tx chain's bytes go to TX_BUFS + head * TX_STRIDE.
-const TX_BUFS: u64 = 0x120_0000;
-const TX_STRIDE: u64 = 0x1_1000;
-const MAX_SEGS: usize = 8;
+const LAYOUT: Layout = Layout {
+    mem_size: 48 << 20,
+    rings: &[0x1000, 0x4000],
+    rx_bufs: 0x10_0000,
+    rx_stride: 0x1_0000,
+    tx_bufs: 0x120_0000,
+    tx_stride: 0x1_1000,
+};
+/// Rx buffers from `post_rx` are shorter than 16 KiB each.
+const RX_SEG_LEN_MODULUS: u64 = 0x4000;
 const MAX_OPS: usize = 128;
-const TX_TIMEOUT: Duration = Duration::from_secs(5);
 
 const fn bit(feature: u32) -> u64 {
     1 << feature
-}
-
-// Set COCOON_FUZZ_TRACE=1 to see the frames that come out (seed work).
-fn tracing() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("COCOON_FUZZ_TRACE").is_some())
-}
-
-macro_rules! trace {
-    ($($arg:tt)*) => {
-        if tracing() {
-            eprintln!($($arg)*);
-        }
-    };
-}
-
-// The fuzz input, read front to back; zeros once it is used up.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0; N];
-        let n = N.min(self.0.len());
-        out[..n].copy_from_slice(&self.0[..n]);
-        self.0 = &self.0[n..];
-        out
-    }
-    fn u8(&mut self) -> u8 {
-        self.bytes::<1>()[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.bytes())
-    }
-    fn take(&mut self, n: usize) -> &[u8] {
-        let (now, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        now
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-// Descriptor indices of one ring that no posted chain uses.
-struct FreeList(Vec<u16>);
-
-impl FreeList {
-    fn new() -> Self {
-        Self((0..QUEUE_SIZE).rev().collect())
-    }
-    fn take(&mut self, n: usize) -> Option<Vec<u16>> {
-        (self.0.len() >= n).then(|| self.0.split_off(self.0.len() - n))
-    }
-}
-
-// An rx chain the device owns.
-struct RxChain {
-    descs: Vec<u16>,
-    // (address, length) of its writable buffers in order; None if the chain
-    // is unusable (the device must return it empty).
-    bufs: Option<Vec<(u64, u64)>>,
 }
 
 // A frame being reassembled from merged rx buffers.
@@ -140,17 +71,7 @@ struct Partial {
 struct Guest {
     net: Net,
     acked: u64,
-    mem: GuestMemory,
-    interrupt: Arc<VirtioInterrupt>,
-    kicks: Vec<EventFd>,
-    rx: cocoon_vmm::virtio::test_driver::SplitRing,
-    tx: cocoon_vmm::virtio::test_driver::SplitRing,
-    rx_free: FreeList,
-    tx_free: FreeList,
-    rx_posted: HashMap<u16, RxChain>,
-    tx_posted: HashMap<u16, Vec<u16>>,
-    rx_seen: u16,
-    tx_seen: u16,
+    queues: GuestQueues,
     host: UnixDatagram,
     // (header, frame) the host sent, not yet seen by the guest.
     sent: VecDeque<(NetHeader, Vec<u8>)>,
@@ -161,44 +82,16 @@ struct Guest {
 
 impl Guest {
     fn new(acked: u64) -> Self {
-        use cocoon_vmm::virtio::test_driver::SplitRing;
         let (ours, host) = UnixDatagram::pair().expect("socket pair");
         host.set_nonblocking(true).expect("nonblocking");
         let tap = Tap::from_socket(OwnedFd::from(ours)).expect("stand-in tap");
         let mut net = Net::new(tap, MAC);
-        // As the VM does before the guest runs (without seccomp filters).
-        net.threads().start(None).expect("device threads");
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-            .expect("guest memory");
-        let irq = EventFd::new(EFD_NONBLOCK).expect("irq");
-        let interrupt = Arc::new(VirtioInterrupt::new(irq));
-        let rx = SplitRing::new(RX_RING, QUEUE_SIZE);
-        let tx = SplitRing::new(TX_RING, QUEUE_SIZE);
-        let queues = [&rx, &tx].iter().map(|ring| ring.queue(QUEUE_SIZE)).collect();
-        let events: Vec<EventFd> = (0..2)
-            .map(|_| EventFd::new(EFD_NONBLOCK).expect("queue event"))
-            .collect();
-        let kicks = events
-            .iter()
-            .map(|e| e.try_clone().expect("queue event"))
-            .collect();
         net.set_acked_features(acked);
-        net.activate(mem.clone(), Arc::clone(&interrupt), queues, events)
-            .expect("activate");
+        let queues = GuestQueues::activate(&mut net, LAYOUT, QUEUE_SIZE);
         Self {
             net,
             acked,
-            mem,
-            interrupt,
-            kicks,
-            rx,
-            tx,
-            rx_free: FreeList::new(),
-            tx_free: FreeList::new(),
-            rx_posted: HashMap::new(),
-            tx_posted: HashMap::new(),
-            rx_seen: 0,
-            tx_seen: 0,
+            queues,
             host,
             sent: VecDeque::new(),
             partial: None,
@@ -206,62 +99,8 @@ impl Guest {
         }
     }
 
-    fn kick(&self, queue: usize) {
-        self.kicks[queue].write(1).expect("kick");
-    }
-
-    fn check(&self) {
-        assert!(!self.interrupt.needs_reset(), "the device needs a reset");
-    }
-
     fn mergeable(&self) -> bool {
         self.acked & bit(VIRTIO_NET_F_MRG_RXBUF) != 0
-    }
-
-    fn write_chain(
-        ring: &cocoon_vmm::virtio::test_driver::SplitRing,
-        mem: &GuestMemory,
-        indices: &[u16],
-        descs: &[(u64, u32, u16)],
-        loop_back: bool,
-    ) {
-        for (i, (&index, &(addr, len, flags))) in indices.iter().zip(descs).enumerate() {
-            let (flags, next) = match indices.get(i + 1) {
-                Some(&next) => (flags | NEXT, next),
-                None if loop_back => (flags | NEXT, indices[0]),
-                None => (flags, 0),
-            };
-            ring.set_desc(mem, index, addr, len, flags, next);
-        }
-    }
-
-    // Takes back the tx chains the device completed.
-    fn reap_tx(&mut self) {
-        let used = self.tx.used_idx(&self.mem);
-        while self.tx_seen != used {
-            let (id, len) = self.tx.used_elem(&self.mem, self.tx_seen);
-            self.tx_seen = self.tx_seen.wrapping_add(1);
-            let head = u16::try_from(id).expect("tx used id out of range");
-            let descs = self
-                .tx_posted
-                .remove(&head)
-                .unwrap_or_else(|| panic!("tx used entry {head} for a chain we do not have out"));
-            assert_eq!(len, 0, "the device wrote into a tx chain");
-            self.tx_free.0.extend(descs);
-        }
-    }
-
-    fn settle_tx(&mut self) {
-        let deadline = Instant::now() + TX_TIMEOUT;
-        loop {
-            self.reap_tx();
-            self.check();
-            if self.tx_posted.is_empty() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the device stopped taking tx frames");
-            std::thread::yield_now();
-        }
     }
 
     // What reached the host: each a well-formed, clean packet.
@@ -302,34 +141,10 @@ impl Guest {
 
     // Checks and takes back the rx buffers the device returned.
     fn take_rx(&mut self) {
-        let used = self.rx.used_idx(&self.mem);
-        while self.rx_seen != used {
-            let (id, len) = self.rx.used_elem(&self.mem, self.rx_seen);
-            self.rx_seen = self.rx_seen.wrapping_add(1);
-            let head = u16::try_from(id).expect("rx used id out of range");
-            let chain = self
-                .rx_posted
-                .remove(&head)
-                .unwrap_or_else(|| panic!("rx used entry {head} for a buffer we do not have out"));
-            self.rx_free.0.extend(&chain.descs);
-            let Some(bufs) = chain.bufs else {
-                assert_eq!(len, 0, "the device used an unusable rx buffer");
-                continue;
-            };
-            let room: u64 = bufs.iter().map(|b| b.1).sum();
-            assert!(u64::from(len) <= room, "used length {len} > room {room}");
-            let mut bytes = Vec::with_capacity(len as usize);
-            let mut left = u64::from(len);
-            for (addr, blen) in bufs {
-                let n = blen.min(left);
-                let mut part = vec![0u8; n as usize];
-                self.mem
-                    .read_slice(&mut part, GuestAddress(addr))
-                    .expect("rx bytes");
-                bytes.extend(part);
-                left -= n;
+        while let Some(used) = self.queues.next_used_rx() {
+            if let UsedRx::Written(bytes) = used {
+                self.rx_bytes(bytes);
             }
-            self.rx_bytes(bytes);
         }
     }
 
@@ -350,7 +165,11 @@ impl Guest {
             // A buffer returned unused (only for a frame dropped whole).
             return;
         }
-        assert!(bytes.len() >= HEADER_SIZE, "a {}-byte rx frame", bytes.len());
+        assert!(
+            bytes.len() >= HEADER_SIZE,
+            "a {}-byte rx frame",
+            bytes.len()
+        );
         let raw: &[u8; HEADER_SIZE] = bytes[..HEADER_SIZE].try_into().expect("header");
         let header = NetHeader::parse(raw);
         if !self.mergeable() {
@@ -393,93 +212,18 @@ impl Guest {
                 }
             }
         }
-        panic!("the guest got a {}-byte frame the host never sent (or out of order)", frame.len());
+        panic!(
+            "the guest got a {}-byte frame the host never sent (or out of order)",
+            frame.len()
+        );
     }
 
     fn settle(&mut self) {
-        self.settle_tx();
-        let start = Instant::now();
-        let mut last = (Instant::now(), self.rx.used_idx(&self.mem));
-        while start.elapsed() < Duration::from_millis(50) {
-            let used = self.rx.used_idx(&self.mem);
-            if used != last.1 {
-                last = (Instant::now(), used);
-            } else if last.0.elapsed() > Duration::from_millis(2) {
-                break;
-            }
-            std::thread::yield_now();
-        }
+        self.queues.settle_tx(&|| {});
+        self.queues.wait_rx_quiet();
         self.take_rx();
         self.drain_host();
-        self.check();
-    }
-
-    fn post_rx(&mut self, input: &mut Input<'_>) {
-        let nsegs = 1 + usize::from(input.u8()) % MAX_SEGS;
-        let variant = input.u8();
-        let Some(indices) = self.rx_free.take(nsegs) else {
-            return;
-        };
-        let head = indices[0];
-        let base = RX_BUFS + u64::from(head) * RX_STRIDE;
-        let mut at = base;
-        let mut descs = Vec::with_capacity(nsegs);
-        for _ in 0..nsegs {
-            let len = u64::from(input.u16() % 0x4000).min(base + RX_STRIDE - at);
-            descs.push((at, len as u32, WRITE));
-            at += len;
-        }
-        let mut usable = true;
-        let spoil = usize::from(variant >> 4) % nsegs;
-        match variant % 4 {
-            1 => {
-                descs[spoil] = (descs[spoil].0, descs[spoil].1.max(1), 0);
-                usable = false;
-            }
-            2 => {
-                descs[spoil] = (MEM_SIZE - 16, 64, WRITE);
-                usable = false;
-            }
-            _ => {}
-        }
-        let bufs: Vec<(u64, u64)> = descs
-            .iter()
-            .filter(|d| d.1 > 0)
-            .map(|d| (d.0, u64::from(d.1)))
-            .collect();
-        // One too small for a header counts as usable: the device may
-        // return it empty, which take_rx accepts outside a merged frame.
-        Self::write_chain(&self.rx, &self.mem, &indices, &descs, false);
-        self.rx_posted.insert(
-            head,
-            RxChain {
-                descs: indices,
-                bufs: usable.then_some(bufs),
-            },
-        );
-        self.rx.push(&self.mem, head);
-        self.kick(0);
-    }
-
-    // `n` rx buffers as Linux posts them: one buffer each.
-    fn post_rx_standard(&mut self, n: usize, len: u32) {
-        for _ in 0..n {
-            let Some(indices) = self.rx_free.take(1) else {
-                break;
-            };
-            let head = indices[0];
-            let base = RX_BUFS + u64::from(head) * RX_STRIDE;
-            self.rx.set_desc(&self.mem, head, base, len, WRITE, 0);
-            self.rx_posted.insert(
-                head,
-                RxChain {
-                    descs: indices,
-                    bufs: Some(vec![(base, len.into())]),
-                },
-            );
-            self.rx.push(&self.mem, head);
-        }
-        self.kick(0);
+        self.queues.check();
     }
 
     // A header from the input: raw, or near-valid fields.
@@ -515,60 +259,9 @@ impl Guest {
         let from_input = input.take(frame_len.min(64)).to_vec();
         bytes.extend_from_slice(&from_input);
         bytes.resize(HEADER_SIZE + frame_len, 0xa5);
-        bytes.truncate(TX_STRIDE as usize);
+        bytes.truncate(LAYOUT.tx_stride as usize);
         let shape = input.u8();
-        self.post_tx(&bytes, shape, input);
-    }
-
-    fn post_tx(&mut self, bytes: &[u8], shape: u8, input: &mut Input<'_>) {
-        let ncuts = usize::from(shape & 7);
-        let mut cuts: Vec<usize> = (0..ncuts)
-            .map(|_| usize::from(input.u16()) % (bytes.len() + 1))
-            .collect();
-        cuts.sort_unstable();
-        cuts.push(bytes.len());
-        let mut descs = Vec::with_capacity(cuts.len() + 1);
-        let mut extra = None;
-        match (shape >> 3) % 8 {
-            1 => descs.push((TX_BUFS, 0, 0)),
-            2 => extra = Some((TX_BUFS, 16, WRITE)),
-            3 => extra = Some((MEM_SIZE + 0x1000, 64, 0)),
-            4 => extra = Some((MEM_SIZE - 8, 64, 0)),
-            5 => extra = Some((TX_BUFS, u32::MAX, 0)),
-            _ => {}
-        }
-        let nmax = cuts.len() + 2;
-        self.reap_tx();
-        if self.tx_free.0.len() < nmax {
-            self.settle_tx();
-        }
-        let Some(indices) = self.tx_free.take(nmax) else {
-            return;
-        };
-        let head = indices[0];
-        let buf = TX_BUFS + u64::from(head) * TX_STRIDE;
-        self.mem
-            .write_slice(bytes, GuestAddress(buf))
-            .expect("tx bytes");
-        if let Some(d) = descs.first_mut() {
-            d.0 = buf;
-        }
-        let mut start = 0;
-        for &cut in &cuts {
-            descs.push((buf + start as u64, (cut - start) as u32, 0));
-            start = cut;
-        }
-        if let Some(extra) = extra {
-            let at = usize::from(shape >> 6) % descs.len();
-            descs.insert(at, extra);
-        }
-        let loop_back = (shape >> 3) % 8 == 6;
-        let (used, spare) = indices.split_at(descs.len());
-        self.tx_free.0.extend(spare);
-        Self::write_chain(&self.tx, &self.mem, used, &descs, loop_back);
-        self.tx_posted.insert(head, used.to_vec());
-        self.tx.push(&self.mem, head);
-        self.kick(1);
+        self.queues.post_tx(&bytes, shape, input, &|| {});
     }
 
     fn host_send(&mut self, input: &mut Input<'_>) {
@@ -620,7 +313,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut guest = Guest::new(acked & AVAIL_FEATURES);
     let stock = usize::from(input.u8() % 64);
-    guest.post_rx_standard(stock, 4096);
+    guest.queues.post_rx_standard(stock, 4096);
     for _ in 0..MAX_OPS {
         if input.is_empty() {
             break;
@@ -628,23 +321,23 @@ fuzz_target!(|data: &[u8]| {
         let op = input.u8();
         match op % 8 {
             0 | 1 => guest.send_tx(&mut input),
-            2 => guest.post_rx(&mut input),
+            2 => guest.queues.post_rx(&mut input, RX_SEG_LEN_MODULUS),
             3 => {
                 let n = usize::from(input.u8() % 32);
                 let len = if op & 8 != 0 { 1526 } else { 4096 };
-                guest.post_rx_standard(n, len);
+                guest.queues.post_rx_standard(n, len);
             }
             4 | 5 => guest.host_send(&mut input),
             6 => guest.settle(),
             _ => {
                 guest.take_rx();
-                guest.reap_tx();
+                guest.queues.reap_tx();
                 guest.drain_host();
-                guest.kick(usize::from(op >> 3) % 2);
+                guest.queues.kick(usize::from(op >> 3) % 2);
             }
         }
         guest.take_rx();
-        guest.check();
+        guest.queues.check();
     }
     guest.settle();
     // The device completes a frame's buffers together: none is left half-seen.

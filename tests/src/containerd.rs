@@ -312,6 +312,41 @@ impl Containerd {
             .unwrap_or_else(|| panic!("no pid for task {id} in:\n{listed}"))
     }
 
+    /// Crashes the shim of running task `id` (SIGKILL; its VMM lives on),
+    /// waits until containerd, having run `containerd-shim-cocoon-v1 delete`
+    /// for the dead shim, no longer lists the task, and deletes the container.
+    pub fn crash_shim_and_delete(&self, id: &str) {
+        let pid_file = self.cocoon_state.join(format!("default/{id}/vmm.pid"));
+        let vmm_pid = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", vmm_pid.trim()))
+            .unwrap_or_else(|e| panic!("status of the VMM {}: {e}", vmm_pid.trim()));
+        let shim_pid = status
+            .lines()
+            .find_map(|line| line.strip_prefix("PPid:"))
+            .map(|pid| pid.trim().to_owned())
+            .expect("the VMM's parent, the shim");
+
+        assert!(Command::new("kill")
+            .args(["-9", &shim_pid])
+            .status()
+            .expect("kill runs")
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ok(self.ctr(&["task", "ls"]), "ctr task ls").contains(id) {
+            assert!(
+                Instant::now() < deadline,
+                "containerd still lists the task of a dead shim:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ok(
+            self.ctr(&["container", "delete", id]),
+            "ctr container delete",
+        );
+    }
+
     /// Nothing of a sandbox may outlive it: no VMM, no mount, no state, no
     /// cgroup.
     pub fn assert_nothing_left(&self) {

@@ -441,36 +441,9 @@ fn a_crashed_shim_is_cleaned_up_by_shim_delete() {
     let containerd = Containerd::start();
     containerd.import_busybox();
     run_detached(&containerd, "orphan", &["sleep", "600"]);
-    let pid_file = containerd.cocoon_state.join("default/orphan/vmm.pid");
-    let vmm_pid = std::fs::read_to_string(&pid_file)
-        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", vmm_pid.trim())).unwrap();
-    let shim_pid = status
-        .lines()
-        .find_map(|line| line.strip_prefix("PPid:"))
-        .map(|pid| pid.trim().to_owned())
-        .expect("the VMM's parent, the shim");
-
     // containerd sees its shim gone and runs `containerd-shim-cocoon-v1
     // delete`, which must take the VM, the mounts and the state with it.
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &shim_pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ok(containerd.ctr(&["task", "ls"]), "ctr task ls").contains("orphan") {
-        assert!(
-            Instant::now() < deadline,
-            "containerd still lists the task of a dead shim:\n{}",
-            containerd.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    ok(
-        containerd.ctr(&["container", "delete", "orphan"]),
-        "ctr container delete",
-    );
+    containerd.crash_shim_and_delete("orphan");
     assert_nothing_left(&containerd);
 }
 

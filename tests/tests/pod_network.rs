@@ -10,7 +10,6 @@
 //! path gives the guest only `lo`.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use cocoon_tests::containerd::{ok, text, Containerd, RUNTIME};
 use cocoon_tests::require_hardware_kvm;
@@ -203,37 +202,10 @@ fn a_crashed_shims_tap_and_redirects_are_removed_by_shim_delete() {
     containerd.import_busybox();
     let with_ns = format!("network:{}", network.path());
     containerd.start_sleeping(&["--with-ns", &with_ns], "orphan");
-    let pid_file = containerd.cocoon_state.join("default/orphan/vmm.pid");
-    let vmm_pid = std::fs::read_to_string(&pid_file)
-        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", vmm_pid.trim())).unwrap();
-    let shim_pid = status
-        .lines()
-        .find_map(|line| line.strip_prefix("PPid:"))
-        .map(|pid| pid.trim().to_owned())
-        .expect("the VMM's parent, the shim");
-
     // The VMM outlives its shim and holds the tap until `shim delete`
     // (which containerd runs for a dead shim) kills it; the veth's
     // qdisc would stay for good without the record in the state dir.
-    assert!(Command::new("kill")
-        .args(["-9", &shim_pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ok(containerd.ctr(&["task", "ls"]), "ctr task ls").contains("orphan") {
-        assert!(
-            Instant::now() < deadline,
-            "containerd still lists the task of a dead shim:\n{}",
-            containerd.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    ok(
-        containerd.ctr(&["container", "delete", "orphan"]),
-        "ctr container delete",
-    );
+    containerd.crash_shim_and_delete("orphan");
     containerd.assert_nothing_left();
     network.assert_ours_gone();
 }

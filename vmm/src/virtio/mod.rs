@@ -23,6 +23,7 @@ pub mod worker_thread;
 #[doc(hidden)]
 pub mod test_driver;
 mod warn_limit;
+mod writable_chain;
 
 use std::sync::Arc;
 

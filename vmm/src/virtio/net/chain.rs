@@ -8,9 +8,10 @@
 //! read or counted, so a chain claiming 4 GiB costs nothing.
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemory as _, GuestMemoryError};
+use vm_memory::{Bytes, GuestMemoryError};
 
 use super::header::MAX_PACKET_SIZE;
+use crate::virtio::writable_chain::{collect_writable, write_across, Segment, WritableChainError};
 use crate::virtio::GuestMemory;
 
 /// Why a chain could not be used.
@@ -18,10 +19,8 @@ use crate::virtio::GuestMemory;
 pub enum ChainError {
     #[error("device-writable descriptor at {0:#x} in a tx chain")]
     WriteOnly(u64),
-    #[error("device-readable descriptor at {0:#x} in an rx chain")]
-    ReadOnly(u64),
-    #[error("descriptor [{addr:#x}, +{len:#x}) is outside guest memory")]
-    OutOfBounds { addr: u64, len: usize },
+    #[error(transparent)]
+    Unwritable(#[from] WritableChainError),
     #[error("tx chain holds more than {MAX_PACKET_SIZE} bytes")]
     TooLong,
     #[error("guest memory access failed: {0}")]
@@ -52,13 +51,6 @@ pub fn read_tx_chain(
     Ok(total)
 }
 
-/// One guest buffer of an rx chain.
-#[derive(Debug, Clone, Copy)]
-pub struct Segment {
-    addr: GuestAddress,
-    len: usize,
-}
-
 /// An rx chain taken from the avail ring, checked, not yet used.
 #[derive(Debug)]
 pub struct RxChain {
@@ -77,51 +69,21 @@ impl RxChain {
     ) -> Result<Self, ChainError> {
         let head = chain.head_index();
         let mut segs = Vec::new();
-        let mut total = 0usize;
-        for desc in chain {
-            if !desc.is_write_only() {
-                return Err(ChainError::ReadOnly(desc.addr().0));
-            }
-            let len = usize::try_from(desc.len()).unwrap_or(usize::MAX);
-            let take = len.min(MAX_PACKET_SIZE - total);
-            if take == 0 {
-                continue;
-            }
-            if !mem.check_range(desc.addr(), take) {
-                return Err(ChainError::OutOfBounds {
-                    addr: desc.addr().0,
-                    len: take,
-                });
-            }
-            segs.push(Segment {
-                addr: desc.addr(),
-                len: take,
-            });
-            total += take;
-        }
+        let capacity = collect_writable(mem, chain, MAX_PACKET_SIZE, &mut segs)?;
         Ok(Self {
             head,
             segs,
-            capacity: total,
+            capacity,
         })
     }
 
     /// Writes `data` at the start of the chain; it must fit in `capacity`.
     pub fn write(&self, mem: &GuestMemory, data: &[u8]) -> Result<(), GuestMemoryError> {
-        let mut rest = data;
-        for seg in &self.segs {
-            if rest.is_empty() {
-                break;
-            }
-            let (now, later) = rest.split_at(seg.len.min(rest.len()));
-            mem.write_slice(now, seg.addr)?;
-            rest = later;
-        }
-        match rest.len() {
-            0 => Ok(()),
+        match write_across(mem, &self.segs, data)? {
+            n if n == data.len() => Ok(()),
             n => Err(GuestMemoryError::PartialBuffer {
                 expected: data.len(),
-                completed: data.len() - n,
+                completed: n,
             }),
         }
     }

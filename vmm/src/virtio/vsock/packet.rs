@@ -6,28 +6,23 @@
 //! the right direction and bounds-checked against guest memory before use.
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemory as _, GuestMemoryError};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 use super::header::{parse_header, HeaderError, VsockHeader, HEADER_SIZE, MAX_PKT_LEN};
+pub(crate) use crate::virtio::writable_chain::Segment;
+use crate::virtio::writable_chain::{collect_writable, write_across, WritableChainError};
 use crate::virtio::GuestMemory;
 
 /// Largest packet (header and payload) that ever crosses a queue.
 pub(crate) const MAX_PACKET_SIZE: usize = HEADER_SIZE + MAX_PKT_LEN as usize;
-
-/// One guest buffer of a chain.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Segment {
-    addr: GuestAddress,
-    len: usize,
-}
 
 /// Why a descriptor chain could not be used.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ChainError {
     #[error("device-writable descriptor at {0:#x} in a tx chain")]
     WriteOnly(u64),
-    #[error("device-readable descriptor at {0:#x} in an rx chain")]
-    ReadOnly(u64),
+    #[error(transparent)]
+    Unwritable(#[from] WritableChainError),
     #[error("descriptor [{addr:#x}, +{len:#x}) is outside guest memory")]
     OutOfBounds { addr: u64, len: usize },
     #[error("chain holds {have} bytes, the packet needs {need}")]
@@ -97,30 +92,7 @@ pub(crate) fn rx_capacity(
     chain: DescriptorChain<&GuestMemory>,
     segs: &mut Vec<Segment>,
 ) -> Result<usize, ChainError> {
-    segs.clear();
-    let mut total = 0usize;
-    for desc in chain {
-        if !desc.is_write_only() {
-            return Err(ChainError::ReadOnly(desc.addr().0));
-        }
-        let len = usize::try_from(desc.len()).unwrap_or(usize::MAX);
-        let take = len.min(MAX_PACKET_SIZE - total);
-        if take == 0 {
-            continue;
-        }
-        if !mem.check_range(desc.addr(), take) {
-            return Err(ChainError::OutOfBounds {
-                addr: desc.addr().0,
-                len: take,
-            });
-        }
-        segs.push(Segment {
-            addr: desc.addr(),
-            len: take,
-        });
-        total += take;
-    }
-    Ok(total)
+    Ok(collect_writable(mem, chain, MAX_PACKET_SIZE, segs)?)
 }
 
 /// Writes `packet` into the buffers collected by [`rx_capacity`].
@@ -129,23 +101,12 @@ pub(crate) fn write_rx_packet(
     segs: &[Segment],
     packet: &[u8],
 ) -> Result<(), ChainError> {
-    let mut rest = packet;
-    for seg in segs {
-        if rest.is_empty() {
-            break;
-        }
-        let n = seg.len.min(rest.len());
-        let (now, later) = rest.split_at(n);
-        mem.write_slice(now, seg.addr)?;
-        rest = later;
-    }
-    if rest.is_empty() {
-        Ok(())
-    } else {
-        Err(ChainError::TooShort {
-            have: packet.len() - rest.len(),
+    match write_across(mem, segs, packet)? {
+        n if n == packet.len() => Ok(()),
+        n => Err(ChainError::TooShort {
+            have: n,
             need: packet.len(),
-        })
+        }),
     }
 }
 
