@@ -86,7 +86,8 @@ conformance: guest
 	[ -n "$$bin" ] || { echo "conformance: no cri test binary" >&2; exit 1; }; \
 	tests/kvm-host --timeout 14400 -- tests/run-tests --ignored --test-threads=1 --nocapture conformance_ -- $$bin
 
-## bench: speed and memory as ratios against QEMU (and later runc), measured side by side.
+## bench: speed and memory as ratios against QEMU and runc (`ctr run` and CRI pods), measured
+## side by side; ends with a summary table (tests/src/bin/cocoon-bench/).
 bench: all
 	tests/kvm-host --timeout 1800 -- $(RELEASE)/cocoon-bench --vmm $(RELEASE)/cocoon-vmm
 

@@ -301,6 +301,17 @@ impl Containerd {
         }
     }
 
+    /// The pid of the cocoon-vmm of sandbox `id` (the container's, or for
+    /// a CRI pod the pod sandbox's id) in containerd namespace `namespace`
+    /// (`default` for ctr, `k8s.io` for CRI), as its shim recorded it.
+    pub fn vmm_pid(&self, namespace: &str, id: &str) -> u32 {
+        let pid_file = self.cocoon_state.join(namespace).join(id).join("vmm.pid");
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VMM pid in {}", pid_file.display()))
+    }
+
     /// The host pid `ctr task ls` shows for task `id`.
     pub fn task_pid(&self, id: &str) -> u32 {
         let listed = ok(self.ctr(&["task", "ls"]), "ctr task ls");

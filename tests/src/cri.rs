@@ -175,6 +175,29 @@ fn images() -> Vec<Image> {
     ]
 }
 
+/// What [`Cri::start_pod`] started, and how long each step took.
+pub struct StartedPod {
+    pub pod: String,
+    pub container: String,
+    pub runp: Duration,
+    pub create: Duration,
+    pub start: Duration,
+}
+
+/// A container config for `crictl create`: [`BUSYBOX`] named `name`,
+/// running `sh -c script`, with `mounts` (CRI `Mount`s), its log next to
+/// the pod's.
+pub fn busybox_container(name: &str, script: &str, mounts: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": { "name": name },
+        "image": { "image": BUSYBOX },
+        "command": ["sh", "-c", script],
+        "log_path": format!("{name}.log"),
+        "mounts": mounts,
+        "linux": {}
+    })
+}
+
 /// Debian's docker-registry on 127.0.0.1, its storage in `dir`.
 pub struct Registry {
     child: Child,
@@ -423,6 +446,17 @@ pub struct Cri {
 impl Cri {
     /// Registry with every image pushed, then containerd with the CRI plugin.
     pub fn start() -> Self {
+        Self::start_from(
+            &release_dir(),
+            &build_output("vmlinux"),
+            &build_output("initramfs.img"),
+        )
+    }
+
+    /// [`Cri::start`] with the cocoon runtime's shim and cocoon-vmm from
+    /// `bin`, booting `kernel` with `initramfs` (the bench copies them to
+    /// local storage first).
+    pub fn start_from(bin: &Path, kernel: &Path, initramfs: &Path) -> Self {
         let tools = cri_tools_dir();
         let dir = tempfile::tempdir().expect("temporary directory");
         let started = Instant::now();
@@ -462,20 +496,15 @@ impl Cri {
         let bridge = format!("cocoon-cri{unique}");
         let subnet = format!("10.99.{unique}.0/24");
         let netns_before = netns_names();
-        let containerd = Containerd::start_with(
-            &release_dir(),
-            &build_output("vmlinux"),
-            &build_output("initramfs.img"),
-            |containerd_dir| Extra {
-                cri: Some(cri_config(
-                    containerd_dir,
-                    &registry.address,
-                    &bridge,
-                    &subnet,
-                )),
-                tmpfs: true,
-            },
-        );
+        let containerd = Containerd::start_with(bin, kernel, initramfs, |containerd_dir| Extra {
+            cri: Some(cri_config(
+                containerd_dir,
+                &registry.address,
+                &bridge,
+                &subnet,
+            )),
+            tmpfs: true,
+        });
         let cri = Cri {
             containerd,
             registry,
@@ -579,6 +608,58 @@ impl Cri {
             "log_directory": logs,
             "linux": {}
         })
+    }
+
+    /// A pod with one container as a kubelet starts it: `crictl runp
+    /// --runtime HANDLER`, `create`, `start` (the image must be pulled),
+    /// each step timed.
+    pub fn start_pod(
+        &self,
+        handler: &str,
+        pod: &serde_json::Value,
+        container: &serde_json::Value,
+    ) -> StartedPod {
+        let name = pod["metadata"]["name"].as_str().expect("a named pod");
+        let pod_config = self.write_json(name, pod);
+        let container_config = self.write_json(&format!("{name}-container"), container);
+        let started = Instant::now();
+        let pod = self.crictl_ok(&["runp", "--runtime", handler, &pod_config]);
+        let runp = started.elapsed();
+        let started = Instant::now();
+        let container = self.crictl_ok(&["create", &pod, &container_config, &pod_config]);
+        let create = started.elapsed();
+        let started = Instant::now();
+        self.crictl_ok(&["start", &container]);
+        let start = started.elapsed();
+        StartedPod {
+            pod,
+            container,
+            runp,
+            create,
+            start,
+        }
+    }
+
+    /// `crictl stopp` and `rmp`, which must succeed.
+    pub fn remove_pod(&self, pod: &str) {
+        self.crictl_ok(&["stopp", pod]);
+        self.crictl_ok(&["rmp", pod]);
+    }
+
+    /// The IP address CNI gave pod `pod` (`crictl inspectp`).
+    pub fn pod_ip(&self, pod: &str) -> String {
+        let inspect: serde_json::Value =
+            serde_json::from_str(&self.crictl_ok(&["inspectp", pod])).expect("inspectp JSON");
+        inspect["status"]["network"]["ip"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no IP for pod {pod}: {inspect}"))
+            .to_owned()
+    }
+
+    /// The pid of Cocoon pod `pod`'s cocoon-vmm (CRI's containerd
+    /// namespace is `k8s.io`; the pod's VM is its sandbox's).
+    pub fn vmm_pid(&self, pod: &str) -> u32 {
+        self.containerd.vmm_pid("k8s.io", pod)
     }
 
     /// What is left of this node's pods in the host: network namespaces

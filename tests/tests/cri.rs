@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cocoon_tests::containerd::text;
-use cocoon_tests::cri::{Cri, Registry, BUSYBOX, COCOON_HANDLER};
+use cocoon_tests::cri::{busybox_container, Cri, Registry, BUSYBOX, COCOON_HANDLER};
 use cocoon_tests::{poll_until, repo_root, require_hardware_kvm, wait_or_kill};
 
 /// A pod with one busybox container, through every crictl verb a kubelet
@@ -115,18 +115,6 @@ fn exec_until(cri: &Cri, container: &str, script: &str, wanted: &str) -> String 
     })
 }
 
-/// A busybox container config: `name`, running `script`, with `mounts`.
-fn container_config(name: &str, script: &str, mounts: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
-        "metadata": { "name": name },
-        "image": { "image": BUSYBOX },
-        "command": ["sh", "-c", script],
-        "log_path": format!("{name}.log"),
-        "mounts": mounts,
-        "linux": {}
-    })
-}
-
 /// Two Cocoon pods as a kubelet runs them: in the first, a writer and a
 /// reader share a directory volume (as an emptyDir) and the reader sees a
 /// configMap-style update; the writer serves HTTP, which the second pod
@@ -152,7 +140,7 @@ fn crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon() {
     let web = cri.crictl_ok(&["runp", "--runtime", COCOON_HANDLER, &web_pod]);
     let writer = cri.write_json(
         "writer",
-        &container_config(
+        &busybox_container(
             "writer",
             "echo from-the-writer > /shared/note; mkdir -p /www; \
              echo hello-over-the-pod-network > /www/index.html; \
@@ -164,7 +152,7 @@ fn crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon() {
     cri.crictl_ok(&["start", &writer]);
     let reader = cri.write_json(
         "reader",
-        &container_config(
+        &busybox_container(
             "reader",
             "exec sleep 600",
             serde_json::json!([
@@ -203,17 +191,12 @@ fn crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon() {
     );
 
     // A second pod fetches the first one's page by pod IP.
-    let inspect: serde_json::Value =
-        serde_json::from_str(&cri.crictl_ok(&["inspectp", &web])).expect("inspectp JSON");
-    let ip = inspect["status"]["network"]["ip"]
-        .as_str()
-        .expect("the pod's IP")
-        .to_owned();
+    let ip = cri.pod_ip(&web);
     let client_pod = cri.write_json("client", &cri.pod_config("client"));
     let client = cri.crictl_ok(&["runp", "--runtime", COCOON_HANDLER, &client_pod]);
     let fetcher = cri.write_json(
         "fetcher",
-        &container_config("fetcher", "exec sleep 600", serde_json::json!([])),
+        &busybox_container("fetcher", "exec sleep 600", serde_json::json!([])),
     );
     let fetcher = cri.crictl_ok(&["create", &client, &fetcher, &client_pod]);
     cri.crictl_ok(&["start", &fetcher]);

@@ -2,20 +2,33 @@
 //! reference in the same (host) machine, reported as ratios.
 //!
 //! Run inside tests/kvm-host (it needs real KVM):
-//!   cocoon-bench [--vmm PATH] [--runs N] [--launch-only]
+//!   cocoon-bench [--vmm PATH] [--runs N] [--launch-only | --pods-only] [--http-mib N]
 //!
 //! - cocoon-vmm against QEMU microvm: launch → guest /init, and the VMM's
 //!   memory outside guest RAM (`vmm_launch.rs`);
 //! - `ctr run --rm` with Cocoon against runc through one private containerd,
-//!   and the memory of an idle Cocoon sandbox (`ctr_run.rs`).
+//!   and the memory of an idle Cocoon sandbox (`ctr_run.rs`);
+//! - Kubernetes pods through one private CRI node (`cocoon_tests::cri`),
+//!   handler cocoon against runc: pod start (`pod_start.rs`), an idle pod's
+//!   memory (`pod_memory.rs`), HTTP download from a pod (`pod_http.rs`).
+//!
+//! Ends with a table of every figure (`summary.rs`).
 
 mod ctr_run;
+mod memory;
+mod pod_http;
+mod pod_memory;
+mod pod_start;
+mod summary;
 mod vmm_launch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cocoon_tests::{release_dir, require_hardware_kvm};
+use cocoon_tests::cri::Cri;
+use cocoon_tests::{build_output, release_dir, require_hardware_kvm};
+
+use summary::Summary;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -25,14 +38,29 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    let flag = |flag: &str| args.iter().any(|a| a == flag);
     let vmm = value("--vmm").map_or_else(|| release_dir().join("cocoon-vmm"), PathBuf::from);
     let runs: usize = value("--runs").and_then(|v| v.parse().ok()).unwrap_or(7);
+    let http_mib: u64 = value("--http-mib")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(pod_http::FILE_MIB);
     require_hardware_kvm();
 
-    vmm_launch::measure(&vmm, runs);
-    if !args.iter().any(|a| a == "--launch-only") {
-        ctr_run::measure(runs.min(5));
+    let mut summary = Summary::new();
+    if !flag("--pods-only") {
+        vmm_launch::measure(&vmm, runs, &mut summary);
     }
+    if !flag("--launch-only") {
+        let runtime = LocalRuntime::new(&vmm);
+        if !flag("--pods-only") {
+            ctr_run::measure(&runtime, runs.min(5), &mut summary);
+        }
+        let cri = Cri::start_from(&runtime.bin, &runtime.kernel, &runtime.initramfs);
+        pod_start::measure(&cri, runs.min(pod_start::MAX_RUNS), &mut summary);
+        pod_memory::measure(&cri, &mut summary);
+        pod_http::measure(&cri, http_mib, &mut summary);
+    }
+    summary.print();
 }
 
 pub fn median_ms(samples: &mut [Duration]) -> f64 {
@@ -46,4 +74,32 @@ pub fn on_local_storage(dir: &Path, path: &Path) -> PathBuf {
     let target = dir.join(path.file_name().expect("a file"));
     std::fs::copy(path, &target).expect("copy to local storage");
     target
+}
+
+/// The cocoon runtime (shim, cocoon-vmm, kernel and initramfs) copied to
+/// local storage, as runc is on the host VM's root file system.
+pub struct LocalRuntime {
+    _dir: tempfile::TempDir,
+    /// The shim and cocoon-vmm.
+    pub bin: PathBuf,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+impl LocalRuntime {
+    fn new(vmm: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("bin directory");
+        on_local_storage(&bin, &release_dir().join("containerd-shim-cocoon-v1"));
+        std::fs::copy(vmm, bin.join("cocoon-vmm")).expect("copy cocoon-vmm to local storage");
+        let kernel = on_local_storage(dir.path(), &build_output("vmlinux"));
+        let initramfs = on_local_storage(dir.path(), &build_output("initramfs.img"));
+        LocalRuntime {
+            _dir: dir,
+            bin,
+            kernel,
+            initramfs,
+        }
+    }
 }

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use cocoon_tests::{build_output, busybox_initramfs};
 use cocoon_vmm_command::{Console, VmmCommand};
 
+use crate::summary::Summary;
 use crate::{median_ms, on_local_storage};
 
 const GUEST_MEMORY_MIB: u64 = 256;
 
-pub fn measure(vmm: &Path, runs: usize) {
+pub fn measure(vmm: &Path, runs: usize, summary: &mut Summary) {
     // Both VMMs read their inputs from local storage, as on a real node:
     // the checkout is a 9p share in the KVM host VM and would be re-read at
     // every launch of cocoon-vmm (QEMU comes from the cached root).
@@ -51,6 +52,18 @@ pub fn measure(vmm: &Path, runs: usize) {
     println!(
         "  {:.2} MiB   (target ≤ 5 MiB)",
         overhead_kib as f64 / 1024.0
+    );
+    summary.compare(
+        "launch → guest /init (vs QEMU microvm)",
+        cocoon_ms,
+        qemu_ms,
+        "ms",
+        "≤ 0.60",
+    );
+    summary.value(
+        "cocoon-vmm RSS outside guest RAM",
+        format!("{:.2} MiB", overhead_kib as f64 / 1024.0),
+        "≤ 5 MiB",
     );
 }
 
