@@ -67,12 +67,18 @@ fn images() -> Vec<Image> {
         options
     };
     vec![
+        // With the two programs of registry.k8s.io's busybox that Debian's
+        // busybox-static lacks and critest runs: `ipcs -m` (HostIpc) and
+        // `pgrep` (execSync with timeout), the machine's own.
         Image {
             names: &[
                 "registry.k8s.io/e2e-test-images/busybox:1.29-2",
                 "docker.io/cocoon/busybox:latest",
             ],
-            options: Vec::new(),
+            options: HOST_TOOLS
+                .iter()
+                .flat_map(|tool| ["--host-tool".to_string(), tool.to_string()])
+                .collect(),
         },
         // critest checks each of these has only its own names (repo tags):
         // each is a different image (a file naming it).
@@ -174,6 +180,9 @@ fn images() -> Vec<Image> {
         },
     ]
 }
+
+/// The machine's programs in the busybox image (with their libraries).
+const HOST_TOOLS: [&str; 2] = ["/usr/bin/ipcs", "/usr/bin/pgrep"];
 
 /// Debian's docker-registry on 127.0.0.1, its storage in `dir`.
 pub struct Registry {
@@ -647,7 +656,10 @@ fn registry_cache() -> PathBuf {
         PathBuf::from("/bin/busybox"),
         bin.join("cocoon-pause"),
         bin.join("cocoon-nonewprivs"),
-    ] {
+    ]
+    .into_iter()
+    .chain(HOST_TOOLS.map(PathBuf::from))
+    {
         std::fs::read(&file)
             .unwrap_or_else(|e| panic!("{}: {e} (run `make` first)", file.display()))
             .hash(&mut hasher);
