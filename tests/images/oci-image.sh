@@ -9,9 +9,10 @@
 # usage: tests/images/oci-image.sh [OPTIONS] OUT.tar IMAGE_NAME
 #   --bare               no busybox layer: only the added files (the pause image)
 #   --add SRC:PATH[:MODE] put file SRC at PATH in the image (MODE octal, e.g. 4755)
-#   --host-tool PATH     put the machine's program PATH at PATH, with the shared
-#                        libraries and loader it links (ldd), for the tools
-#                        busybox-static lacks (util-linux's ipcs, procps' pgrep)
+#   --host-tool SRC[:PATH] put the machine's program SRC at PATH (default: SRC),
+#                        with the shared libraries and loader it links (ldd):
+#                        tools busybox-static lacks (util-linux's ipcs, procps'
+#                        pgrep) and a /bin/sh that execs (fetch-busybox-shell)
 #   --text PATH=TEXT     put a file with TEXT at PATH
 #   --user USER          the image config's User
 #   --entrypoint JSON    the config's Entrypoint (a JSON array)
@@ -21,7 +22,7 @@
 #                        (linking 400 applets is slow under emulation)
 set -euo pipefail
 
-usage() { sed -n '9,22s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '9,23s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
 bare=false user= entrypoint= cmd= cache=
 adds=() texts=() passwd=() group=() tools=()
@@ -110,11 +111,15 @@ for spec in "${adds[@]}"; do
   cp "$src" "$extra/$path"
   chmod "${mode:-0755}" "$extra/$path"
 done
-for tool in "${tools[@]}"; do
+for spec in "${tools[@]}"; do
+  IFS=: read -r tool path <<<"$spec"
   [ -x "$tool" ] || { echo "oci-image.sh: no program $tool on this machine" >&2; exit 2; }
-  for file in "$tool" $(ldd "$tool" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'); do
-    mkdir -p "$extra/$(dirname "$file")"
-    cp -L "$file" "$extra/$file"
+  path=${path:-$tool}
+  mkdir -p "$extra/$(dirname "$path")"
+  cp -L "$tool" "$extra/$path"
+  for lib in $(ldd "$tool" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'); do
+    mkdir -p "$extra/$(dirname "$lib")"
+    cp -L "$lib" "$extra/$lib"
   done
 done
 for spec in "${texts[@]}"; do

@@ -347,6 +347,10 @@ fn pod_limits_size_the_vm_and_apply_in_the_guest(
     let limited = mem_total_kib(fetcher);
     let added_mib = limited.saturating_sub(base) >> 10;
     let limit_mib = FETCHER_MIB + HOG_MIB;
+    eprintln!(
+        "MemTotal: {base} kiB without limits, {limited} kiB with {limit_mib} MiB of limits \
+         (+{added_mib} MiB)"
+    );
     assert!(
         (limit_mib * 95 / 100..=limit_mib).contains(&added_mib),
         "the limited pod's VM has {added_mib} MiB more than the base ({base} kiB), \
