@@ -549,16 +549,22 @@ fn critest_subset_cocoon() {
     critest(COCOON_HANDLER, CI_SUBSET);
 }
 
+/// The whole suite, or the specs `COCOON_CRITEST_FOCUS` (a ginkgo regex)
+/// names: a partial run while working on a few.
+fn conformance_focus() -> String {
+    std::env::var("COCOON_CRITEST_FOCUS").unwrap_or_default()
+}
+
 #[test]
 #[ignore = "needs real KVM: the CRI node runs in tests/kvm-host (make conformance)"]
 fn conformance_critest_runc() {
-    critest("runc", "");
+    critest("runc", &conformance_focus());
 }
 
 #[test]
 #[ignore = "needs real KVM: critest's pods are Cocoon microVMs (make conformance)"]
 fn conformance_critest_cocoon() {
-    critest(COCOON_HANDLER, "");
+    critest(COCOON_HANDLER, &conformance_focus());
 }
 
 /// No `cocoon-cri*` bridge outlives its node.
