@@ -25,7 +25,8 @@ DEBIAN_PACKAGES := \
 all: build guest
 
 ## deps: install the Debian packages above (only those missing), crictl and critest
-## (cri-tools, pinned, built with Go into the cache) and the KVM host VM's kernel.
+## (cri-tools, pinned, built with Go into the cache), the dynamically linked busybox of the
+## critest image (unpacked into the cache) and the KVM host VM's kernel.
 deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
@@ -35,6 +36,7 @@ deps:
 	fi
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 	tests/tools/build-go-tools >/dev/null
+	tests/tools/fetch-busybox-shell >/dev/null
 	tests/kvm-host --prepare
 
 # The shim, cocoon-vmm, the agent, and the test tools (cocoon-guest-probe runs

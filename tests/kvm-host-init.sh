@@ -59,10 +59,20 @@ kernel=$(uname -r)
 mkdir -p "/root/lib/modules/$kernel"
 mount -o bind "/lower$MODULES" "/root/lib/modules/$kernel" || fail "mounting the modules of $kernel"
 
+# The new root becomes the mount namespace's root, as switch_root makes it,
+# not only a chroot: setns(2) into a mount namespace puts a process at that
+# namespace's root, so under a chroot every `runc exec` landed in this
+# initramfs instead of its container (no /etc/resolv.conf, no volumes, no
+# /dev/ptmx, another /proc). From here on this script reaches the new root
+# as `.` (its working directory) and /proc/1/cwd; its own / stays the
+# initramfs, so busybox keeps working for it.
+cd /root || fail "entering the new root"
+mount --move . / || fail "moving the new root onto /"
+
 # The kernel's own module requests (a bridge, netfilter tables, veth for CNI)
 # run /proc/sys/kernel/modprobe in this initramfs's root, which has none of
 # the modules: hand them to the machine's modprobe in the new root.
-printf '#!/bin/sh\nexec chroot /root /sbin/modprobe "$@"\n' >/bin/modprobe-in-root
+printf '#!/bin/sh\nexec chroot /proc/1/cwd /sbin/modprobe "$@"\n' >/bin/modprobe-in-root
 chmod 0755 /bin/modprobe-in-root
 echo /bin/modprobe-in-root >/proc/sys/kernel/modprobe
 # /dev/net/tun exists on any node (systemd-tmpfiles makes kmod's static
@@ -70,8 +80,8 @@ echo /bin/modprobe-in-root >/proc/sys/kernel/modprobe
 /bin/modprobe-in-root tun || fail "loading tun"
 
 # The command's output goes to the virtio console, which the launcher streams.
-for _ in $(seq 100); do [ -c /root/dev/hvc0 ] && break; sleep 0.1; done
-[ -c /root/dev/hvc0 ] || fail "no /dev/hvc0 for the command's output"
+for _ in $(seq 100); do [ -c ./dev/hvc0 ] && break; sleep 0.1; done
+[ -c ./dev/hvc0 ] || fail "no /dev/hvc0 for the command's output"
 
 # Page faults still get huge pages, but khugepaged never collapses pages of a
 # running nested guest's memory behind KVM's back: the emulated host VM was
@@ -84,7 +94,7 @@ ip link set lo up || fail "bringing up the loopback interface"
 
 (while sleep 10; do say "alive $(cut -d' ' -f1 /proc/uptime)"; done) &
 
-chroot /root /bin/bash /kvm-host/inner </dev/null >/root/dev/hvc0 2>&1
+chroot . /bin/bash /kvm-host/inner </dev/null >./dev/hvc0 2>&1
 sync
 poweroff -f
 sleep 60

@@ -121,11 +121,19 @@ fn create(id: String, bundle: &Path, console_socket: Option<PathBuf>) -> Result<
         .ok_or_else(|| "libcontainer created the container but reported no pid".into())
 }
 
+/// `process_json` lies in the container's bundle, beside its config.json
+/// (`containers.rs`), whose seccomp filter the exec gets too.
 fn exec(id: String, process_json: PathBuf, console_socket: Option<PathBuf>) -> Result<i32, String> {
-    ContainerBuilder::new(id, SyscallType::Linux)
+    let config_json = process_json.with_file_name("config.json");
+    let seccomp = crate::exec_seccomp::prepare(&config_json, &process_json)?;
+    let mut builder = ContainerBuilder::new(id, SyscallType::Linux)
         .with_root_path(STATE_ROOT)
         .map_err(describe)?
-        .with_console_socket(console_socket)
+        .with_console_socket(console_socket);
+    if let Some(executor) = seccomp {
+        builder = builder.with_executor(executor);
+    }
+    builder
         .as_tenant()
         .with_process(Some(process_json))
         .with_detach(true)

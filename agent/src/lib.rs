@@ -6,6 +6,7 @@ pub mod console;
 pub mod containers;
 pub mod error;
 pub mod events;
+pub mod exec_seccomp;
 pub mod helper;
 pub mod host_only;
 pub mod init;

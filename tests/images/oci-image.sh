@@ -9,6 +9,10 @@
 # usage: tests/images/oci-image.sh [OPTIONS] OUT.tar IMAGE_NAME
 #   --bare               no busybox layer: only the added files (the pause image)
 #   --add SRC:PATH[:MODE] put file SRC at PATH in the image (MODE octal, e.g. 4755)
+#   --host-tool SRC[:PATH] put the machine's program SRC at PATH (default: SRC),
+#                        with the shared libraries and loader it links (ldd):
+#                        tools busybox-static lacks (util-linux's ipcs, procps'
+#                        pgrep) and a /bin/sh that execs (fetch-busybox-shell)
 #   --text PATH=TEXT     put a file with TEXT at PATH
 #   --user USER          the image config's User
 #   --entrypoint JSON    the config's Entrypoint (a JSON array)
@@ -18,15 +22,16 @@
 #                        (linking 400 applets is slow under emulation)
 set -euo pipefail
 
-usage() { sed -n '9,19s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '9,23s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
 bare=false user= entrypoint= cmd= cache=
-adds=() texts=() passwd=() group=()
+adds=() texts=() passwd=() group=() tools=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --bare) bare=true; shift ;;
     --add) adds+=("${2:?}"); shift 2 ;;
     --text) texts+=("${2:?}"); shift 2 ;;
+    --host-tool) tools+=("${2:?}"); shift 2 ;;
     --user) user=${2:?}; shift 2 ;;
     --entrypoint) entrypoint=${2:?}; shift 2 ;;
     --cmd) cmd=${2:?}; shift 2 ;;
@@ -68,8 +73,11 @@ busybox_layer() { # -> busybox.tar.gz and busybox.diff_id in $work
   mkdir -p "$root"/{bin,etc,proc,sys,dev,tmp,root,home/user}
   chmod 1777 "$root/tmp"
   cp /bin/busybox "$root/bin/busybox"
+  # Hard links, as busybox's own images have: a symlink would make a mount
+  # on an applet's path (critest masks /bin/ls with /dev/null) land on
+  # busybox itself, and with it every applet.
   for applet in $(/bin/busybox --list); do
-    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+    [ -e "$root/bin/$applet" ] || ln "$root/bin/busybox" "$root/bin/$applet"
   done
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
@@ -102,6 +110,17 @@ for spec in "${adds[@]}"; do
   mkdir -p "$extra/$(dirname "$path")"
   cp "$src" "$extra/$path"
   chmod "${mode:-0755}" "$extra/$path"
+done
+for spec in "${tools[@]}"; do
+  IFS=: read -r tool path <<<"$spec"
+  [ -x "$tool" ] || { echo "oci-image.sh: no program $tool on this machine" >&2; exit 2; }
+  path=${path:-$tool}
+  mkdir -p "$extra/$(dirname "$path")"
+  cp -L "$tool" "$extra/$path"
+  for lib in $(ldd "$tool" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'); do
+    mkdir -p "$extra/$(dirname "$lib")"
+    cp -L "$lib" "$extra/$lib"
+  done
 done
 for spec in "${texts[@]}"; do
   path=${spec%%=*}

@@ -67,12 +67,22 @@ fn images() -> Vec<Image> {
         options
     };
     vec![
+        // As registry.k8s.io's busybox behaves, with the machine's programs
+        // (and their libraries): see [`host_tools`].
         Image {
             names: &[
                 "registry.k8s.io/e2e-test-images/busybox:1.29-2",
                 "docker.io/cocoon/busybox:latest",
             ],
-            options: Vec::new(),
+            options: host_tools()
+                .into_iter()
+                .flat_map(|(tool, path)| {
+                    [
+                        "--host-tool".to_string(),
+                        format!("{}:{path}", tool.display()),
+                    ]
+                })
+                .collect(),
         },
         // critest checks each of these has only its own names (repo tags):
         // each is a different image (a file naming it).
@@ -196,6 +206,30 @@ pub fn busybox_container(name: &str, script: &str, mounts: serde_json::Value) ->
         "mounts": mounts,
         "linux": {}
     })
+}
+
+/// The machine's programs in the busybox image, and where: what Debian's
+/// busybox-static lacks or does otherwise than registry.k8s.io's busybox,
+/// where critest relies on it. `ipcs -m` (HostIpc is false) and `pgrep`
+/// (execSync with timeout) are not among its applets; and its sh runs
+/// applets in-process, so `sh -c ls` never execs a masked /bin/ls
+/// (MaskedPaths): /bin/sh is Debian's dynamically linked busybox, which
+/// searches PATH and execs (`tests/tools/fetch-busybox-shell`, `make deps`).
+fn host_tools() -> Vec<(PathBuf, &'static str)> {
+    let out = Command::new(repo_root().join("tests/tools/fetch-busybox-shell"))
+        .arg("--path")
+        .output()
+        .expect("tests/tools/fetch-busybox-shell runs");
+    assert!(
+        out.status.success(),
+        "no busybox for /bin/sh: {}",
+        text(&out.stderr)
+    );
+    vec![
+        (PathBuf::from(text(&out.stdout).trim()), "/bin/sh"),
+        (PathBuf::from("/usr/bin/ipcs"), "/usr/bin/ipcs"),
+        (PathBuf::from("/usr/bin/pgrep"), "/usr/bin/pgrep"),
+    ]
 }
 
 /// Debian's docker-registry on 127.0.0.1, its storage in `dir`.
@@ -728,7 +762,10 @@ fn registry_cache() -> PathBuf {
         PathBuf::from("/bin/busybox"),
         bin.join("cocoon-pause"),
         bin.join("cocoon-nonewprivs"),
-    ] {
+    ]
+    .into_iter()
+    .chain(host_tools().into_iter().map(|(tool, _)| tool))
+    {
         std::fs::read(&file)
             .unwrap_or_else(|e| panic!("{}: {e} (run `make` first)", file.display()))
             .hash(&mut hasher);

@@ -190,16 +190,24 @@ fn crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon() {
         "the configMap update: {said}"
     );
 
-    // A second pod fetches the first one's page by pod IP.
+    // A second pod, with limits as a kubelet gives them (the pod's, the sum
+    // of its containers', and each container's), fetches the first one's
+    // page by pod IP.
     let ip = cri.pod_ip(&web);
-    let client_pod = cri.write_json("client", &cri.pod_config("client"));
+    let mut client_pod = cri.pod_config("client");
+    client_pod["linux"]["resources"] = limits(1, FETCHER_MIB + HOG_MIB);
+    let client_pod = cri.write_json("client", &client_pod);
     let client = cri.crictl_ok(&["runp", "--runtime", COCOON_HANDLER, &client_pod]);
-    let fetcher = cri.write_json(
-        "fetcher",
-        &busybox_container("fetcher", "exec sleep 600", serde_json::json!([])),
-    );
+    let mut fetcher = busybox_container("fetcher", "exec sleep 600", serde_json::json!([]));
+    fetcher["linux"]["resources"] = limits(1, FETCHER_MIB);
+    let fetcher = cri.write_json("fetcher", &fetcher);
     let fetcher = cri.crictl_ok(&["create", &client, &fetcher, &client_pod]);
     cri.crictl_ok(&["start", &fetcher]);
+    let mut hog = busybox_container("hog", "exec tail /dev/zero", serde_json::json!([]));
+    hog["linux"]["resources"] = limits(1, HOG_MIB);
+    let hog = cri.write_json("hog", &hog);
+    let hog = cri.crictl_ok(&["create", &client, &hog, &client_pod]);
+    cri.crictl_ok(&["start", &hog]);
     let said = exec_until(
         &cri,
         &fetcher,
@@ -212,6 +220,8 @@ fn crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon() {
         said.contains("hello-over-the-pod-network"),
         "pod to pod over HTTP ({ip}): {said}"
     );
+
+    pod_limits_size_the_vm_and_apply_in_the_guest(&cri, &reader, &fetcher, &hog);
 
     // exec -it, logs and stats, as kubectl uses them.
     let command = format!(
@@ -234,11 +244,7 @@ fn crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon() {
     assert!(logs.contains("serving"), "crictl logs: {logs}");
     let stats = cri.crictl_ok(&["stats", "-o", "json", &reader]);
     let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
-    let memory = stats["stats"][0]["memory"]["workingSetBytes"]["value"]
-        .as_str()
-        .and_then(|v| v.parse::<u64>().ok())
-        .or_else(|| stats["stats"][0]["memory"]["workingSetBytes"]["value"].as_u64())
-        .unwrap_or(0);
+    let memory = stat(&stats["stats"][0]["memory"]["workingSetBytes"]["value"]);
     assert!(
         memory > 0,
         "crictl stats gives the container's memory: {stats}"
@@ -255,6 +261,121 @@ fn crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon() {
         std::fs::read_to_string(shared.join("note")).unwrap(),
         "from-the-writer\n",
         "the volume's data stays on the host"
+    );
+}
+
+/// The client pod's containers' memory limits (MiB): `tail /dev/zero`
+/// fills the hog's in a moment.
+const FETCHER_MIB: u64 = 160;
+const HOG_MIB: u64 = 32;
+
+/// CRI's `LinuxContainerResources` (a pod's or a container's) for `cpus`
+/// CPUs and `mib` MiB.
+fn limits(cpus: u64, mib: u64) -> serde_json::Value {
+    serde_json::json!({
+        "cpu_period": 100_000,
+        "cpu_quota": cpus * 100_000,
+        "memory_limit_in_bytes": mib << 20
+    })
+}
+
+/// A number in `crictl stats -o json` (protobuf JSON gives uint64 as a string).
+fn stat(value: &serde_json::Value) -> u64 {
+    value
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .or_else(|| value.as_u64())
+        .unwrap_or(0)
+}
+
+/// The client pod (limits: 1 CPU, FETCHER_MIB + HOG_MIB) against the web pod
+/// (none), seen from inside: its VM is the configured base (1 vCPU, 256 MiB)
+/// plus the pod's limits (docs/kubernetes.md, Sizing; vCPUs at most the
+/// host's); `crictl stats` gives its CPU and memory; `crictl update` sets the
+/// container's cgroup in the guest; the hog, over its limit, is `OOMKilled`.
+fn pod_limits_size_the_vm_and_apply_in_the_guest(
+    cri: &Cri,
+    unlimited: &str,
+    fetcher: &str,
+    hog: &str,
+) {
+    let started = Instant::now();
+    let mem_total_kib = |container: &str| -> u64 {
+        let said = cri.crictl_ok(&["exec", container, "grep", "MemTotal", "/proc/meminfo"]);
+        said.split_whitespace()
+            .nth(1)
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or_else(|| panic!("MemTotal in /proc/meminfo: {said}"))
+    };
+    let nproc = |container: &str| -> u64 {
+        let said = cri.crictl_ok(&["exec", container, "nproc"]);
+        said.parse()
+            .unwrap_or_else(|_| panic!("nproc in {container}: {said}"))
+    };
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    assert_eq!(
+        nproc(unlimited),
+        1,
+        "a pod without limits: the base's 1 vCPU"
+    );
+    assert_eq!(
+        nproc(fetcher),
+        2.min(host_cpus),
+        "a pod with a 1-CPU limit: 1 + 1 vCPUs, at most the host's {host_cpus}"
+    );
+    // MemTotal is the VM's memory less what the guest kernel reserves
+    // (its image, the page structs: about 1.6 %), so the difference of
+    // the two pods is the pod's limit, less that share of it.
+    let base = mem_total_kib(unlimited);
+    let limited = mem_total_kib(fetcher);
+    let added_mib = limited.saturating_sub(base) >> 10;
+    let limit_mib = FETCHER_MIB + HOG_MIB;
+    eprintln!(
+        "MemTotal: {base} kiB without limits, {limited} kiB with {limit_mib} MiB of limits \
+         (+{added_mib} MiB)"
+    );
+    assert!(
+        (limit_mib * 95 / 100..=limit_mib).contains(&added_mib),
+        "the limited pod's VM has {added_mib} MiB more than the base ({base} kiB), \
+         for a limit of {limit_mib} MiB"
+    );
+
+    let memory_max =
+        |container: &str| cri.crictl_ok(&["exec", container, "cat", "/sys/fs/cgroup/memory.max"]);
+    assert_eq!(
+        memory_max(fetcher),
+        (FETCHER_MIB << 20).to_string(),
+        "the container's memory limit in its cgroup in the guest"
+    );
+    let updated = (FETCHER_MIB - 32) << 20;
+    cri.crictl_ok(&["update", "--memory", &updated.to_string(), fetcher]);
+    assert_eq!(
+        memory_max(fetcher),
+        updated.to_string(),
+        "crictl update (UpdateContainerResources) in the guest"
+    );
+
+    let stats = cri.crictl_ok(&["stats", "-o", "json", fetcher]);
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
+    let cpu = stat(&stats["stats"][0]["cpu"]["usageCoreNanoSeconds"]["value"]);
+    let memory = stat(&stats["stats"][0]["memory"]["workingSetBytes"]["value"]);
+    assert!(
+        cpu > 0 && memory > 0,
+        "crictl stats gives the container's CPU and memory: {stats}"
+    );
+
+    let said = poll_until(Duration::from_secs(60), "CONTAINER_EXITED", || {
+        cri.crictl_ok(&["inspect", "-o", "json", hog])
+    });
+    let status: serde_json::Value = serde_json::from_str(&said).expect("inspect JSON");
+    assert_eq!(
+        status["status"]["reason"], "OOMKilled",
+        "a container over its memory limit: {}",
+        status["status"]
+    );
+    eprintln!(
+        "limits, stats, update and OOM checked in {:.1?}",
+        started.elapsed()
     );
 }
 
@@ -411,16 +532,22 @@ fn critest_subset_cocoon() {
     critest(COCOON_HANDLER, CI_SUBSET);
 }
 
+/// The whole suite, or the specs `COCOON_CRITEST_FOCUS` (a ginkgo regex)
+/// names: a partial run while working on a few.
+fn conformance_focus() -> String {
+    std::env::var("COCOON_CRITEST_FOCUS").unwrap_or_default()
+}
+
 #[test]
 #[ignore = "needs real KVM: the CRI node runs in tests/kvm-host (make conformance)"]
 fn conformance_critest_runc() {
-    critest("runc", "");
+    critest("runc", &conformance_focus());
 }
 
 #[test]
 #[ignore = "needs real KVM: critest's pods are Cocoon microVMs (make conformance)"]
 fn conformance_critest_cocoon() {
-    critest(COCOON_HANDLER, "");
+    critest(COCOON_HANDLER, &conformance_focus());
 }
 
 /// No `cocoon-cri*` bridge outlives its node.
