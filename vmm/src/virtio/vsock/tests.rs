@@ -231,6 +231,9 @@ fn host_to_guest_without_answer_times_out() {
     let mut guest = TestGuest::new();
     let started = Instant::now();
     let mut host = guest.host_connect(GUEST_PORT);
+    // The usual read timeout is shorter than the wait for the RESPONSE.
+    host.set_read_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(5)))
+        .expect("read timeout");
     let request = guest.expect(Op::Request);
     assert_closed(&mut host);
     let waited = started.elapsed();
