@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_tests::containerd::{ok, Containerd, RUNTIME};
 
-use crate::memory::{self, mib};
+use crate::memory;
 use crate::summary::Summary;
 use crate::{median_ms, LocalRuntime};
 
@@ -88,11 +88,7 @@ pub fn measure(runtime: &LocalRuntime, runs: usize, summary: &mut Summary) {
     idle.print("goal ≤ 32 MiB");
     summary.value(
         "idle ctr sandbox, shim + VMM Pss (Rss)",
-        format!(
-            "{:.1} ({:.1}) MiB",
-            mib(idle.total().pss),
-            mib(idle.total().rss)
-        ),
+        idle.summary_text(),
         "Pss ≤ 32 MiB",
     );
 }

@@ -34,6 +34,12 @@ impl SandboxMemory {
         );
     }
 
+    /// `Pss (Rss) MiB` of shim and VMM together, for the summary table.
+    pub fn summary_text(&self) -> String {
+        let total = self.total();
+        format!("{:.1} ({:.1}) MiB", mib(total.pss), mib(total.rss))
+    }
+
     pub fn total(&self) -> Memory {
         Memory {
             rss: self.shim.rss + self.vmm.rss,

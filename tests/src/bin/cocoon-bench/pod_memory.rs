@@ -5,7 +5,7 @@
 
 use cocoon_tests::cri::{busybox_container, Cri, COCOON_HANDLER};
 
-use crate::memory::{self, mib};
+use crate::memory;
 use crate::summary::Summary;
 
 /// Pods measured together: the shims and VMMs of one host share their
@@ -35,11 +35,7 @@ pub fn measure(cri: &Cri, summary: &mut Summary) {
     idle.print("a sandbox's goal: ≤ 32 MiB");
     summary.value(
         "idle cocoon pod, shim + VMM Pss (Rss)",
-        format!(
-            "{:.1} ({:.1}) MiB",
-            mib(idle.total().pss),
-            mib(idle.total().rss)
-        ),
+        idle.summary_text(),
         "-",
     );
 }
