@@ -216,17 +216,11 @@ pub fn busybox_container(name: &str, script: &str, mounts: serde_json::Value) ->
 /// (MaskedPaths): /bin/sh is Debian's dynamically linked busybox, which
 /// searches PATH and execs (`tests/tools/fetch-busybox-shell`, `make deps`).
 fn host_tools() -> Vec<(PathBuf, &'static str)> {
-    let out = Command::new(repo_root().join("tests/tools/fetch-busybox-shell"))
-        .arg("--path")
-        .output()
-        .expect("tests/tools/fetch-busybox-shell runs");
-    assert!(
-        out.status.success(),
-        "no busybox for /bin/sh: {}",
-        text(&out.stderr)
-    );
     vec![
-        (PathBuf::from(text(&out.stdout).trim()), "/bin/sh"),
+        (
+            prepared_path("fetch-busybox-shell", "--path", "no busybox for /bin/sh"),
+            "/bin/sh",
+        ),
         (PathBuf::from("/usr/bin/ipcs"), "/usr/bin/ipcs"),
         (PathBuf::from("/usr/bin/pgrep"), "/usr/bin/pgrep"),
     ]
@@ -451,15 +445,21 @@ fn free_port() -> u16 {
 
 /// Where `make deps` put crictl and critest.
 pub fn cri_tools_dir() -> PathBuf {
-    let out = Command::new(repo_root().join("tests/tools/build-go-tools"))
-        .arg("--bin-dir")
+    prepared_path(
+        "build-go-tools",
+        "--bin-dir",
+        "crictl and critest are not built",
+    )
+}
+
+/// The path `tests/tools/<script> <flag>` prints: where `make deps` put
+/// something; `missing` (and the script's reason) when it is not there.
+fn prepared_path(script: &str, flag: &str, missing: &str) -> PathBuf {
+    let out = Command::new(repo_root().join("tests/tools").join(script))
+        .arg(flag)
         .output()
-        .expect("tests/tools/build-go-tools runs");
-    assert!(
-        out.status.success(),
-        "crictl and critest are not built: {}",
-        text(&out.stderr)
-    );
+        .unwrap_or_else(|e| panic!("tests/tools/{script} does not run: {e}"));
+    assert!(out.status.success(), "{missing}: {}", text(&out.stderr));
     PathBuf::from(text(&out.stdout).trim())
 }
 
