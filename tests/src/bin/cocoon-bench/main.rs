@@ -2,7 +2,7 @@
 //! reference in the same (host) machine, reported as ratios.
 //!
 //! Run inside tests/kvm-host (it needs real KVM):
-//!   cocoon-bench [--vmm PATH] [--runs N] [--launch-only | --pods-only] [--http-mib N]
+//!   cocoon-bench [--vmm PATH] [--runs N] [--launch-only | --pods-only | --http-only] [--http-mib N]
 //!
 //! - cocoon-vmm against QEMU microvm: launch → guest /init, and the VMM's
 //!   memory outside guest RAM (`vmm_launch.rs`);
@@ -15,6 +15,7 @@
 //! Ends with a table of every figure (`summary.rs`).
 
 mod ctr_run;
+mod kvm_stats;
 mod memory;
 mod pod_http;
 mod pod_memory;
@@ -47,17 +48,20 @@ fn main() {
     require_hardware_kvm();
 
     let mut summary = Summary::new();
-    if !flag("--pods-only") {
+    let pods_only = flag("--pods-only") || flag("--http-only");
+    if !pods_only {
         vmm_launch::measure(&vmm, runs, &mut summary);
     }
     if !flag("--launch-only") {
         let runtime = LocalRuntime::new(&vmm);
-        if !flag("--pods-only") {
+        if !pods_only {
             ctr_run::measure(&runtime, runs.min(5), &mut summary);
         }
         let cri = Cri::start_from(&runtime.bin, &runtime.kernel, &runtime.initramfs);
-        pod_start::measure(&cri, runs.min(pod_start::MAX_RUNS), &mut summary);
-        pod_memory::measure(&cri, &mut summary);
+        if !flag("--http-only") {
+            pod_start::measure(&cri, runs.min(pod_start::MAX_RUNS), &mut summary);
+            pod_memory::measure(&cri, &mut summary);
+        }
         pod_http::measure(&cri, http_mib, &mut summary);
     }
     summary.print();

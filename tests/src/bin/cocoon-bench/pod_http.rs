@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cocoon_tests::cri::{busybox_container, Cri, COCOON_HANDLER};
+use cocoon_tests::cri::{busybox_container, Cri, BUSYBOX, COCOON_HANDLER};
 
+use crate::kvm_stats::KvmStats;
 use crate::median_ms;
 use crate::pod_start::RUNC_HANDLER;
 use crate::summary::Summary;
@@ -25,19 +26,40 @@ use crate::summary::Summary;
 pub const FILE_MIB: u64 = 100;
 const RUNS: usize = 3;
 const PORT: u16 = 8080;
+/// The KVM counters that explain a frame's cost (docs/performance.md).
+const KVM_COUNTERS: &[&str] = &[
+    "exits",
+    "mmio_exits",
+    "io_exits",
+    "irq_exits",
+    "halt_exits",
+    "halt_wakeup",
+    "irq_injections",
+    "request_irq_exits",
+];
 
 pub fn measure(cri: &Cri, file_mib: u64, summary: &mut Summary) {
     let bytes = file_mib << 20;
     println!(
         "HTTP GET of a {file_mib} MiB file from a pod's busybox httpd (file on a memory-backed emptyDir) to the host, median of {RUNS}:"
     );
+    cri.crictl_ok(&["pull", BUSYBOX]);
     let cocoon = Server::start(cri, COCOON_HANDLER, file_mib);
     let runc = Server::start(cri, RUNC_HANDLER, file_mib);
     let mut cocoon_times = Vec::new();
     let mut runc_times = Vec::new();
+    let kvm_before = KvmStats::read();
     for _ in 0..RUNS {
         cocoon_times.push(download(&cocoon.address, bytes));
         runc_times.push(download(&runc.address, bytes));
+    }
+    // Only the Cocoon pod's VM runs meanwhile: what its downloads cost KVM.
+    match (kvm_before, KvmStats::read()) {
+        (Some(before), Some(after)) => println!(
+            "  KVM events per MiB sent by the Cocoon pod: {}",
+            after.per_unit_since(&before, KVM_COUNTERS, (RUNS as u64 * file_mib) as f64)
+        ),
+        _ => println!("  (no KVM counters: debugfs cannot be mounted)"),
     }
     for server in [cocoon, runc] {
         server.remove(cri);

@@ -12,9 +12,10 @@
 //! Tests and the fuzz target use a datagram socket instead of a tap
 //! ([`Tap::from_socket`]): it keeps frame boundaries the same way.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use super::chain::TxFrame;
 use super::header::HEADER_SIZE;
 
 /// Why `--net-fd` cannot be used.
@@ -182,12 +183,20 @@ impl Tap {
         }
     }
 
-    /// Writes one frame given as `parts` (header, then frame) with one writev.
-    pub(crate) fn write_frame(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+    /// Writes `header` and the guest's `frame` with one writev.
+    pub(crate) fn write_frame(
+        &self,
+        header: &[u8; HEADER_SIZE],
+        frame: &mut TxFrame<'_>,
+    ) -> io::Result<usize> {
+        let parts = frame.with_header(header);
         let count = libc::c_int::try_from(parts.len()).unwrap_or(libc::c_int::MAX);
         loop {
-            // SAFETY: IoSlice is ABI-compatible with struct iovec; writev
-            // only reads the `count` slices, which `parts` borrows.
+            // SAFETY: writev only reads the `count` iovecs `parts` borrows,
+            // and the memory they point at: the clean header and guest
+            // memory (see `TxFrame`), both valid while `parts` is borrowed.
+            // The guest may change its bytes meanwhile; the kernel copies
+            // them before it looks at any.
             let n = unsafe { libc::writev(self.fd.as_raw_fd(), parts.as_ptr().cast(), count) };
             match usize::try_from(n) {
                 Ok(n) => return Ok(n),

@@ -1,18 +1,17 @@
 //! The tx queue: frames the guest sends, to the tap.
 //!
-//! Each chain is copied whole into a host buffer (at most one header and
+//! Each chain's header is copied out, checked and replaced by a clean one,
+//! and header and frame written to the tap with one writev straight from
+//! guest memory (at most one header and
 //! [`MAX_FRAME_SIZE`](super::header::MAX_FRAME_SIZE) bytes; a longer chain is
-//! refused unread), its header checked and replaced by a clean one, and the
-//! frame written to the tap with one writev. A bad chain, a refused header or
+//! refused unread). No copy in the VMM: the tap's own is the only one. A bad chain, a refused header or
 //! a tap that cannot take the frame (EAGAIN: its queue is full; EIO: the
 //! interface is down) drops the frame; the chain is completed either way.
 
-use std::io::IoSlice;
-
 use virtio_queue::{DescriptorChain, Queue};
 
-use super::chain::{read_tx_chain, ChainError};
-use super::header::{HeaderError, NetHeader, HEADER_SIZE, MAX_PACKET_SIZE};
+use super::chain::{gather_tx_chain, ChainError};
+use super::header::{HeaderError, NetHeader, HEADER_SIZE};
 use super::tap::Tap;
 use super::NAME;
 use crate::virtio::interrupt::VirtioInterrupt;
@@ -34,8 +33,6 @@ enum TxError {
 
 /// The tx side of one activation.
 pub(super) struct TxPath {
-    // One packet, reused: read from the guest, checked, written to the tap.
-    buf: Vec<u8>,
     acked: u64,
     warn_limit: WarnLimiter,
 }
@@ -43,7 +40,6 @@ pub(super) struct TxPath {
 impl TxPath {
     pub(super) fn new(acked: u64) -> Self {
         Self {
-            buf: vec![0; MAX_PACKET_SIZE],
             acked,
             warn_limit: WarnLimiter::default(),
         }
@@ -59,7 +55,7 @@ impl TxPath {
     ) -> Result<(), virtio_queue::Error> {
         drain_queue(NAME, queue, mem, interrupt, |chain| {
             let head = chain.head_index();
-            if let Err(e) = send(mem, chain, &mut self.buf, tap, self.acked) {
+            if let Err(e) = send(mem, chain, tap, self.acked) {
                 limited!(self.warn_limit, warn, head, error = %e, "virtio-net: dropping tx frame");
             }
             0
@@ -70,19 +66,18 @@ impl TxPath {
 fn send(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
-    buf: &mut [u8],
     tap: &Tap,
     acked: u64,
 ) -> Result<(), TxError> {
-    let len = read_tx_chain(mem, chain, buf)?;
-    let raw = buf
-        .get(..HEADER_SIZE)
-        .filter(|_| len >= HEADER_SIZE)
-        .and_then(|raw| <&[u8; HEADER_SIZE]>::try_from(raw).ok())
-        .ok_or(TxError::NoHeader(len))?;
-    let clean = NetHeader::parse(raw).check_tx(len - HEADER_SIZE, acked)?;
-    buf[..HEADER_SIZE].copy_from_slice(&clean.to_bytes());
-    tap.write_frame(&[IoSlice::new(&buf[..len])])
+    let mut frame = gather_tx_chain(mem, chain)?;
+    let frame_len = frame
+        .len
+        .checked_sub(HEADER_SIZE)
+        .ok_or(TxError::NoHeader(frame.len))?;
+    let clean = NetHeader::parse(&frame.header)
+        .check_tx(frame_len, acked)?
+        .to_bytes();
+    tap.write_frame(&clean, &mut frame)
         .map_err(TxError::Tap)?;
     Ok(())
 }
