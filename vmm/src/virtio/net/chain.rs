@@ -48,7 +48,10 @@ pub struct TxFrame<'m> {
 impl TxFrame<'_> {
     /// The iovecs of `header` followed by the frame, for one writev; the
     /// frame's bytes are the guest's until the kernel has copied them.
-    pub(super) fn with_header<'a>(&'a mut self, header: &'a [u8; HEADER_SIZE]) -> &'a [libc::iovec] {
+    pub(super) fn with_header<'a>(
+        &'a mut self,
+        header: &'a [u8; HEADER_SIZE],
+    ) -> &'a [libc::iovec] {
         self.parts[0] = libc::iovec {
             iov_base: header.as_ptr().cast_mut().cast(),
             iov_len: HEADER_SIZE,

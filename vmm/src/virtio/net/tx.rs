@@ -77,7 +77,6 @@ fn send(
     let clean = NetHeader::parse(&frame.header)
         .check_tx(frame_len, acked)?
         .to_bytes();
-    tap.write_frame(&clean, &mut frame)
-        .map_err(TxError::Tap)?;
+    tap.write_frame(&clean, &mut frame).map_err(TxError::Tap)?;
     Ok(())
 }
