@@ -14,3 +14,23 @@ pub fn builder(name: impl Into<String>) -> std::thread::Builder {
         .name(name.into())
         .stack_size(STACK_SIZE)
 }
+
+/// Makes the calling thread SCHED_BATCH: it no longer preempts the thread
+/// running on its CPU when it wakes, but waits for that thread to block or
+/// for the scheduler's tick. For device threads that a busy vCPU wakes
+/// again and again (virtio-net's worker, at every frame sent): preempted,
+/// the vCPU leaves the guest each time, and the device gets one frame per
+/// wakeup instead of a batch. Placement is unchanged: on a host with an idle
+/// CPU the thread still runs there at once. Failing is not fatal (the
+/// thread keeps the normal policy); the error is logged.
+pub fn schedule_as_batch() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(0, ..) changes only this thread's policy;
+    // `param` is a valid sched_param that outlives the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot make a device thread SCHED_BATCH; it keeps the normal policy"
+        );
+    }
+}
