@@ -9,15 +9,18 @@ use super::NetworkError;
 #[derive(Debug, PartialEq, Eq)]
 pub enum PodNetns {
     /// A network namespace entry without a path: a new, empty namespace
-    /// (ctr's default). The guest gets only `lo`, as runc's container would.
+    /// (ctr's default). The guest gets only `lo`, as runc's container would,
+    /// unless the spec's hooks wire it (nerdctl's bridge network).
     Empty,
     /// An existing namespace to take the network from (containerd's CRI
     /// gives `/var/run/netns/cni-…`, made and wired by CNI).
     Path(PathBuf),
 }
 
-/// The one place that says where a sandbox's network namespace comes from
-/// (nerdctl will pass it in an annotation: look there too, here).
+/// The one place that says where a sandbox's network namespace comes from.
+/// (nerdctl's bridge network asks for a new namespace, `Empty`, and wires
+/// it in a createRuntime hook: the shim then makes one, see
+/// [`super::own_netns`] and `crate::hooks`.)
 ///
 /// No network namespace entry at all is the host's network, which a VM
 /// cannot share: refused.

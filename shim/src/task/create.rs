@@ -1,5 +1,6 @@
-//! Create: the container's root file system into the share, the container
-//! in the guest, its stdio, its exit watcher. Each step that leaves
+//! Create: the container's prestart and createRuntime hooks (on the host),
+//! its root file system into the share, the container in the guest, its
+//! stdio, its exit watcher. Each step that leaves
 //! something behind is held by a guard that undoes it if a later step
 //! fails, so a failed Create leaves nothing.
 
@@ -16,6 +17,7 @@ use crate::container::{Container, ContainerTable};
 use crate::error::{Result, ShimError};
 use crate::exits::Watched;
 use crate::guest::Guest;
+use crate::hooks::{self, Hooks};
 use crate::host_namespaces::refuse_host_namespaces;
 use crate::io::StdioPaths;
 use crate::process::Process;
@@ -41,9 +43,16 @@ impl TaskService {
             terminal: req.terminal,
         };
         refuse_host_namespaces(&spec)?;
+        let hooks = Hooks::of_spec(&spec)?;
         let volumes = VolumePlan::for_spec(&req.id, &spec, &volumes::Host)?;
         let registered = Registration::new(&self.containers, &req.id, &req.bundle, &stdio)?;
-        let sandbox = self.ensure_sandbox(&req, &spec).await?;
+        let (sandbox, launched) = self.ensure_sandbox(&req, &spec).await?;
+        if !launched {
+            // The first container's ran in the launch, before the network.
+            let netns = sandbox.netns();
+            let state = hooks::State::new(&req.id, &req.bundle, &spec, netns.as_deref());
+            hooks.run_create(&state).await?;
+        }
 
         let mounted = ContainerMounts::new(&sandbox, &req.id);
         // Relative to the bundle, as runc reads it.
