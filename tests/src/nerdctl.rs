@@ -1,0 +1,192 @@
+//! nerdctl (built by `make deps`, `tests/tools/build-go-tools`) against the
+//! test's private containerd ([`Containerd`]): every path nerdctl keeps
+//! (`--data-root`, the CNI configuration in `--cni-netconfpath`, its TOML)
+//! in the containerd's directory, never the system's; CNI plugins from
+//! Debian's containernetworking-plugins (`/usr/lib/cni`). Containers run
+//! with `--runtime io.containerd.cocoon.v1` on the native snapshotter.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::containerd::{text, Containerd, RUNTIME};
+use crate::repo_root;
+
+/// The image the tests run, built offline and `nerdctl load`ed.
+pub const IMAGE: &str = "docker.io/cocoon/busybox:latest";
+/// containerd's namespace: `default`, whose cgroups
+/// [`Containerd::assert_nothing_left`] checks.
+pub const NAMESPACE: &str = "default";
+/// Debian's CNI plugins.
+pub const CNI_PATH: &str = "/usr/lib/cni";
+/// The bridge nerdctl makes for its default network, `bridge`.
+pub const BRIDGE: &str = "nerdctl0";
+
+pub struct Nerdctl {
+    pub containerd: Containerd,
+    bin: PathBuf,
+    data_root: PathBuf,
+    netconf: PathBuf,
+}
+
+impl Nerdctl {
+    /// A private containerd and nerdctl's directories beside it.
+    pub fn start() -> Self {
+        let bin = nerdctl_bin();
+        let containerd = Containerd::start();
+        let data_root = containerd.dir().join("nerdctl");
+        let netconf = containerd.dir().join("cni");
+        for dir in [&data_root, &netconf] {
+            std::fs::create_dir_all(dir).expect("nerdctl's directories");
+        }
+        Nerdctl {
+            containerd,
+            bin,
+            data_root,
+            netconf,
+        }
+    }
+
+    /// `nerdctl GLOBAL-FLAGS ARGS...`, its stdin closed.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
+            .args(self.global_flags())
+            .args(args)
+            .env("NERDCTL_TOML", self.containerd.dir().join("nerdctl.toml"))
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn global_flags(&self) -> Vec<String> {
+        vec![
+            format!("--address={}", self.containerd.socket.display()),
+            format!("--namespace={NAMESPACE}"),
+            format!("--data-root={}", self.data_root.display()),
+            format!("--cni-path={CNI_PATH}"),
+            format!("--cni-netconfpath={}", self.netconf.display()),
+            "--snapshotter=native".into(),
+            "--cgroup-manager=cgroupfs".into(),
+        ]
+    }
+
+    /// Runs `nerdctl ARGS...` and returns its output.
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("nerdctl runs")
+    }
+
+    /// `nerdctl ARGS...`, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "nerdctl {}: {}{}\ncontainerd log:\n{}",
+            args.join(" "),
+            text(&out.stdout),
+            text(&out.stderr),
+            self.containerd.log()
+        );
+        text(&out.stdout)
+    }
+
+    /// `nerdctl run --runtime cocoon FLAGS IMAGE ARGS...`.
+    pub fn run(&self, flags: &[&str], args: &[&str]) -> Output {
+        let mut command = vec!["run", "--runtime", RUNTIME];
+        command.extend_from_slice(flags);
+        command.push(IMAGE);
+        command.extend_from_slice(args);
+        self.output(&command)
+    }
+
+    /// `nerdctl ARGS` with a terminal of its own (script(1)), as `-it`
+    /// needs; returns its exit code and what it printed.
+    pub fn in_terminal(&self, args: &str) -> (Option<i32>, String) {
+        let command = format!(
+            "NERDCTL_TOML={} {} {} {args}",
+            self.containerd.dir().join("nerdctl.toml").display(),
+            self.bin.display(),
+            self.global_flags().join(" ")
+        );
+        let out = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("script(1) from util-linux");
+        (
+            out.status.code(),
+            format!("{}{}", text(&out.stdout), text(&out.stderr)),
+        )
+    }
+
+    /// Builds the busybox image offline (`tests/images/oci-image.sh`) and
+    /// loads it with `nerdctl load`.
+    pub fn load_busybox(&self) {
+        let archive = self.containerd.dir().join("busybox.tar");
+        let built = Command::new(repo_root().join("tests/images/oci-image.sh"))
+            .arg(&archive)
+            .arg(IMAGE)
+            .status()
+            .expect("oci-image.sh runs");
+        assert!(built.success(), "building the busybox image failed");
+        self.ok(&["load", "-i", archive.to_str().expect("utf-8 path")]);
+    }
+
+    /// Polls `nerdctl ARGS` until its stdout contains `wanted` (at most
+    /// `limit`); returns the last stdout.
+    pub fn wait_for(&self, args: &[&str], wanted: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let said = text(&self.output(args).stdout);
+            if said.contains(wanted) || Instant::now() > deadline {
+                return said;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn data_root(&self) -> &Path {
+        &self.data_root
+    }
+
+    /// Nothing of nerdctl's containers may outlive them: what
+    /// [`Containerd::assert_nothing_left`] checks (VMM, mounts (the shim's
+    /// network namespaces among them), shim state, cgroups), no shim
+    /// process, and no port (veth) on nerdctl's bridge.
+    pub fn assert_nothing_left(&self) {
+        self.containerd.assert_nothing_left();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let shims = Command::new("pgrep")
+                .args(["-f", "containerd-shim-cocoon-v1"])
+                .output()
+                .expect("pgrep (procps)");
+            let ports = Command::new("ip")
+                .args(["-o", "link", "show", "master", BRIDGE])
+                .output()
+                .expect("ip (iproute2)");
+            let (shims, ports) = (text(&shims.stdout), text(&ports.stdout));
+            if shims.is_empty() && ports.trim().is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind: shims {shims:?}, ports of {BRIDGE} {ports:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// nerdctl's binary from the cache, or a panic saying to run `make deps`.
+pub fn nerdctl_bin() -> PathBuf {
+    let out = Command::new(repo_root().join("tests/tools/build-go-tools"))
+        .args(["--bin-dir", "nerdctl"])
+        .output()
+        .expect("build-go-tools runs");
+    assert!(
+        out.status.success(),
+        "nerdctl is not built: {}",
+        text(&out.stderr)
+    );
+    PathBuf::from(text(&out.stdout).trim()).join("nerdctl")
+}
