@@ -51,21 +51,37 @@ impl Launch for VmLauncher {
         if let Err(error) = sandbox::record_state_dir(Path::new(&req.bundle), &dir) {
             tracing::warn!("recording the state directory in {}: {error}", req.bundle);
         }
-        Ok(Arc::new(
-            Sandbox::start(
-                &config,
-                &self.namespace,
-                dir,
-                &shape,
-                cgroup.as_deref(),
-                netns,
-                BeforeNetwork {
-                    hooks: &hooks,
-                    state: hooks::State::new(&req.id, &req.bundle, spec, None),
-                },
-            )
-            .await?,
-        ))
+        let hook_netns = match &netns {
+            NetnsPlan::None => None,
+            NetnsPlan::Existing(path) => Some(path.clone()),
+            NetnsPlan::Own => Some(network::own_netns::path(&dir)),
+        };
+        let state = hooks::State::new(&req.id, &req.bundle, spec, hook_netns.as_deref());
+        let started = Sandbox::start(
+            &config,
+            &self.namespace,
+            dir,
+            &shape,
+            cgroup.as_deref(),
+            netns,
+            BeforeNetwork {
+                hooks: &hooks,
+                state: state.clone(),
+            },
+        )
+        .await;
+        match started {
+            Ok(sandbox) => Ok(Arc::new(sandbox)),
+            Err(error) => {
+                // As runc's delete after a failed create: what the create
+                // hooks set up on the host (nerdctl: the IP lease, iptables
+                // rules) is theirs to undo.
+                if hooks.wire_network() {
+                    hooks.run_poststop(&state).await;
+                }
+                Err(error.into())
+            }
+        }
     }
 }
 

@@ -95,7 +95,7 @@ pub enum NetnsPlan {
 }
 
 /// The first container's hooks that run before the network is scanned,
-/// and the state they are told (the namespace is added to it).
+/// and the state they are told (the namespace already in it).
 pub struct BeforeNetwork<'a> {
     pub hooks: &'a Hooks,
     pub state: hooks::State,
@@ -209,13 +209,7 @@ impl Sandbox {
             NetnsPlan::Existing(path) => Some(path),
             NetnsPlan::Own => Some(network::own_netns::create(dir)?),
         };
-        let BeforeNetwork { hooks, mut state } = before_network;
-        if let Some(netns) = &netns {
-            state.annotations.insert(
-                hooks::NETNS_ANNOTATION.into(),
-                netns.display().to_string().into(),
-            );
-        }
+        let BeforeNetwork { hooks, state } = before_network;
         hooks.run_create(&state).await?;
         let network = match &netns {
             Some(netns) => network::attach(netns, dir)?,

@@ -47,10 +47,11 @@ impl TaskService {
         let volumes = VolumePlan::for_spec(&req.id, &spec, &volumes::Host)?;
         let registered = Registration::new(&self.containers, &req.id, &req.bundle, &stdio)?;
         let (sandbox, launched) = self.ensure_sandbox(&req, &spec).await?;
+        let netns = sandbox.netns();
+        let state = hooks::State::new(&req.id, &req.bundle, &spec, netns.as_deref());
+        let hooked = HooksRun::new(&hooks, &state);
         if !launched {
             // The first container's ran in the launch, before the network.
-            let netns = sandbox.netns();
-            let state = hooks::State::new(&req.id, &req.bundle, &spec, netns.as_deref());
             hooks.run_create(&state).await?;
         }
 
@@ -72,6 +73,7 @@ impl TaskService {
         self.containers.with_process(&req.id, "", |p| p.pid = pid)?;
         created.keep();
         registered.keep();
+        hooked.keep();
         tracing::info!(
             "container {} created in {:?} (guest pid {guest_pid})",
             req.id,
@@ -108,6 +110,35 @@ impl TaskService {
             pid,
             ..Default::default()
         })
+    }
+}
+
+/// Create hooks that ran: a failed Create runs the poststop hooks, as
+/// runc's delete after a failed create does (nerdctl's undoes its CNI
+/// set-up there).
+struct HooksRun {
+    hooks: Option<(Hooks, hooks::State)>,
+}
+
+impl HooksRun {
+    fn new(hooks: &Hooks, state: &hooks::State) -> Self {
+        HooksRun {
+            hooks: hooks
+                .wire_network()
+                .then(|| (hooks.clone(), state.clone())),
+        }
+    }
+
+    fn keep(mut self) {
+        self.hooks = None;
+    }
+}
+
+impl Drop for HooksRun {
+    fn drop(&mut self) {
+        if let Some((hooks, state)) = self.hooks.take() {
+            tokio::spawn(async move { hooks.run_poststop(&state).await });
+        }
     }
 }
 
