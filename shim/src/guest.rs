@@ -50,6 +50,12 @@ pub trait Guest: Send + Sync {
         None
     }
 
+    /// [`Guest::netns`] when the shim made it for the hooks to wire (its
+    /// containers then share the VM's network, not a namespace of their own).
+    fn own_netns(&self) -> Option<PathBuf> {
+        None
+    }
+
     /// Shuts the VM down and removes its state.
     async fn stop(&self);
 }

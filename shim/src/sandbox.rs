@@ -419,6 +419,11 @@ impl Guest for Sandbox {
         self.netns.clone()
     }
 
+    fn own_netns(&self) -> Option<PathBuf> {
+        let own = network::own_netns::path(&self.dir);
+        self.netns.clone().filter(|netns| *netns == own)
+    }
+
     async fn stop(&self) {
         Sandbox::stop(self).await;
     }

@@ -156,8 +156,13 @@ impl Nerdctl {
         self.containerd.assert_nothing_left();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            // This containerd's shims (their command line names its socket).
             let shims = Command::new("pgrep")
-                .args(["-f", "containerd-shim-cocoon-v1"])
+                .arg("-f")
+                .arg(format!(
+                    "containerd-shim-cocoon-v1 .*{}",
+                    self.containerd.socket.display()
+                ))
                 .output()
                 .expect("pgrep (procps)");
             let ports = Command::new("ip")

@@ -24,7 +24,7 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::{Handle, LinkUnspec};
 
-pub use namespace::{pod_netns, PodNetns};
+pub use namespace::{join_own_netns, pod_netns, PodNetns};
 use record::NetworkRecord;
 use scan::Scanned;
 

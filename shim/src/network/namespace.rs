@@ -1,7 +1,7 @@
 //! Which network the sandbox gets: the network namespace in its first
 //! (sandbox) container's spec.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::NetworkError;
 
@@ -45,6 +45,27 @@ pub fn pod_netns(spec: &serde_json::Value) -> Result<PodNetns, NetworkError> {
     }
 }
 
+/// Gives the network entry of a guest spec that asks for a new namespace
+/// the path of the sandbox's own (`netns`), which the shim made for hooks
+/// to wire: the agent then keeps the container in the VM's network, where
+/// the wired interface is, as it does for a pod's namespace named by path.
+pub fn join_own_netns(guest_spec: &mut serde_json::Value, netns: &Path) {
+    let namespaces = guest_spec
+        .get_mut("linux")
+        .and_then(|linux| linux.get_mut("namespaces"))
+        .and_then(|namespaces| namespaces.as_array_mut());
+    for namespace in namespaces.into_iter().flatten() {
+        let unnamed = namespace
+            .get("path")
+            .and_then(|p| p.as_str())
+            .unwrap_or("")
+            .is_empty();
+        if namespace.get("type").and_then(|t| t.as_str()) == Some("network") && unnamed {
+            namespace["path"] = netns.display().to_string().into();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -80,5 +101,22 @@ mod tests {
             pod_netns(&spec(json!([{ "type": "network", "path": "netns" }]))).unwrap_err(),
             NetworkError::Spec(_)
         ));
+    }
+
+    #[test]
+    fn a_new_network_namespace_becomes_the_sandboxs_own() {
+        let mut guest = spec(json!([{ "type": "pid" }, { "type": "network" }]));
+        join_own_netns(&mut guest, Path::new("/state/netns"));
+        assert_eq!(
+            pod_netns(&guest).unwrap(),
+            PodNetns::Path("/state/netns".into())
+        );
+        assert!(guest["linux"]["namespaces"][0].get("path").is_none());
+        let mut named = spec(json!([{ "type": "network", "path": "/var/run/netns/cni-1" }]));
+        join_own_netns(&mut named, Path::new("/state/netns"));
+        assert_eq!(
+            pod_netns(&named).unwrap(),
+            PodNetns::Path("/var/run/netns/cni-1".into())
+        );
     }
 }

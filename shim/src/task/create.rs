@@ -60,7 +60,11 @@ impl TaskService {
         let root = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
         let guest_rootfs = sandbox.mount_rootfs(&req.id, &req.rootfs, &root).await?;
         sandbox.mount_volumes(&req.id, &volumes.host)?;
-        let guest_spec = serde_json::to_vec(&volumes.guest_spec).map_err(|e| {
+        let mut guest_spec = volumes.guest_spec;
+        if let Some(own) = sandbox.own_netns() {
+            crate::network::join_own_netns(&mut guest_spec, &own);
+        }
+        let guest_spec = serde_json::to_vec(&guest_spec).map_err(|e| {
             ShimError::BadRequest(format!("invalid OCI spec in {}: {e}", req.bundle))
         })?;
         let guest_pid = sandbox
@@ -123,9 +127,7 @@ struct HooksRun {
 impl HooksRun {
     fn new(hooks: &Hooks, state: &hooks::State) -> Self {
         HooksRun {
-            hooks: hooks
-                .wire_network()
-                .then(|| (hooks.clone(), state.clone())),
+            hooks: hooks.wire_network().then(|| (hooks.clone(), state.clone())),
         }
     }
 
