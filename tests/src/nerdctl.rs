@@ -27,6 +27,9 @@ pub struct Nerdctl {
     bin: PathBuf,
     data_root: PathBuf,
     netconf: PathBuf,
+    /// Whether nerdctl's bridge was there before: if not, it goes with us
+    /// (the next test's nerdctl would find its subnet taken).
+    bridge_was_there: bool,
 }
 
 impl Nerdctl {
@@ -44,6 +47,7 @@ impl Nerdctl {
             bin,
             data_root,
             netconf,
+            bridge_was_there: Path::new("/sys/class/net").join(BRIDGE).exists(),
         }
     }
 
@@ -178,6 +182,14 @@ impl Nerdctl {
                 "left behind: shims {shims:?}, ports of {BRIDGE} {ports:?}"
             );
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Nerdctl {
+    fn drop(&mut self) {
+        if !self.bridge_was_there && Path::new("/sys/class/net").join(BRIDGE).exists() {
+            let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
         }
     }
 }

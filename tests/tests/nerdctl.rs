@@ -133,12 +133,13 @@ fn nerdctl_runs_execs_logs_and_removes_microvm_containers() {
     nerdctl.assert_nothing_left();
 
     // Host namespaces: refused, naming the option.
-    for (flag, named) in [
-        ("--net=host", "--net=host"),
-        ("--pid=host", "--pid=host"),
-        ("--ipc=host", "--ipc=host"),
+    for (flags, named) in [
+        (["--net=host", "--rm"], "--net=host"),
+        (["--pid=host", "--network=none"], "--pid=host"),
+        (["--ipc=host", "--network=none"], "--ipc=host"),
     ] {
-        let out = nerdctl.run(&["--rm", flag], &["true"]);
+        let flag = flags[0];
+        let out = nerdctl.run(&flags, &["true"]);
         let (_, stderr, code) = said(&out);
         assert_ne!(code, Some(0), "{flag} ran");
         assert!(
