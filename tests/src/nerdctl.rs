@@ -122,16 +122,9 @@ impl Nerdctl {
         )
     }
 
-    /// Builds the busybox image offline (`tests/images/oci-image.sh`) and
-    /// loads it with `nerdctl load`.
+    /// Loads the busybox image ([`busybox_archive`]) with `nerdctl load`.
     pub fn load_busybox(&self) {
-        let archive = self.containerd.dir().join("busybox.tar");
-        let built = Command::new(repo_root().join("tests/images/oci-image.sh"))
-            .arg(&archive)
-            .arg(IMAGE)
-            .status()
-            .expect("oci-image.sh runs");
-        assert!(built.success(), "building the busybox image failed");
+        let archive = busybox_archive();
         self.ok(&["load", "-i", archive.to_str().expect("utf-8 path")]);
     }
 
@@ -192,6 +185,37 @@ impl Drop for Nerdctl {
             let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
         }
     }
+}
+
+/// The busybox image, built offline (`tests/images/oci-image.sh`) once per
+/// machine boot: kept in the temporary directory under a name keyed by the
+/// script and the busybox it packs (linking its applets takes a minute
+/// under emulation; the host VM's /tmp is new each run).
+pub fn busybox_archive() -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let script = repo_root().join("tests/images/oci-image.sh");
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in [script.as_path(), Path::new("/bin/busybox")] {
+        std::fs::read(file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .hash(&mut hasher);
+    }
+    let archive = std::env::temp_dir().join(format!(
+        "cocoon-nerdctl-busybox-{:016x}.tar",
+        hasher.finish()
+    ));
+    if archive.is_file() {
+        return archive;
+    }
+    let partial = archive.with_extension(format!("{}.partial", std::process::id()));
+    let built = Command::new(&script)
+        .arg(&partial)
+        .arg(IMAGE)
+        .status()
+        .expect("oci-image.sh runs");
+    assert!(built.success(), "building the busybox image failed");
+    std::fs::rename(&partial, &archive).expect("the image archive into place");
+    archive
 }
 
 /// nerdctl's binary from the cache, or a panic saying to run `make deps`.
