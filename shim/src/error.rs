@@ -50,6 +50,8 @@ pub enum ShimError {
     #[error(transparent)]
     HostNamespace(#[from] crate::host_namespaces::HostNamespaceError),
     #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
+    #[error(transparent)]
     Stdio(#[from] IoError),
     #[error("encoding metrics: {0}")]
     Metrics(#[from] protobuf::Error),
@@ -76,6 +78,8 @@ impl ShimError {
             | ShimError::Rootfs(_)
             | ShimError::Stdio(_) => Code::FAILED_PRECONDITION,
             ShimError::Network(error) if error.is_invalid_request() => Code::INVALID_ARGUMENT,
+            ShimError::Hook(crate::hooks::HookError::Spec(_)) => Code::INVALID_ARGUMENT,
+            ShimError::Hook(_) => Code::FAILED_PRECONDITION,
             ShimError::Network(_) => Code::FAILED_PRECONDITION,
             ShimError::Unsupported(_) => Code::UNIMPLEMENTED,
             ShimError::DeletedWhileWaiting | ShimError::Metrics(_) => Code::INTERNAL,
@@ -147,7 +151,7 @@ mod tests {
         let host = status(ShimError::Network(NetworkError::HostNetwork));
         assert_eq!(host.0, Code::INVALID_ARGUMENT);
         assert!(
-            host.1.contains("host networking is not supported"),
+            host.1.contains("host networking is not supported") && host.1.contains("--net=host"),
             "{}",
             host.1
         );

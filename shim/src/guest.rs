@@ -3,7 +3,7 @@
 //! ([`Launch`]). [`crate::sandbox::Sandbox`] and [`crate::launch::VmLauncher`]
 //! are the real ones; the task service's tests use fakes, without KVM.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -43,6 +43,18 @@ pub trait Guest: Send + Sync {
 
     /// The VMM's exit status, once it has exited.
     fn vmm_exit(&self) -> watch::Receiver<Option<i32>>;
+
+    /// The sandbox's network namespace on the host, if it has one (hooks
+    /// are told it).
+    fn netns(&self) -> Option<PathBuf> {
+        None
+    }
+
+    /// [`Guest::netns`] when the shim made it for the hooks to wire (its
+    /// containers then share the VM's network, not a namespace of their own).
+    fn own_netns(&self) -> Option<PathBuf> {
+        None
+    }
 
     /// Shuts the VM down and removes its state.
     async fn stop(&self);

@@ -78,9 +78,16 @@ impl Sinks {
                 driver: Some(driver),
             });
         }
+        // A terminal has one output: nerdctl names a stderr FIFO it never
+        // makes (as runc's shim, never open it).
+        let stderr = if paths.terminal {
+            None
+        } else {
+            open_output(&paths.stderr).await?
+        };
         Ok(Sinks {
             stdout: open_output(&paths.stdout).await?,
-            stderr: open_output(&paths.stderr).await?,
+            stderr,
             driver: None,
         })
     }

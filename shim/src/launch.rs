@@ -1,7 +1,8 @@
 //! The sandbox VM's start, on the sandbox's first Create: the config its
 //! runtime options name (or the default one), the VM sized by the first
-//! container, its network namespace, the state directory recorded in its
-//! bundle.
+//! container, its network namespace (with the first container's prestart
+//! and createRuntime hooks, which may wire it), the state directory
+//! recorded in its bundle.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,9 +14,10 @@ use crate::cgroup;
 use crate::config::Config;
 use crate::error::{Result, ShimError};
 use crate::guest::{Guest, Launch};
+use crate::hooks::{self, Hooks};
 use crate::network::{self, PodNetns};
 use crate::runtime_options;
-use crate::sandbox::{self, Sandbox};
+use crate::sandbox::{self, BeforeNetwork, NetnsPlan, Sandbox};
 use crate::vm_shape::{HostLimits, VmShape};
 
 pub struct VmLauncher {
@@ -32,9 +34,13 @@ impl Launch for VmLauncher {
         req: &CreateTaskRequest,
         spec: &serde_json::Value,
     ) -> Result<Arc<dyn Guest>> {
+        let hooks = Hooks::of_spec(spec)?;
         let netns = match network::pod_netns(spec)? {
-            PodNetns::Path(path) => Some(path),
-            PodNetns::Empty => None,
+            PodNetns::Path(path) => NetnsPlan::Existing(path),
+            // nerdctl's bridge network: its createRuntime hook wires the
+            // namespace runc would have made.
+            PodNetns::Empty if hooks.wire_network() => NetnsPlan::Own,
+            PodNetns::Empty => NetnsPlan::None,
         };
         let source = runtime_options::config_source(req.options.as_ref())?;
         let config = Config::resolve(source)?;
@@ -45,17 +51,37 @@ impl Launch for VmLauncher {
         if let Err(error) = sandbox::record_state_dir(Path::new(&req.bundle), &dir) {
             tracing::warn!("recording the state directory in {}: {error}", req.bundle);
         }
-        Ok(Arc::new(
-            Sandbox::start(
-                &config,
-                &self.namespace,
-                dir,
-                &shape,
-                cgroup.as_deref(),
-                netns.as_deref(),
-            )
-            .await?,
-        ))
+        let hook_netns = match &netns {
+            NetnsPlan::None => None,
+            NetnsPlan::Existing(path) => Some(path.clone()),
+            NetnsPlan::Own => Some(network::own_netns::path(&dir)),
+        };
+        let state = hooks::State::new(&req.id, &req.bundle, spec, hook_netns.as_deref());
+        let started = Sandbox::start(
+            &config,
+            &self.namespace,
+            dir,
+            &shape,
+            cgroup.as_deref(),
+            netns,
+            BeforeNetwork {
+                hooks: &hooks,
+                state: state.clone(),
+            },
+        )
+        .await;
+        match started {
+            Ok(sandbox) => Ok(Arc::new(sandbox)),
+            Err(error) => {
+                // As runc's delete after a failed create: what the create
+                // hooks set up on the host (nerdctl: the IP lease, iptables
+                // rules) is theirs to undo.
+                if hooks.wire_network() {
+                    hooks.run_poststop(&state).await;
+                }
+                Err(error.into())
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod exits;
 mod guest;
+mod hooks;
 mod host_namespaces;
 mod io;
 mod launch;

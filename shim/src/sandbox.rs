@@ -6,7 +6,9 @@
 //! VMM's root), `vsock.sock` (the hybrid vsock socket), `console.log`
 //! (capped), `vmm.log`, `vmm.pid`, `cgroup` (the VMM's cgroup) and
 //! `network.json` (what the shim added to the pod's network namespace, see
-//! [`crate::network`]).
+//! [`crate::network`]) and `netns` (the sandbox's own network namespace,
+//! when its spec asks for a new one and has hooks to wire it, see
+//! [`crate::network::own_netns`]).
 //! [`clean_up_leftovers`] removes all of it, also after a crash.
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -27,6 +29,7 @@ use crate::cgroup;
 use crate::config::Config;
 use crate::error::Result as ShimResult;
 use crate::guest::{vm_exited, Guest};
+use crate::hooks::{self, HookError, Hooks};
 use crate::io::{self, Relay, StdioPaths};
 use crate::network::{self, NetworkError};
 use crate::share::{Share, ShareError};
@@ -76,6 +79,26 @@ pub enum SandboxError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Network(#[from] NetworkError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
+}
+
+/// Where the sandbox's network namespace comes from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NetnsPlan {
+    /// None: the guest gets only `lo`.
+    None,
+    /// The one the spec names (CRI's, made and wired by CNI).
+    Existing(PathBuf),
+    /// A new one the shim makes, for the first container's hooks to wire.
+    Own,
+}
+
+/// The first container's hooks that run before the network is scanned,
+/// and the state they are told (the namespace already in it).
+pub struct BeforeNetwork<'a> {
+    pub hooks: &'a Hooks,
+    pub state: hooks::State,
 }
 
 pub struct Sandbox {
@@ -86,6 +109,8 @@ pub struct Sandbox {
     vmm_pid: i32,
     agent: Agent,
     vmm_exit: watch::Receiver<Option<i32>>,
+    /// The sandbox's network namespace, told to every container's hooks.
+    netns: Option<PathBuf>,
 }
 
 pub fn state_dir(config: &Config, namespace: &str, id: &str) -> PathBuf {
@@ -120,7 +145,8 @@ impl Sandbox {
         dir: PathBuf,
         shape: &VmShape,
         cgroup: Option<&Path>,
-        netns: Option<&Path>,
+        netns: NetnsPlan,
+        before_network: BeforeNetwork<'_>,
     ) -> Result<Self, SandboxError> {
         for (what, key, path) in [
             ("guest kernel", "kernel", &config.kernel),
@@ -136,7 +162,7 @@ impl Sandbox {
             }
         }
         clean_up_leftovers(&dir);
-        let booted = match Self::prepare(config, &dir, cgroup, netns) {
+        let booted = match Self::prepare(config, &dir, cgroup, netns, before_network).await {
             Ok(prepared) => Self::boot(config, namespace, dir.clone(), shape, prepared).await,
             Err(error) => Err(error),
         };
@@ -146,13 +172,15 @@ impl Sandbox {
         booted
     }
 
-    // The state directory, the share, the VMM's jail and cgroup, the tap in
-    // the pod's network namespace.
-    fn prepare(
+    // The state directory, the share, the VMM's jail and cgroup, the
+    // network namespace (made here if it is the sandbox's own), the first
+    // container's hooks, the tap in the network namespace.
+    async fn prepare(
         config: &Config,
         dir: &Path,
         cgroup: Option<&Path>,
-        netns: Option<&Path>,
+        netns: NetnsPlan,
+        before_network: BeforeNetwork<'_>,
     ) -> Result<Prepared, SandboxError> {
         let state = |path: &Path| {
             let path = path.to_path_buf();
@@ -176,7 +204,14 @@ impl Sandbox {
             None => None,
         };
         let vmm_log = std::fs::File::create(dir.join("vmm.log")).map_err(state(dir))?;
-        let network = match netns {
+        let netns = match netns {
+            NetnsPlan::None => None,
+            NetnsPlan::Existing(path) => Some(path),
+            NetnsPlan::Own => Some(network::own_netns::create(dir)?),
+        };
+        let BeforeNetwork { hooks, state } = before_network;
+        hooks.run_create(&state).await?;
+        let network = match &netns {
             Some(netns) => network::attach(netns, dir)?,
             None => None,
         };
@@ -186,6 +221,7 @@ impl Sandbox {
             cgroup,
             vmm_log,
             network,
+            netns,
         })
     }
 
@@ -202,6 +238,7 @@ impl Sandbox {
             cgroup,
             vmm_log,
             network,
+            netns,
         } = prepared;
         let vsock = dir.join("vsock.sock");
         let console = dir.join("console.log");
@@ -285,6 +322,7 @@ impl Sandbox {
             vmm_pid,
             agent,
             vmm_exit,
+            netns,
         };
         let mounted = sandbox
             .agent
@@ -377,6 +415,15 @@ impl Guest for Sandbox {
         self.vmm_exit.clone()
     }
 
+    fn netns(&self) -> Option<PathBuf> {
+        self.netns.clone()
+    }
+
+    fn own_netns(&self) -> Option<PathBuf> {
+        let own = network::own_netns::path(&self.dir);
+        self.netns.clone().filter(|netns| *netns == own)
+    }
+
     async fn stop(&self) {
         Sandbox::stop(self).await;
     }
@@ -398,6 +445,7 @@ pub fn clean_up_leftovers(dir: &Path) {
     }
     // After the VMM: it holds the tap.
     network::detach(dir);
+    network::own_netns::remove(dir);
     Share::unmount_all(dir);
     if let Ok(path) = std::fs::read_to_string(dir.join(CGROUP_RECORD)) {
         cgroup::remove(Path::new(&path));
@@ -438,6 +486,7 @@ struct Prepared {
     vmm_log: std::fs::File,
     /// The pod's network, when its namespace has an interface.
     network: Option<network::Attached>,
+    netns: Option<PathBuf>,
 }
 
 /// Has the VMM inherit the tap at `tap` as [`VMM_TAP_FD`], the one

@@ -8,6 +8,7 @@
 mod guest_config;
 mod in_netns;
 mod namespace;
+pub mod own_netns;
 mod record;
 mod redirect;
 mod scan;
@@ -23,7 +24,7 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::{Handle, LinkUnspec};
 
-pub use namespace::{pod_netns, PodNetns};
+pub use namespace::{join_own_netns, pod_netns, PodNetns};
 use record::NetworkRecord;
 use scan::Scanned;
 
@@ -33,8 +34,8 @@ pub const TAP_NAME: &str = "tap0_cocoon";
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     #[error(
-        "host networking is not supported: a VM cannot share the host's network namespace \
-         (the spec has no network namespace)"
+        "host networking is not supported (--net=host, --network=host, hostNetwork: true): \
+         a VM cannot share the host's network namespace (the spec has no network namespace)"
     )]
     HostNetwork,
     #[error("{0}")]

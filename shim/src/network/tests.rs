@@ -465,6 +465,30 @@ fn a_namespace_with_only_lo_gives_no_nic() {
     assert!(NetworkRecord::read(state.path()).is_none());
 }
 
+#[test]
+fn the_sandboxs_own_namespace_is_new_kept_by_a_mount_and_removed_whole() {
+    if !root() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let netns = own_netns::create(state.path()).unwrap();
+    let inode =
+        |path: &str| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let ours = inode(netns.to_str().unwrap()).unwrap();
+    assert_ne!(
+        ours,
+        inode("/proc/self/ns/net").unwrap(),
+        "not a new namespace"
+    );
+    assert!(own_netns::create(state.path()).is_err(), "made twice");
+    // Fresh: only lo, so no NIC until a hook wires it.
+    assert!(attach(&netns, state.path()).unwrap().is_none());
+    own_netns::remove(state.path());
+    assert!(!netns.exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(state.path().to_str().unwrap()), "{mounts}");
+}
+
 /// Writes a broadcast ARP request "who has 10.88.0.1, tell 10.88.0.5" from
 /// the pod's MAC, behind an all-zero virtio-net header.
 fn send_arp_request(tap: &OwnedFd) {

@@ -1,5 +1,6 @@
-//! Create: the container's root file system into the share, the container
-//! in the guest, its stdio, its exit watcher. Each step that leaves
+//! Create: the container's prestart and createRuntime hooks (on the host),
+//! its root file system into the share, the container in the guest, its
+//! stdio, its exit watcher. Each step that leaves
 //! something behind is held by a guard that undoes it if a later step
 //! fails, so a failed Create leaves nothing.
 
@@ -16,6 +17,7 @@ use crate::container::{Container, ContainerTable};
 use crate::error::{Result, ShimError};
 use crate::exits::Watched;
 use crate::guest::Guest;
+use crate::hooks::{self, Hooks};
 use crate::host_namespaces::refuse_host_namespaces;
 use crate::io::StdioPaths;
 use crate::process::Process;
@@ -41,16 +43,28 @@ impl TaskService {
             terminal: req.terminal,
         };
         refuse_host_namespaces(&spec)?;
+        let hooks = Hooks::of_spec(&spec)?;
         let volumes = VolumePlan::for_spec(&req.id, &spec, &volumes::Host)?;
         let registered = Registration::new(&self.containers, &req.id, &req.bundle, &stdio)?;
-        let sandbox = self.ensure_sandbox(&req, &spec).await?;
+        let (sandbox, launched) = self.ensure_sandbox(&req, &spec).await?;
+        let netns = sandbox.netns();
+        let state = hooks::State::new(&req.id, &req.bundle, &spec, netns.as_deref());
+        let hooked = HooksRun::new(&hooks, &state);
+        if !launched {
+            // The first container's ran in the launch, before the network.
+            hooks.run_create(&state).await?;
+        }
 
         let mounted = ContainerMounts::new(&sandbox, &req.id);
         // Relative to the bundle, as runc reads it.
         let root = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
         let guest_rootfs = sandbox.mount_rootfs(&req.id, &req.rootfs, &root).await?;
         sandbox.mount_volumes(&req.id, &volumes.host)?;
-        let guest_spec = serde_json::to_vec(&volumes.guest_spec).map_err(|e| {
+        let mut guest_spec = volumes.guest_spec;
+        if let Some(own) = sandbox.own_netns() {
+            crate::network::join_own_netns(&mut guest_spec, &own);
+        }
+        let guest_spec = serde_json::to_vec(&guest_spec).map_err(|e| {
             ShimError::BadRequest(format!("invalid OCI spec in {}: {e}", req.bundle))
         })?;
         let guest_pid = sandbox
@@ -63,6 +77,7 @@ impl TaskService {
         self.containers.with_process(&req.id, "", |p| p.pid = pid)?;
         created.keep();
         registered.keep();
+        hooked.keep();
         tracing::info!(
             "container {} created in {:?} (guest pid {guest_pid})",
             req.id,
@@ -99,6 +114,33 @@ impl TaskService {
             pid,
             ..Default::default()
         })
+    }
+}
+
+/// Create hooks that ran: a failed Create runs the poststop hooks, as
+/// runc's delete after a failed create does (nerdctl's undoes its CNI
+/// set-up there).
+struct HooksRun {
+    hooks: Option<(Hooks, hooks::State)>,
+}
+
+impl HooksRun {
+    fn new(hooks: &Hooks, state: &hooks::State) -> Self {
+        HooksRun {
+            hooks: hooks.wire_network().then(|| (hooks.clone(), state.clone())),
+        }
+    }
+
+    fn keep(mut self) {
+        self.hooks = None;
+    }
+}
+
+impl Drop for HooksRun {
+    fn drop(&mut self) {
+        if let Some((hooks, state)) = self.hooks.take() {
+            tokio::spawn(async move { hooks.run_poststop(&state).await });
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use containerd_shim::protos::events::task::TaskDelete;
 
 use super::TaskService;
 use crate::error::{Result, ShimError};
+use crate::hooks;
 use crate::process::Exit;
 
 impl TaskService {
@@ -91,6 +92,7 @@ impl TaskService {
     /// sandbox's last container takes the VM with it.
     async fn delete_container(&self, id: &str, pid: u32, exit: Option<Exit>) -> Result<Exit> {
         let sandbox = self.sandbox().await?;
+        let bundle = self.containers.lock().container(id)?.bundle.clone();
         if sandbox.vmm_exit().borrow().is_none() {
             if let Err(error) = sandbox.agent().remove_container(id, true).await {
                 tracing::warn!("removing {id} in the guest: {error}");
@@ -114,6 +116,9 @@ impl TaskService {
             sandbox.stop().await;
             *self.sandbox.lock().await = None;
         }
+        // After the VM (or the container in a VM its pod keeps) is gone.
+        let (hooks, state) = hooks::of_bundle(id, &bundle, sandbox.netns().as_deref());
+        hooks.run_poststop(&state).await;
         Ok(exit)
     }
 

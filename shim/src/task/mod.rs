@@ -62,21 +62,22 @@ impl TaskService {
             .ok_or(ShimError::NoSandbox)
     }
 
-    /// The sandbox VM, started by the first Create.
+    /// The sandbox VM, started by the first Create (then `true`: the
+    /// launch ran that container's create hooks).
     async fn ensure_sandbox(
         &self,
         req: &api::CreateTaskRequest,
         spec: &serde_json::Value,
-    ) -> Result<Arc<dyn Guest>> {
+    ) -> Result<(Arc<dyn Guest>, bool)> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = &*slot {
-            return Ok(sandbox.clone());
+            return Ok((sandbox.clone(), false));
         }
         let sandbox = self.launcher.launch(req, spec).await?;
         *slot = Some(sandbox.clone());
         drop(slot);
         exits::watch_vm(sandbox.clone(), self.containers.clone());
-        Ok(sandbox)
+        Ok((sandbox, true))
     }
 
     fn watch_exit(&self, sandbox: Arc<dyn Guest>, watched: Watched) {

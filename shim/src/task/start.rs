@@ -13,6 +13,7 @@ use super::TaskService;
 use crate::error::{Result, ShimError};
 use crate::exits::Watched;
 use crate::guest::Guest;
+use crate::hooks;
 use crate::io::StdioPaths;
 use crate::process::Process;
 
@@ -71,6 +72,9 @@ impl TaskService {
         let pid = sandbox.host_pid();
         self.containers
             .with_process(id, "", |p| p.status = Status::RUNNING)?;
+        let bundle = self.containers.lock().container(id)?.bundle.clone();
+        let (hooks, state) = hooks::of_bundle(id, &bundle, sandbox.netns().as_deref());
+        hooks.run_poststart(&state).await;
         self.events
             .publish(TaskStart {
                 container_id: id.into(),
