@@ -110,9 +110,17 @@ install: all
 	@echo "Try it:  ctr run --rm --runtime io.containerd.cocoon.v1 docker.io/library/busybox:latest demo uname -a"
 	install -D -m 0644 deploy/kubernetes/runtimeclass.yaml $(PREFIX)/share/cocoon/runtimeclass.yaml
 	install -D -m 0644 deploy/kubernetes/containerd-cri.toml $(PREFIX)/share/cocoon/containerd-cri.toml
-	@echo "For Kubernetes (docs/kubernetes.md), add to /etc/containerd/config.toml and restart containerd"
-	@echo "(this is $(PREFIX)/share/cocoon/containerd-cri.toml):"
-	@sed 's/^/  /' deploy/kubernetes/containerd-cri.toml
+	install -D -m 0644 deploy/kubernetes/containerd2-cri.toml $(PREFIX)/share/cocoon/containerd2-cri.toml
+	@# The snippet follows the config file's format: `version = 3` (containerd 2.x)
+	@# renamed the CRI plugins; 2.x still reads a `version = 2` file. No file yet:
+	@# the installed containerd's major version decides.
+	@conf=/etc/containerd/config.toml; snippet=containerd-cri.toml; \
+	if [ -f $$conf ]; then grep -Eq '^version *= *3' $$conf && snippet=containerd2-cri.toml; \
+	else containerd --version 2>/dev/null | grep -Eq ' v?2\.' && snippet=containerd2-cri.toml; fi; \
+	echo "For Kubernetes (docs/kubernetes.md), add to $$conf and restart containerd"; \
+	echo "(this is $(PREFIX)/share/cocoon/$$snippet; containerd-cri.toml is for config version 2,"; \
+	echo "containerd 1.6/1.7; containerd2-cri.toml for version 3, containerd 2.x):"; \
+	sed 's/^/  /' deploy/kubernetes/$$snippet
 	@echo "then: kubectl apply -f $(PREFIX)/share/cocoon/runtimeclass.yaml  (RuntimeClass cocoon, handler: cocoon)"
 
 clean:

@@ -25,6 +25,7 @@ mod vmm_launch;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cocoon_tests::containerd::Version;
 use cocoon_tests::cri::Cri;
 use cocoon_tests::{build_output, release_dir, require_hardware_kvm};
 
@@ -55,7 +56,7 @@ fn main() {
         if !flag("--pods-only") {
             ctr_run::measure(&runtime, runs.min(5), &mut summary);
         }
-        let cri = Cri::start_from(&runtime.bin, &runtime.kernel, &runtime.initramfs);
+        let cri = Cri::start_from(Version::V1_6, &runtime.bin, &runtime.kernel, &runtime.initramfs);
         pod_start::measure(&cri, runs.min(pod_start::MAX_RUNS), &mut summary);
         pod_memory::measure(&cri, &mut summary);
         pod_http::measure(&cri, http_mib, &mut summary);
