@@ -80,13 +80,14 @@ kvm-test: guest
 	tests/kvm-host --timeout 4200 -- tests/run-tests --ignored --test-threads=1 --nocapture --skip conformance_ -- $$bins
 
 ## conformance: critest's whole suite (minus tests/cri/critest-skip.txt) with the
-## cocoon handler, and with runc side by side; too slow under emulation for
+## cocoon handler (on containerd 1.6 and 2.x), and with runc side by side; the
+## containerd 2.x scenarios kvm-test leaves out; too slow under emulation for
 ## every CI run, where kvm-test runs a subset (docs/testing.md).
 conformance: guest
-	@bin=$$($(CARGO) test -p cocoon-tests --test cri --no-run --message-format=json \
-	    | sed -n 's/.*"executable":"\([^"]*\/deps\/cri-[^"]*\)".*/\1/p'); \
-	[ -n "$$bin" ] || { echo "conformance: no cri test binary" >&2; exit 1; }; \
-	tests/kvm-host --timeout 14400 -- tests/run-tests --ignored --test-threads=1 --nocapture conformance_ -- $$bin
+	@bins=$$($(CARGO) test -p cocoon-tests --test cri --test containerd --no-run --message-format=json \
+	    | sed -n 's/.*"executable":"\([^"]*\/deps\/\(cri\|containerd\)-[^"]*\)".*/\1/p'); \
+	[ $$(echo $$bins | wc -w) -eq 2 ] || { echo "conformance: no cri and containerd test binaries" >&2; exit 1; }; \
+	tests/kvm-host --timeout 14400 -- tests/run-tests --ignored --test-threads=1 --nocapture conformance_ -- $$bins
 
 ## bench: speed and memory as ratios against QEMU and runc (`ctr run` and CRI pods), measured
 ## side by side; ends with a summary table (tests/src/bin/cocoon-bench/).

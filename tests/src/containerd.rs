@@ -186,7 +186,10 @@ impl Containerd {
         let version_bin = version.bin_dir();
         let mut path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
             .collect::<Vec<_>>();
-        path.splice(0..0, [bin.to_path_buf()].into_iter().chain(version_bin.clone()));
+        path.splice(
+            0..0,
+            [bin.to_path_buf()].into_iter().chain(version_bin.clone()),
+        );
         let path = std::env::join_paths(path).expect("PATH without colons in its parts");
         let binary = |name: &str| match &version_bin {
             Some(dir) => dir.join(name),

@@ -101,9 +101,10 @@ fn crictl_pod_with_runc() {
     pod_lifecycle(Version::V1_6, None);
 }
 
+/// The harness's proof on 2.x: not a Cocoon check, so not every CI run.
 #[test]
-#[ignore = "needs real KVM: the CRI node runs in tests/kvm-host (make kvm-test)"]
-fn crictl_pod_with_runc_containerd2() {
+#[ignore = "needs real KVM: the CRI node runs in tests/kvm-host (make conformance)"]
+fn conformance_crictl_pod_with_runc_containerd2() {
     pod_lifecycle(Version::V2, None);
 }
 

@@ -56,7 +56,12 @@ fn main() {
         if !flag("--pods-only") {
             ctr_run::measure(&runtime, runs.min(5), &mut summary);
         }
-        let cri = Cri::start_from(Version::V1_6, &runtime.bin, &runtime.kernel, &runtime.initramfs);
+        let cri = Cri::start_from(
+            Version::V1_6,
+            &runtime.bin,
+            &runtime.kernel,
+            &runtime.initramfs,
+        );
         pod_start::measure(&cri, runs.min(pod_start::MAX_RUNS), &mut summary);
         pod_memory::measure(&cri, &mut summary);
         pod_http::measure(&cri, http_mib, &mut summary);
