@@ -26,7 +26,8 @@ pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 pub const PAUSE: &str = "docker.io/cocoon/pause:latest";
 /// Registries whose names containerd resolves to the local registry.
 const MIRRORED: [&str; 3] = ["registry.k8s.io", "gcr.io", "docker.io"];
-/// Where containerd's CRI plugin (1.6) keeps the pods' network namespaces.
+/// Where containerd's CRI plugin keeps the pods' network namespaces (1.6, and
+/// 2.x with its default `netns_mounts_under_state_dir = false`).
 const NETNS_DIR: &str = "/var/run/netns";
 
 /// One image the registry serves: how `tests/images/oci-image.sh` builds it
@@ -908,12 +909,18 @@ fn cri_config(version: Version, dir: &Path, registry: &str, bridge: &str, subnet
         // containerd 2.x, config version 3 (its docs/cri/config.md): images
         // (snapshotter, the pause image as the pinned sandbox image, the
         // registry) and runtime (runtimes, CNI) are plugins of their own; the
-        // gRPC service keeps the stream server.
+        // gRPC service keeps the stream server. 2.x's CRI pulls through the
+        // transfer service, which unpacks only into the snapshotters of its
+        // `unpack_config` (by default overlayfs alone: "no unpack platforms
+        // defined" for native).
         Version::V2 => {
             let images = r#"[plugins."io.containerd.cri.v1.images""#;
             let runtime = r#"[plugins."io.containerd.cri.v1.runtime""#;
             format!(
-                "{images}]\n\
+                "[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n\
+                 \x20 platform = \"linux/amd64\"\n\
+                 \x20 snapshotter = \"native\"\n\
+                 {images}]\n\
                  \x20 snapshotter = \"native\"\n\
                  {images}.pinned_images]\n\
                  \x20 sandbox = \"{PAUSE}\"\n\
