@@ -1,7 +1,7 @@
-//! A private containerd (Debian's) for end-to-end tests: its own config,
-//! root, state and socket in a temporary directory, never the system's; the
-//! cocoon shim from this checkout on its PATH, configured to boot the built
-//! guest.
+//! A private containerd for end-to-end tests, Debian's 1.6 or the 2.x that
+//! `make deps` builds ([`Version`]): its own config, root, state and socket
+//! in a temporary directory, never the system's; the cocoon shim from this
+//! checkout on its PATH, configured to boot the built guest.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -13,11 +13,62 @@ use crate::{build_output, release_dir, repo_root, tail};
 pub const BUSYBOX: &str = "docker.io/cocoon/busybox:latest";
 pub const RUNTIME: &str = "io.containerd.cocoon.v1";
 
+/// Which containerd a test runs. Everything that differs between them is a
+/// method here; the tests and harness are one code path for both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Version {
+    /// Debian's containerd 1.6 and its ctr, on PATH.
+    #[default]
+    V1_6,
+    /// containerd 2.x (and its ctr and runc shim) from the Go module proxy,
+    /// built by `make deps` (`tests/tools/build-go-tools containerd2`).
+    V2,
+}
+
+impl Version {
+    /// Where this version's containerd, ctr and runc shim are; `None`: on
+    /// PATH (Debian's).
+    pub fn bin_dir(self) -> Option<PathBuf> {
+        match self {
+            Version::V1_6 => None,
+            Version::V2 => Some(crate::cri::prepared_path(
+                "build-go-tools",
+                &["--bin-dir", "containerd2"],
+                "containerd 2.x is not built",
+            )),
+        }
+    }
+
+    /// The `version` of its config file: 2 for 1.x; 3 for 2.x, whose CRI
+    /// plugin ids changed (`io.containerd.cri.v1.runtime`/`.images`).
+    pub fn config_version(self) -> u32 {
+        match self {
+            Version::V1_6 => 2,
+            Version::V2 => 3,
+        }
+    }
+
+    /// The plugins a containerd without CRI disables: 2.x split the CRI
+    /// into the gRPC service and its runtime and image plugins.
+    fn cri_plugins(self) -> &'static [&'static str] {
+        match self {
+            Version::V1_6 => &["io.containerd.grpc.v1.cri"],
+            Version::V2 => &[
+                "io.containerd.grpc.v1.cri",
+                "io.containerd.cri.v1.runtime",
+                "io.containerd.cri.v1.images",
+            ],
+        }
+    }
+}
+
 /// What [`Containerd::start_with`] adds to the plain test containerd.
 #[derive(Debug, Default)]
 pub struct Extra {
-    /// The CRI plugin's configuration (TOML, whole `[plugins."io.containerd.grpc.v1.cri"]`
-    /// tables); `None` disables the plugin.
+    /// Which containerd.
+    pub version: Version,
+    /// The CRI plugins' configuration (TOML tables for [`Extra::version`]'s
+    /// config format, see `cri::cri_config`); `None` disables them.
     pub cri: Option<String>,
     /// containerd's root and state on a tmpfs of their own (any snapshotter
     /// works there; the host VM's root is an overlay), removed with it.
@@ -27,25 +78,43 @@ pub struct Extra {
 pub struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
+    pub version: Version,
+    /// This version's ctr.
+    ctr: PathBuf,
     pub socket: PathBuf,
     /// The shim's state directory (`state_dir` in the cocoon config).
     pub cocoon_state: PathBuf,
 }
 
 impl Containerd {
+    /// Debian's containerd 1.6 with the checkout's cocoon runtime.
     pub fn start() -> Self {
-        Self::start_with_kernel(&build_output("vmlinux"))
+        Self::start_version(Version::V1_6)
     }
 
-    /// [`Containerd::start`] with another guest kernel in the cocoon config.
-    pub fn start_with_kernel(kernel: &Path) -> Self {
-        Self::start_from(&release_dir(), kernel, &build_output("initramfs.img"))
+    /// [`Containerd::start`] on containerd `version`.
+    pub fn start_version(version: Version) -> Self {
+        Self::start_with_kernel(version, &build_output("vmlinux"))
+    }
+
+    /// [`Containerd::start_version`] with another guest kernel in the
+    /// cocoon config.
+    pub fn start_with_kernel(version: Version, kernel: &Path) -> Self {
+        Self::start_from(
+            version,
+            &release_dir(),
+            kernel,
+            &build_output("initramfs.img"),
+        )
     }
 
     /// A containerd whose cocoon runtime comes from `bin` (the shim and
     /// cocoon-vmm) and boots `kernel` with `initramfs`.
-    pub fn start_from(bin: &Path, kernel: &Path, initramfs: &Path) -> Self {
-        Self::start_with(bin, kernel, initramfs, |_| Extra::default())
+    pub fn start_from(version: Version, bin: &Path, kernel: &Path, initramfs: &Path) -> Self {
+        Self::start_with(bin, kernel, initramfs, |_| Extra {
+            version,
+            ..Extra::default()
+        })
     }
 
     /// [`Containerd::start_from`] with more: `extra` gets the containerd's
@@ -93,16 +162,18 @@ impl Containerd {
                 .expect("mount runs");
             assert!(mounted.success(), "mounting a tmpfs on {}", data.display());
         }
+        let version = extra.version;
         let plugins = match &extra.cri {
             Some(cri) => cri.clone(),
-            None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string(),
+            None => format!("disabled_plugins = {:?}\n", version.cri_plugins()),
         };
         let config = dir.path().join("containerd.toml");
         std::fs::write(
             &config,
             format!(
-                "version = 2\nroot = {:?}\nstate = {:?}\n\
+                "version = {}\nroot = {:?}\nstate = {:?}\n\
                  [grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n{plugins}",
+                version.config_version(),
                 data.join("root"),
                 data.join("state"),
                 socket,
@@ -110,12 +181,21 @@ impl Containerd {
             ),
         )
         .expect("containerd config");
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
+        // The cocoon shim first; then the version's own runc shim, before
+        // Debian's on PATH.
+        let version_bin = version.bin_dir();
+        let mut path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .collect::<Vec<_>>();
+        path.splice(
+            0..0,
+            [bin.to_path_buf()].into_iter().chain(version_bin.clone()),
         );
-        let child = Command::new("containerd")
+        let path = std::env::join_paths(path).expect("PATH without colons in its parts");
+        let binary = |name: &str| match &version_bin {
+            Some(dir) => dir.join(name),
+            None => PathBuf::from(name),
+        };
+        let child = Command::new(binary("containerd"))
             .arg("--config")
             .arg(&config)
             .env("PATH", path)
@@ -124,10 +204,12 @@ impl Containerd {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("containerd.log")).expect("log file"))
             .spawn()
-            .expect("containerd (Debian package containerd; make deps installs it)");
+            .expect("containerd (Debian's: package containerd; 2.x: make deps builds it)");
         let containerd = Containerd {
             dir,
             child,
+            version,
+            ctr: binary("ctr"),
             socket,
             cocoon_state,
         };
@@ -145,13 +227,23 @@ impl Containerd {
 
     /// Runs `ctr` against this containerd.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
+        self.ctr_command()
             .args(args)
             .stdin(Stdio::null())
             .output()
             .expect("ctr runs")
+    }
+
+    /// `ctr --address SOCKET`, this version's ctr, to add arguments to.
+    pub fn ctr_command(&self) -> Command {
+        let mut command = Command::new(&self.ctr);
+        command.arg("--address").arg(&self.socket);
+        command
+    }
+
+    /// The path of this version's ctr (Debian's: `ctr`, from PATH).
+    pub fn ctr_path(&self) -> &Path {
+        &self.ctr
     }
 
     /// `ctr run FLAGS --runtime RUNTIME --snapshotter native BUSYBOX ID ARGS...`:

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::containerd::{text, Containerd, Extra};
+use crate::containerd::{text, Containerd, Extra, Version};
 use crate::{build_output, release_dir, repo_root, tail, wait_or_kill};
 
 /// The CRI runtime handler of Cocoon, as a RuntimeClass names it.
@@ -26,7 +26,8 @@ pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 pub const PAUSE: &str = "docker.io/cocoon/pause:latest";
 /// Registries whose names containerd resolves to the local registry.
 const MIRRORED: [&str; 3] = ["registry.k8s.io", "gcr.io", "docker.io"];
-/// Where containerd's CRI plugin (1.6) keeps the pods' network namespaces.
+/// Where containerd's CRI plugin keeps the pods' network namespaces (1.6, and
+/// 2.x with its default `netns_mounts_under_state_dir = false`).
 const NETNS_DIR: &str = "/var/run/netns";
 
 /// One image the registry serves: how `tests/images/oci-image.sh` builds it
@@ -218,7 +219,7 @@ pub fn busybox_container(name: &str, script: &str, mounts: serde_json::Value) ->
 fn host_tools() -> Vec<(PathBuf, &'static str)> {
     vec![
         (
-            prepared_path("fetch-busybox-shell", "--path", "no busybox for /bin/sh"),
+            prepared_path("fetch-busybox-shell", &["--path"], "no busybox for /bin/sh"),
             "/bin/sh",
         ),
         (PathBuf::from("/usr/bin/ipcs"), "/usr/bin/ipcs"),
@@ -447,16 +448,16 @@ fn free_port() -> u16 {
 pub fn cri_tools_dir() -> PathBuf {
     prepared_path(
         "build-go-tools",
-        "--bin-dir",
+        &["--bin-dir", "cri-tools"],
         "crictl and critest are not built",
     )
 }
 
-/// The path `tests/tools/<script> <flag>` prints: where `make deps` put
+/// The path `tests/tools/<script> ARGS` prints: where `make deps` put
 /// something; `missing` (and the script's reason) when it is not there.
-fn prepared_path(script: &str, flag: &str, missing: &str) -> PathBuf {
+pub(crate) fn prepared_path(script: &str, args: &[&str], missing: &str) -> PathBuf {
     let out = Command::new(repo_root().join("tests/tools").join(script))
-        .arg(flag)
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("tests/tools/{script} does not run: {e}"));
     assert!(out.status.success(), "{missing}: {}", text(&out.stderr));
@@ -478,9 +479,16 @@ pub struct Cri {
 }
 
 impl Cri {
-    /// Registry with every image pushed, then containerd with the CRI plugin.
+    /// Registry with every image pushed, then Debian's containerd 1.6 with
+    /// the CRI plugin.
     pub fn start() -> Self {
+        Self::start_version(Version::V1_6)
+    }
+
+    /// [`Cri::start`] on containerd `version`.
+    pub fn start_version(version: Version) -> Self {
         Self::start_from(
+            version,
             &release_dir(),
             &build_output("vmlinux"),
             &build_output("initramfs.img"),
@@ -490,7 +498,7 @@ impl Cri {
     /// [`Cri::start`] with the cocoon runtime's shim and cocoon-vmm from
     /// `bin`, booting `kernel` with `initramfs` (the bench copies them to
     /// local storage first).
-    pub fn start_from(bin: &Path, kernel: &Path, initramfs: &Path) -> Self {
+    pub fn start_from(version: Version, bin: &Path, kernel: &Path, initramfs: &Path) -> Self {
         let tools = cri_tools_dir();
         let dir = tempfile::tempdir().expect("temporary directory");
         let started = Instant::now();
@@ -531,7 +539,9 @@ impl Cri {
         let subnet = format!("10.99.{unique}.0/24");
         let netns_before = netns_names();
         let containerd = Containerd::start_with(bin, kernel, initramfs, |containerd_dir| Extra {
+            version,
             cri: Some(cri_config(
+                version,
                 containerd_dir,
                 &registry.address,
                 &bridge,
@@ -819,9 +829,9 @@ fn push_images(registry: &Registry, dir: &Path) {
     }
 }
 
-/// The CRI plugin's configuration (containerd 1.6, config version 2), with
-/// its CNI and registry hosts files written under `dir`.
-fn cri_config(dir: &Path, registry: &str, bridge: &str, subnet: &str) -> String {
+/// The CRI plugins' configuration for containerd `version`'s config format,
+/// with its CNI and registry hosts files written under `dir`.
+fn cri_config(version: Version, dir: &Path, registry: &str, bridge: &str, subnet: &str) -> String {
     // CNI: one conflist; containerd adds the loopback plugin itself
     // (go-cni's WithLoNetwork, from the same bin_dir).
     let cni = dir.join("cni");
@@ -865,28 +875,74 @@ fn cri_config(dir: &Path, registry: &str, bridge: &str, subnet: &str) -> String 
         )
         .expect("hosts.toml");
     }
-    let cri = r#"[plugins."io.containerd.grpc.v1.cri""#;
-    format!(
-        "{cri}]\n\
-         \x20 sandbox_image = \"{PAUSE}\"\n\
-         \x20 stream_server_address = \"127.0.0.1\"\n\
-         \x20 stream_server_port = \"0\"\n\
-         \x20 enable_selinux = false\n\
-         \x20 disable_apparmor = true\n\
-         {cri}.containerd]\n\
-         \x20 default_runtime_name = \"runc\"\n\
-         \x20 # The native snapshotter, as the other tests use (the cocoon shim\n\
-         \x20 # is tested with it).\n\
-         \x20 snapshotter = \"native\"\n\
-         {cri}.containerd.runtimes.runc]\n\
-         \x20 runtime_type = \"io.containerd.runc.v2\"\n\
-         {cri}.containerd.runtimes.cocoon]\n\
-         \x20 runtime_type = \"io.containerd.cocoon.v1\"\n\
-         {cri}.cni]\n\
-         \x20 bin_dir = \"/usr/lib/cni\"\n\
-         \x20 conf_dir = {cni:?}\n\
-         \x20 max_conf_num = 1\n\
-         {cri}.registry]\n\
-         \x20 config_path = {hosts:?}\n"
-    )
+    // The same settings in both formats: the pause image, the native
+    // snapshotter (the one the other tests use: the host VM's root is an
+    // overlay, and the cocoon shim is tested with it), runtimes `runc`
+    // (default) and `cocoon`, CNI, the registry hosts, a loopback stream
+    // server, no SELinux or AppArmor.
+    match version {
+        // containerd 1.x, config version 2: one plugin, `io.containerd.grpc.v1.cri`.
+        Version::V1_6 => {
+            let cri = r#"[plugins."io.containerd.grpc.v1.cri""#;
+            format!(
+                "{cri}]\n\
+                 \x20 sandbox_image = \"{PAUSE}\"\n\
+                 \x20 stream_server_address = \"127.0.0.1\"\n\
+                 \x20 stream_server_port = \"0\"\n\
+                 \x20 enable_selinux = false\n\
+                 \x20 disable_apparmor = true\n\
+                 {cri}.containerd]\n\
+                 \x20 default_runtime_name = \"runc\"\n\
+                 \x20 snapshotter = \"native\"\n\
+                 {cri}.containerd.runtimes.runc]\n\
+                 \x20 runtime_type = \"io.containerd.runc.v2\"\n\
+                 {cri}.containerd.runtimes.cocoon]\n\
+                 \x20 runtime_type = \"io.containerd.cocoon.v1\"\n\
+                 {cri}.cni]\n\
+                 \x20 bin_dir = \"/usr/lib/cni\"\n\
+                 \x20 conf_dir = {cni:?}\n\
+                 \x20 max_conf_num = 1\n\
+                 {cri}.registry]\n\
+                 \x20 config_path = {hosts:?}\n"
+            )
+        }
+        // containerd 2.x, config version 3 (its docs/cri/config.md): images
+        // (snapshotter, the pause image as the pinned sandbox image, the
+        // registry) and runtime (runtimes, CNI) are plugins of their own; the
+        // gRPC service keeps the stream server. 2.x's CRI pulls through the
+        // transfer service, which unpacks only into the snapshotters of its
+        // `unpack_config` (by default overlayfs alone: "no unpack platforms
+        // defined" for native).
+        Version::V2 => {
+            let images = r#"[plugins."io.containerd.cri.v1.images""#;
+            let runtime = r#"[plugins."io.containerd.cri.v1.runtime""#;
+            format!(
+                "[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n\
+                 \x20 platform = \"linux/amd64\"\n\
+                 \x20 snapshotter = \"native\"\n\
+                 {images}]\n\
+                 \x20 snapshotter = \"native\"\n\
+                 {images}.pinned_images]\n\
+                 \x20 sandbox = \"{PAUSE}\"\n\
+                 {images}.registry]\n\
+                 \x20 config_path = {hosts:?}\n\
+                 {runtime}]\n\
+                 \x20 enable_selinux = false\n\
+                 \x20 disable_apparmor = true\n\
+                 {runtime}.containerd]\n\
+                 \x20 default_runtime_name = \"runc\"\n\
+                 {runtime}.containerd.runtimes.runc]\n\
+                 \x20 runtime_type = \"io.containerd.runc.v2\"\n\
+                 {runtime}.containerd.runtimes.cocoon]\n\
+                 \x20 runtime_type = \"io.containerd.cocoon.v1\"\n\
+                 {runtime}.cni]\n\
+                 \x20 bin_dirs = [\"/usr/lib/cni\"]\n\
+                 \x20 conf_dir = {cni:?}\n\
+                 \x20 max_conf_num = 1\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n\
+                 \x20 stream_server_address = \"127.0.0.1\"\n\
+                 \x20 stream_server_port = \"0\"\n"
+            )
+        }
+    }
 }

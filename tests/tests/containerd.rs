@@ -1,11 +1,16 @@
-//! containerd-shim-cocoon-v1 end to end: Debian's containerd (private config
-//! and state) runs containers with `--runtime io.containerd.cocoon.v1`, each
-//! in its own cocoon-vmm microVM, from an image built offline.
+//! containerd-shim-cocoon-v1 end to end: a private containerd (config and
+//! state of its own) runs containers with `--runtime io.containerd.cocoon.v1`,
+//! each in its own cocoon-vmm microVM, from an image built offline. Every
+//! scenario is one body (`<name>_on`) run by two tests: `<name>` on Debian's
+//! containerd 1.6, `<name>_containerd2` on the containerd 2.x `make deps`
+//! builds. On 2.x, the scenarios that check the shim more than containerd
+//! are `conformance_<name>_containerd2`: `make conformance`, not every CI
+//! run (docs/testing.md, containerd 2.x).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cocoon_tests::containerd::{ok, text, Containerd, BUSYBOX, RUNTIME};
+use cocoon_tests::containerd::{ok, text, Containerd, Version, BUSYBOX, RUNTIME};
 use cocoon_tests::require_hardware_kvm;
 
 /// `ctr run --rm EXTRA... --runtime cocoon IMAGE ID ARGS...`.
@@ -27,7 +32,11 @@ fn wait_for_status(containerd: &Containerd, id: &str, status: &str) {
 /// Runs `ctr ARGS` with a terminal of its own (script(1)), as `ctr -t`
 /// needs; returns what it printed.
 fn ctr_in_terminal(containerd: &Containerd, args: &str) -> String {
-    let command = format!("ctr --address {} {args}", containerd.socket.display());
+    let command = format!(
+        "{} --address {} {args}",
+        containerd.ctr_path().display(),
+        containerd.socket.display()
+    );
     let out = std::process::Command::new("script")
         .args(["-qec", &command, "/dev/null"])
         .stdin(std::process::Stdio::null())
@@ -50,8 +59,18 @@ fn assert_nothing_left(containerd: &Containerd) {
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn ctr_run_gives_output_and_exit_codes_from_a_microvm() {
+    ctr_run_gives_output_and_exit_codes_from_a_microvm_on(Version::V1_6);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn ctr_run_gives_output_and_exit_codes_from_a_microvm_containerd2() {
+    ctr_run_gives_output_and_exit_codes_from_a_microvm_on(Version::V2);
+}
+
+fn ctr_run_gives_output_and_exit_codes_from_a_microvm_on(version: Version) {
     require_hardware_kvm();
-    let containerd = Containerd::start();
+    let containerd = Containerd::start_version(version);
     containerd.import_busybox();
 
     let out = run(
@@ -120,8 +139,18 @@ fn ctr_run_gives_output_and_exit_codes_from_a_microvm() {
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn a_missing_command_fails_fast_and_cleanly() {
+    a_missing_command_fails_fast_and_cleanly_on(Version::V1_6);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_a_missing_command_fails_fast_and_cleanly_containerd2() {
+    a_missing_command_fails_fast_and_cleanly_on(Version::V2);
+}
+
+fn a_missing_command_fails_fast_and_cleanly_on(version: Version) {
     require_hardware_kvm();
-    let containerd = Containerd::start();
+    let containerd = Containerd::start_version(version);
     containerd.import_busybox();
     let started = Instant::now();
     let out = run(&containerd, "missing", &[], &["/no/such/command"]);
@@ -139,8 +168,21 @@ fn a_missing_command_fails_fast_and_cleanly() {
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn detached_tasks_exec_pause_metrics_kill_and_leave_nothing() {
+    detached_tasks_exec_pause_metrics_kill_and_leave_nothing_on(Version::V1_6, 20);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn detached_tasks_exec_pause_metrics_kill_and_leave_nothing_containerd2() {
+    // The leak check's 20 cycles are the shim's, whatever the containerd:
+    // 3 show kill and delete through 2.x (each cycle boots a VM).
+    detached_tasks_exec_pause_metrics_kill_and_leave_nothing_on(Version::V2, 3);
+}
+
+/// `cycles`: how many start/SIGKILL/delete cycles end it.
+fn detached_tasks_exec_pause_metrics_kill_and_leave_nothing_on(version: Version, cycles: usize) {
     require_hardware_kvm();
-    let containerd = Containerd::start();
+    let containerd = Containerd::start_version(version);
     containerd.import_busybox();
     let ctr = |args: &[&str]| containerd.ctr(args);
 
@@ -192,7 +234,7 @@ fn detached_tasks_exec_pause_metrics_kill_and_leave_nothing() {
     assert_nothing_left(&containerd);
 
     // SIGKILL: 137; and many cycles leave nothing behind.
-    for cycle in 0..20 {
+    for cycle in 0..cycles {
         let id = format!("cycle{cycle}");
         run_detached(&containerd, &id, &["sleep", "600"]);
         containerd.kill_and_delete(&id);
@@ -203,8 +245,18 @@ fn detached_tasks_exec_pause_metrics_kill_and_leave_nothing() {
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn a_missing_kernel_is_named_in_the_error() {
+    a_missing_kernel_is_named_in_the_error_on(Version::V1_6);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_a_missing_kernel_is_named_in_the_error_containerd2() {
+    a_missing_kernel_is_named_in_the_error_on(Version::V2);
+}
+
+fn a_missing_kernel_is_named_in_the_error_on(version: Version) {
     require_hardware_kvm();
-    let containerd = Containerd::start_with_kernel(Path::new("/no/such/vmlinux"));
+    let containerd = Containerd::start_with_kernel(version, Path::new("/no/such/vmlinux"));
     containerd.import_busybox();
     let started = Instant::now();
     let out = run(&containerd, "nokernel", &[], &["true"]);
@@ -222,8 +274,18 @@ fn a_missing_kernel_is_named_in_the_error() {
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn a_dead_vmm_stops_its_tasks_and_leaves_nothing() {
+    a_dead_vmm_stops_its_tasks_and_leaves_nothing_on(Version::V1_6);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_a_dead_vmm_stops_its_tasks_and_leaves_nothing_containerd2() {
+    a_dead_vmm_stops_its_tasks_and_leaves_nothing_on(Version::V2);
+}
+
+fn a_dead_vmm_stops_its_tasks_and_leaves_nothing_on(version: Version) {
     require_hardware_kvm();
-    let containerd = Containerd::start();
+    let containerd = Containerd::start_version(version);
     containerd.import_busybox();
     let ctr = |args: &[&str]| containerd.ctr(args);
     run_detached(&containerd, "victim", &["sleep", "600"]);
@@ -264,8 +326,18 @@ fn a_dead_vmm_stops_its_tasks_and_leaves_nothing() {
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn ctr_run_with_a_tty() {
+    ctr_run_with_a_tty_on(Version::V1_6);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn ctr_run_with_a_tty_containerd2() {
+    ctr_run_with_a_tty_on(Version::V2);
+}
+
+fn ctr_run_with_a_tty_on(version: Version) {
     require_hardware_kvm();
-    let containerd = Containerd::start();
+    let containerd = Containerd::start_version(version);
     containerd.import_busybox();
     let output = ctr_in_terminal(
         &containerd,
@@ -290,12 +362,21 @@ fn ctr_run_with_a_tty() {
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn ctr_run_killed_with_sigkill_exits_137() {
+    ctr_run_killed_with_sigkill_exits_137_on(Version::V1_6);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_ctr_run_killed_with_sigkill_exits_137_containerd2() {
+    ctr_run_killed_with_sigkill_exits_137_on(Version::V2);
+}
+
+fn ctr_run_killed_with_sigkill_exits_137_on(version: Version) {
     require_hardware_kvm();
-    let containerd = Containerd::start();
+    let containerd = Containerd::start_version(version);
     containerd.import_busybox();
-    let mut running = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(&containerd.socket)
+    let mut running = containerd
+        .ctr_command()
         .args([
             "run",
             "--rm",
@@ -323,8 +404,18 @@ fn ctr_run_killed_with_sigkill_exits_137() {
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn ctr_run_with_a_user_log_uris_and_a_runtime_config() {
+    ctr_run_with_a_user_log_uris_and_a_runtime_config_on(Version::V1_6);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn ctr_run_with_a_user_log_uris_and_a_runtime_config_containerd2() {
+    ctr_run_with_a_user_log_uris_and_a_runtime_config_on(Version::V2);
+}
+
+fn ctr_run_with_a_user_log_uris_and_a_runtime_config_on(version: Version) {
     require_hardware_kvm();
-    let containerd = Containerd::start();
+    let containerd = Containerd::start_version(version);
     containerd.import_busybox();
     let dir = containerd.dir();
 
@@ -437,8 +528,18 @@ fn mem_total_kib(text: &str) -> u64 {
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn a_crashed_shim_is_cleaned_up_by_shim_delete() {
+    a_crashed_shim_is_cleaned_up_by_shim_delete_on(Version::V1_6);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn a_crashed_shim_is_cleaned_up_by_shim_delete_containerd2() {
+    a_crashed_shim_is_cleaned_up_by_shim_delete_on(Version::V2);
+}
+
+fn a_crashed_shim_is_cleaned_up_by_shim_delete_on(version: Version) {
     require_hardware_kvm();
-    let containerd = Containerd::start();
+    let containerd = Containerd::start_version(version);
     containerd.import_busybox();
     run_detached(&containerd, "orphan", &["sleep", "600"]);
     // containerd sees its shim gone and runs `containerd-shim-cocoon-v1
@@ -450,6 +551,16 @@ fn a_crashed_shim_is_cleaned_up_by_shim_delete() {
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing() {
+    a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing_on(Version::V1_6);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing_containerd2() {
+    a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing_on(Version::V2);
+}
+
+fn a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing_on(version: Version) {
     require_hardware_kvm();
     // The debug cocoon-vmm has the test hook: SIGUSR1 makes vCPU 0 call a
     // syscall its filter forbids. `cargo test --workspace` builds it.
@@ -466,6 +577,7 @@ fn a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing() {
         std::os::unix::fs::symlink(target, bin.path().join(name)).unwrap();
     }
     let containerd = Containerd::start_from(
+        version,
         bin.path(),
         &cocoon_tests::build_output("vmlinux"),
         &cocoon_tests::build_output("initramfs.img"),

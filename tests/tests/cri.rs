@@ -2,13 +2,14 @@
 //! runtime handler, driven by crictl and by critest (cri-tools' validation
 //! suite), against a private containerd, registry and CNI bridge
 //! (`cocoon_tests::cri`). The same scenarios with runc, containerd's default
-//! handler, prove the harness itself.
+//! handler, prove the harness itself. Each scenario runs on Debian's
+//! containerd 1.6 and, in the test named `..._containerd2`, on containerd 2.x.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cocoon_tests::containerd::text;
+use cocoon_tests::containerd::{text, Version};
 use cocoon_tests::cri::{busybox_container, Cri, Registry, BUSYBOX, COCOON_HANDLER};
 use cocoon_tests::{poll_until, repo_root, require_hardware_kvm, wait_or_kill};
 
@@ -16,9 +17,9 @@ use cocoon_tests::{poll_until, repo_root, require_hardware_kvm, wait_or_kill};
 /// uses: run the pod, pull, create, start, logs, exec, stop, remove; then
 /// nothing of it may be left. `handler` is the RuntimeClass handler (None:
 /// containerd's default, runc).
-fn pod_lifecycle(handler: Option<&str>) {
+fn pod_lifecycle(version: Version, handler: Option<&str>) {
     require_hardware_kvm();
-    let cri = Cri::start();
+    let cri = Cri::start_version(version);
     let name = format!("pod-{}", handler.unwrap_or("default"));
     let pod_config = cri.write_json(&name, &cri.pod_config(&name));
     let mut runp = vec!["runp"];
@@ -97,13 +98,26 @@ fn print_mounts(what: &str, inspect: &str) {
 #[test]
 #[ignore = "needs real KVM: the CRI node runs in tests/kvm-host (make kvm-test)"]
 fn crictl_pod_with_runc() {
-    pod_lifecycle(None);
+    pod_lifecycle(Version::V1_6, None);
+}
+
+/// The harness's proof on 2.x: not a Cocoon check, so not every CI run.
+#[test]
+#[ignore = "needs real KVM: the CRI node runs in tests/kvm-host (make conformance)"]
+fn conformance_crictl_pod_with_runc_containerd2() {
+    pod_lifecycle(Version::V2, None);
 }
 
 #[test]
 #[ignore = "needs real KVM: a Cocoon pod is a microVM (make kvm-test)"]
 fn crictl_pod_with_cocoon() {
-    pod_lifecycle(Some(COCOON_HANDLER));
+    pod_lifecycle(Version::V1_6, Some(COCOON_HANDLER));
+}
+
+#[test]
+#[ignore = "needs real KVM: a Cocoon pod is a microVM (make kvm-test)"]
+fn crictl_pod_with_cocoon_containerd2() {
+    pod_lifecycle(Version::V2, Some(COCOON_HANDLER));
 }
 
 /// Runs `crictl exec` until its output contains `wanted` (or 60 s pass);
@@ -123,8 +137,18 @@ fn exec_until(cri: &Cri, container: &str, script: &str, wanted: &str) -> String 
 #[test]
 #[ignore = "needs real KVM: Cocoon pods are microVMs (make kvm-test)"]
 fn crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon() {
+    pods_share_volumes_serve_http_and_leave_nothing(Version::V1_6);
+}
+
+#[test]
+#[ignore = "needs real KVM: Cocoon pods are microVMs (make kvm-test)"]
+fn crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon_containerd2() {
+    pods_share_volumes_serve_http_and_leave_nothing(Version::V2);
+}
+
+fn pods_share_volumes_serve_http_and_leave_nothing(version: Version) {
     require_hardware_kvm();
-    let cri = Cri::start();
+    let cri = Cri::start_version(version);
     cri.crictl_ok(&["pull", BUSYBOX]);
     let shared = cri.dir().join("empty-dir");
     let config = cri.dir().join("config-map");
@@ -459,9 +483,9 @@ fn summary(output: &str) -> Option<(u32, u32, u32)> {
 /// Runs critest against a fresh CRI node with `handler`, the committed skip
 /// list, and `focus` (a ginkgo regex; empty: every spec). Prints critest's
 /// output and its counts; fails if any spec that ran failed.
-fn critest(handler: &str, focus: &str) {
+fn critest(version: Version, handler: &str, focus: &str) {
     require_hardware_kvm();
-    let cri = Cri::start();
+    let cri = Cri::start_version(version);
     let report = cri.dir().join("critest-report");
     std::fs::create_dir_all(&report).expect("report dir");
     let log_path = cri.dir().join("critest.log");
@@ -492,7 +516,7 @@ fn critest(handler: &str, focus: &str) {
     println!("{output}");
     let counts = summary(&output);
     println!(
-        "critest --runtime-handler={handler}: {} in {:.0?} ({status:?})",
+        "critest --runtime-handler={handler} on containerd {version:?}: {} in {:.0?} ({status:?})",
         counts.map_or(
             "no summary".to_string(),
             |(passed, failed, skipped)| format!(
@@ -529,7 +553,13 @@ Container runtime should support log";
 #[test]
 #[ignore = "needs real KVM: critest's pods are Cocoon microVMs (make kvm-test)"]
 fn critest_subset_cocoon() {
-    critest(COCOON_HANDLER, CI_SUBSET);
+    critest(Version::V1_6, COCOON_HANDLER, CI_SUBSET);
+}
+
+#[test]
+#[ignore = "needs real KVM: critest's pods are Cocoon microVMs (make kvm-test)"]
+fn critest_subset_cocoon_containerd2() {
+    critest(Version::V2, COCOON_HANDLER, CI_SUBSET);
 }
 
 /// The whole suite, or the specs `COCOON_CRITEST_FOCUS` (a ginkgo regex)
@@ -541,13 +571,19 @@ fn conformance_focus() -> String {
 #[test]
 #[ignore = "needs real KVM: the CRI node runs in tests/kvm-host (make conformance)"]
 fn conformance_critest_runc() {
-    critest("runc", &conformance_focus());
+    critest(Version::V1_6, "runc", &conformance_focus());
 }
 
 #[test]
 #[ignore = "needs real KVM: critest's pods are Cocoon microVMs (make conformance)"]
 fn conformance_critest_cocoon() {
-    critest(COCOON_HANDLER, &conformance_focus());
+    critest(Version::V1_6, COCOON_HANDLER, &conformance_focus());
+}
+
+#[test]
+#[ignore = "needs real KVM: critest's pods are Cocoon microVMs (make conformance)"]
+fn conformance_critest_cocoon_containerd2() {
+    critest(Version::V2, COCOON_HANDLER, &conformance_focus());
 }
 
 /// No `cocoon-cri*` bridge outlives its node.

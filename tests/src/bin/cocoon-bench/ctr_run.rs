@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use cocoon_tests::containerd::{ok, Containerd, RUNTIME};
+use cocoon_tests::containerd::{ok, Containerd, Version, RUNTIME};
 
 use crate::memory;
 use crate::summary::Summary;
@@ -14,7 +14,12 @@ use crate::{median_ms, LocalRuntime};
 const RUNC: &str = "io.containerd.runc.v2";
 
 pub fn measure(runtime: &LocalRuntime, runs: usize, summary: &mut Summary) {
-    let containerd = Containerd::start_from(&runtime.bin, &runtime.kernel, &runtime.initramfs);
+    let containerd = Containerd::start_from(
+        Version::V1_6,
+        &runtime.bin,
+        &runtime.kernel,
+        &runtime.initramfs,
+    );
     containerd.import_busybox();
 
     let mut cocoon = Vec::new();

@@ -26,6 +26,7 @@ mod vmm_launch;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cocoon_tests::containerd::Version;
 use cocoon_tests::cri::Cri;
 use cocoon_tests::{build_output, release_dir, require_hardware_kvm};
 
@@ -57,7 +58,12 @@ fn main() {
         if !pods_only {
             ctr_run::measure(&runtime, runs.min(5), &mut summary);
         }
-        let cri = Cri::start_from(&runtime.bin, &runtime.kernel, &runtime.initramfs);
+        let cri = Cri::start_from(
+            Version::V1_6,
+            &runtime.bin,
+            &runtime.kernel,
+            &runtime.initramfs,
+        );
         if !flag("--http-only") {
             pod_start::measure(&cri, runs.min(pod_start::MAX_RUNS), &mut summary);
             pod_memory::measure(&cri, &mut summary);
