@@ -25,7 +25,7 @@ DEBIAN_PACKAGES := \
 all: build guest
 
 ## deps: install the Debian packages above (only those missing), crictl and critest
-## (cri-tools) and nerdctl (pinned, built with Go into the cache), the dynamically linked busybox of the
+## (cri-tools), containerd 2.x and nerdctl (pinned, built with Go into the cache), the dynamically linked busybox of the
 ## critest image (unpacked into the cache) and the KVM host VM's kernel.
 deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
