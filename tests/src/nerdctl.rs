@@ -123,6 +123,15 @@ impl Nerdctl {
     }
 
     /// Loads the busybox image ([`busybox_archive`]) with `nerdctl load`.
+    /// [`Nerdctl::start`] with the busybox image loaded; says how long that took.
+    pub fn start_with_busybox() -> Self {
+        let started = std::time::Instant::now();
+        let nerdctl = Self::start();
+        nerdctl.load_busybox();
+        eprintln!("containerd up, image loaded: {:?}", started.elapsed());
+        nerdctl
+    }
+
     pub fn load_busybox(&self) {
         let archive = busybox_archive();
         self.ok(&["load", "-i", archive.to_str().expect("utf-8 path")]);

@@ -25,10 +25,7 @@ fn said(out: &Output) -> (String, String, Option<i32>) {
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn nerdctl_runs_execs_logs_and_removes_microvm_containers() {
     require_hardware_kvm();
-    let started = Instant::now();
-    let nerdctl = Nerdctl::start();
-    nerdctl.load_busybox();
-    eprintln!("containerd up, image loaded: {:?}", started.elapsed());
+    let nerdctl = Nerdctl::start_with_busybox();
     let started = Instant::now();
 
     // stdout, stderr and the exit code come back apart.
@@ -161,10 +158,7 @@ fn nerdctl_runs_execs_logs_and_removes_microvm_containers() {
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn nerdctl_bridge_network_publishes_a_port_of_the_microvm() {
     require_hardware_kvm();
-    let started = Instant::now();
-    let nerdctl = Nerdctl::start();
-    nerdctl.load_busybox();
-    eprintln!("containerd up, image loaded: {:?}", started.elapsed());
+    let nerdctl = Nerdctl::start_with_busybox();
     let port = free_port();
     let publish = format!("{port}:80");
     let started = Instant::now();
