@@ -18,14 +18,14 @@ DEBIAN_PACKAGES := \
 	build-essential patch pkg-config bc bison flex libelf-dev libssl-dev xz-utils kmod cpio file \
 	linux-source-6.1 busybox-static e2fsprogs iproute2 procps gzip libseccomp-dev \
 	qemu-system-x86 containerd runc \
-	docker-registry skopeo containernetworking-plugins iptables
+	docker-registry skopeo containernetworking-plugins iptables openssl
 
 .PHONY: all deps build kernel initramfs guest test lint unit-test cold-check kvm-test conformance bench demo install clean fuzz fuzz-smoke
 
 all: build guest
 
 ## deps: install the Debian packages above (only those missing), crictl and critest
-## (cri-tools), containerd 2.x and nerdctl (pinned, built with Go into the cache), the dynamically linked busybox of the
+## (cri-tools), containerd 2.x, nerdctl, Kubernetes and etcd (pinned, built with Go into the cache), the dynamically linked busybox of the
 ## critest image (unpacked into the cache) and the KVM host VM's kernel.
 deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
