@@ -14,6 +14,7 @@ use wait_timeout::ChildExt;
 
 pub mod containerd;
 pub mod cri;
+pub mod kubernetes;
 pub mod nerdctl;
 pub mod oci;
 pub mod pattern;
