@@ -25,7 +25,7 @@ DEBIAN_PACKAGES := \
 all: build guest
 
 ## deps: install the Debian packages above (only those missing), crictl and critest
-## (cri-tools), containerd 2.x, nerdctl, Kubernetes and etcd (pinned, built with Go into the cache), the dynamically linked busybox of the
+## (cri-tools), containerd 1.7 and 2.x, nerdctl, Kubernetes and etcd (pinned, built with Go into the cache), the dynamically linked busybox of the
 ## critest image (unpacked into the cache) and the KVM host VM's kernel.
 deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
@@ -81,7 +81,8 @@ kvm-test: guest
 
 ## conformance: critest's whole suite (minus tests/cri/critest-skip.txt) with the
 ## cocoon handler (on containerd 1.6 and 2.x), and with runc side by side; the
-## containerd 2.x scenarios kvm-test leaves out; too slow under emulation for
+## containerd 2.x scenarios kvm-test leaves out, and the containerd 1.7 ones
+## (all but its crictl pod: ctr scenarios, critest subset); too slow under emulation for
 ## every CI run, where kvm-test runs a subset (docs/testing.md).
 conformance: guest
 	@bins=$$($(CARGO) test -p cocoon-tests --test cri --test containerd --no-run --message-format=json \

@@ -1,5 +1,5 @@
-//! A private containerd for end-to-end tests, Debian's 1.6 or the 2.x that
-//! `make deps` builds ([`Version`]): its own config, root, state and socket
+//! A private containerd for end-to-end tests, Debian's 1.6 or the 1.7 or
+//! 2.x that `make deps` builds ([`Version`]): its own config, root, state and socket
 //! in a temporary directory, never the system's; the cocoon shim from this
 //! checkout on its PATH, configured to boot the built guest.
 
@@ -20,6 +20,9 @@ pub enum Version {
     /// Debian's containerd 1.6 and its ctr, on PATH.
     #[default]
     V1_6,
+    /// containerd 1.7 (and its ctr and runc shim) from the Go module proxy,
+    /// built by `make deps` (`tests/tools/build-go-tools containerd17`).
+    V1_7,
     /// containerd 2.x (and its ctr and runc shim) from the Go module proxy,
     /// built by `make deps` (`tests/tools/build-go-tools containerd2`).
     V2,
@@ -31,6 +34,11 @@ impl Version {
     pub fn bin_dir(self) -> Option<PathBuf> {
         match self {
             Version::V1_6 => None,
+            Version::V1_7 => Some(crate::cri::prepared_path(
+                "build-go-tools",
+                &["--bin-dir", "containerd17"],
+                "containerd 1.7 is not built",
+            )),
             Version::V2 => Some(crate::cri::prepared_path(
                 "build-go-tools",
                 &["--bin-dir", "containerd2"],
@@ -43,7 +51,7 @@ impl Version {
     /// plugin ids changed (`io.containerd.cri.v1.runtime`/`.images`).
     pub fn config_version(self) -> u32 {
         match self {
-            Version::V1_6 => 2,
+            Version::V1_6 | Version::V1_7 => 2,
             Version::V2 => 3,
         }
     }
@@ -52,7 +60,7 @@ impl Version {
     /// into the gRPC service and its runtime and image plugins.
     fn cri_plugins(self) -> &'static [&'static str] {
         match self {
-            Version::V1_6 => &["io.containerd.grpc.v1.cri"],
+            Version::V1_6 | Version::V1_7 => &["io.containerd.grpc.v1.cri"],
             Version::V2 => &[
                 "io.containerd.grpc.v1.cri",
                 "io.containerd.cri.v1.runtime",
@@ -204,7 +212,7 @@ impl Containerd {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("containerd.log")).expect("log file"))
             .spawn()
-            .expect("containerd (Debian's: package containerd; 2.x: make deps builds it)");
+            .expect("containerd (Debian's: package containerd; 1.7, 2.x: make deps builds it)");
         let containerd = Containerd {
             dir,
             child,

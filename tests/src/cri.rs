@@ -882,7 +882,11 @@ fn cri_config(version: Version, dir: &Path, registry: &str, bridge: &str, subnet
     // server, no SELinux or AppArmor.
     match version {
         // containerd 1.x, config version 2: one plugin, `io.containerd.grpc.v1.cri`.
-        Version::V1_6 => {
+        // 1.7 takes 1.6's settings as they are: its CRI pulls through the
+        // client as 1.6's does (not the transfer service: no unpack_config),
+        // and its sandbox API server stays off unless ENABLE_CRI_SANDBOXES
+        // is set, so `podsandbox` (the pause container) is the pod.
+        Version::V1_6 | Version::V1_7 => {
             let cri = r#"[plugins."io.containerd.grpc.v1.cri""#;
             format!(
                 "{cri}]\n\

@@ -1,11 +1,13 @@
 //! containerd-shim-cocoon-v1 end to end: a private containerd (config and
 //! state of its own) runs containers with `--runtime io.containerd.cocoon.v1`,
 //! each in its own cocoon-vmm microVM, from an image built offline. Every
-//! scenario is one body (`<name>_on`) run by two tests: `<name>` on Debian's
+//! scenario is one body (`<name>_on`) run by three tests: `<name>` on Debian's
 //! containerd 1.6, `<name>_containerd2` on the containerd 2.x `make deps`
-//! builds. On 2.x, the scenarios that check the shim more than containerd
-//! are `conformance_<name>_containerd2`: `make conformance`, not every CI
-//! run (docs/testing.md, containerd 2.x).
+//! builds, `conformance_<name>_containerd17` on its 1.7. On 2.x, the
+//! scenarios that check the shim more than containerd are
+//! `conformance_<name>_containerd2`: `make conformance`, not every CI run;
+//! 1.7, between the two, runs all of them there (docs/testing.md,
+//! containerd 2.x, containerd 1.7).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -66,6 +68,12 @@ fn ctr_run_gives_output_and_exit_codes_from_a_microvm() {
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn ctr_run_gives_output_and_exit_codes_from_a_microvm_containerd2() {
     ctr_run_gives_output_and_exit_codes_from_a_microvm_on(Version::V2);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_ctr_run_gives_output_and_exit_codes_from_a_microvm_containerd17() {
+    ctr_run_gives_output_and_exit_codes_from_a_microvm_on(Version::V1_7);
 }
 
 fn ctr_run_gives_output_and_exit_codes_from_a_microvm_on(version: Version) {
@@ -148,6 +156,12 @@ fn conformance_a_missing_command_fails_fast_and_cleanly_containerd2() {
     a_missing_command_fails_fast_and_cleanly_on(Version::V2);
 }
 
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_a_missing_command_fails_fast_and_cleanly_containerd17() {
+    a_missing_command_fails_fast_and_cleanly_on(Version::V1_7);
+}
+
 fn a_missing_command_fails_fast_and_cleanly_on(version: Version) {
     require_hardware_kvm();
     let containerd = Containerd::start_version(version);
@@ -177,6 +191,13 @@ fn detached_tasks_exec_pause_metrics_kill_and_leave_nothing_containerd2() {
     // The leak check's 20 cycles are the shim's, whatever the containerd:
     // 3 show kill and delete through 2.x (each cycle boots a VM).
     detached_tasks_exec_pause_metrics_kill_and_leave_nothing_on(Version::V2, 3);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_detached_tasks_exec_pause_metrics_kill_and_leave_nothing_containerd17() {
+    // 3 cycles, as on 2.x: the leak check is the shim's.
+    detached_tasks_exec_pause_metrics_kill_and_leave_nothing_on(Version::V1_7, 3);
 }
 
 /// `cycles`: how many start/SIGKILL/delete cycles end it.
@@ -254,6 +275,12 @@ fn conformance_a_missing_kernel_is_named_in_the_error_containerd2() {
     a_missing_kernel_is_named_in_the_error_on(Version::V2);
 }
 
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_a_missing_kernel_is_named_in_the_error_containerd17() {
+    a_missing_kernel_is_named_in_the_error_on(Version::V1_7);
+}
+
 fn a_missing_kernel_is_named_in_the_error_on(version: Version) {
     require_hardware_kvm();
     let containerd = Containerd::start_with_kernel(version, Path::new("/no/such/vmlinux"));
@@ -281,6 +308,12 @@ fn a_dead_vmm_stops_its_tasks_and_leaves_nothing() {
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
 fn conformance_a_dead_vmm_stops_its_tasks_and_leaves_nothing_containerd2() {
     a_dead_vmm_stops_its_tasks_and_leaves_nothing_on(Version::V2);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_a_dead_vmm_stops_its_tasks_and_leaves_nothing_containerd17() {
+    a_dead_vmm_stops_its_tasks_and_leaves_nothing_on(Version::V1_7);
 }
 
 fn a_dead_vmm_stops_its_tasks_and_leaves_nothing_on(version: Version) {
@@ -335,6 +368,12 @@ fn ctr_run_with_a_tty_containerd2() {
     ctr_run_with_a_tty_on(Version::V2);
 }
 
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_ctr_run_with_a_tty_containerd17() {
+    ctr_run_with_a_tty_on(Version::V1_7);
+}
+
 fn ctr_run_with_a_tty_on(version: Version) {
     require_hardware_kvm();
     let containerd = Containerd::start_version(version);
@@ -369,6 +408,12 @@ fn ctr_run_killed_with_sigkill_exits_137() {
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
 fn conformance_ctr_run_killed_with_sigkill_exits_137_containerd2() {
     ctr_run_killed_with_sigkill_exits_137_on(Version::V2);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_ctr_run_killed_with_sigkill_exits_137_containerd17() {
+    ctr_run_killed_with_sigkill_exits_137_on(Version::V1_7);
 }
 
 fn ctr_run_killed_with_sigkill_exits_137_on(version: Version) {
@@ -411,6 +456,12 @@ fn ctr_run_with_a_user_log_uris_and_a_runtime_config() {
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn ctr_run_with_a_user_log_uris_and_a_runtime_config_containerd2() {
     ctr_run_with_a_user_log_uris_and_a_runtime_config_on(Version::V2);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_ctr_run_with_a_user_log_uris_and_a_runtime_config_containerd17() {
+    ctr_run_with_a_user_log_uris_and_a_runtime_config_on(Version::V1_7);
 }
 
 fn ctr_run_with_a_user_log_uris_and_a_runtime_config_on(version: Version) {
@@ -537,6 +588,12 @@ fn a_crashed_shim_is_cleaned_up_by_shim_delete_containerd2() {
     a_crashed_shim_is_cleaned_up_by_shim_delete_on(Version::V2);
 }
 
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_a_crashed_shim_is_cleaned_up_by_shim_delete_containerd17() {
+    a_crashed_shim_is_cleaned_up_by_shim_delete_on(Version::V1_7);
+}
+
 fn a_crashed_shim_is_cleaned_up_by_shim_delete_on(version: Version) {
     require_hardware_kvm();
     let containerd = Containerd::start_version(version);
@@ -558,6 +615,13 @@ fn a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing() {
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
 fn conformance_a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing_containerd2() {
     a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing_on(Version::V2);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing_containerd17()
+{
+    a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing_on(Version::V1_7);
 }
 
 fn a_vmm_killed_by_its_seccomp_filter_stops_its_tasks_and_leaves_nothing_on(version: Version) {

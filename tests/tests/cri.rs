@@ -3,7 +3,9 @@
 //! suite), against a private containerd, registry and CNI bridge
 //! (`cocoon_tests::cri`). The same scenarios with runc, containerd's default
 //! handler, prove the harness itself. Each scenario runs on Debian's
-//! containerd 1.6 and, in the test named `..._containerd2`, on containerd 2.x.
+//! containerd 1.6 and, in the test named `..._containerd2`, on containerd 2.x;
+//! `..._containerd17` ones run it on containerd 1.7 (all but one in
+//! `make conformance`).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -120,6 +122,20 @@ fn crictl_pod_with_cocoon_containerd2() {
     pod_lifecycle(Version::V2, Some(COCOON_HANDLER));
 }
 
+/// containerd 1.7's one scenario in every CI run: its CRI with 1.6's
+/// config (docs/kubernetes.md's `version = 2` snippet), short.
+#[test]
+#[ignore = "needs real KVM: a Cocoon pod is a microVM (make kvm-test)"]
+fn crictl_pod_with_cocoon_containerd17() {
+    pod_lifecycle(Version::V1_7, Some(COCOON_HANDLER));
+}
+
+#[test]
+#[ignore = "needs real KVM: the CRI node runs in tests/kvm-host (make conformance)"]
+fn conformance_crictl_pod_with_runc_containerd17() {
+    pod_lifecycle(Version::V1_7, None);
+}
+
 /// Runs `crictl exec` until its output contains `wanted` (or 60 s pass);
 /// returns the last output.
 fn exec_until(cri: &Cri, container: &str, script: &str, wanted: &str) -> String {
@@ -144,6 +160,12 @@ fn crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon() {
 #[ignore = "needs real KVM: Cocoon pods are microVMs (make kvm-test)"]
 fn crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon_containerd2() {
     pods_share_volumes_serve_http_and_leave_nothing(Version::V2);
+}
+
+#[test]
+#[ignore = "needs real KVM: Cocoon pods are microVMs (make conformance)"]
+fn conformance_crictl_pods_share_volumes_serve_http_and_leave_nothing_with_cocoon_containerd17() {
+    pods_share_volumes_serve_http_and_leave_nothing(Version::V1_7);
 }
 
 fn pods_share_volumes_serve_http_and_leave_nothing(version: Version) {
@@ -560,6 +582,12 @@ fn critest_subset_cocoon() {
 #[ignore = "needs real KVM: critest's pods are Cocoon microVMs (make kvm-test)"]
 fn critest_subset_cocoon_containerd2() {
     critest(Version::V2, COCOON_HANDLER, CI_SUBSET);
+}
+
+#[test]
+#[ignore = "needs real KVM: critest's pods are Cocoon microVMs (make conformance)"]
+fn conformance_critest_subset_cocoon_containerd17() {
+    critest(Version::V1_7, COCOON_HANDLER, CI_SUBSET);
 }
 
 /// The whole suite, or the specs `COCOON_CRITEST_FOCUS` (a ginkgo regex)
