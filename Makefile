@@ -81,13 +81,13 @@ kvm-test: guest
 
 ## conformance: critest's whole suite (minus tests/cri/critest-skip.txt) with the
 ## cocoon handler (on containerd 1.6 and 2.x), and with runc side by side; the
-## containerd 2.x scenarios kvm-test leaves out, and the containerd 1.7 ones
+## containerd 2.x scenarios (ctr, CRI, nerdctl) kvm-test leaves out, and the containerd 1.7 ones
 ## (all but its crictl pod: ctr scenarios, critest subset); too slow under emulation for
 ## every CI run, where kvm-test runs a subset (docs/testing.md).
 conformance: guest
-	@bins=$$($(CARGO) test -p cocoon-tests --test cri --test containerd --no-run --message-format=json \
-	    | sed -n 's/.*"executable":"\([^"]*\/deps\/\(cri\|containerd\)-[^"]*\)".*/\1/p'); \
-	[ $$(echo $$bins | wc -w) -eq 2 ] || { echo "conformance: no cri and containerd test binaries" >&2; exit 1; }; \
+	@bins=$$($(CARGO) test -p cocoon-tests --test cri --test containerd --test nerdctl --no-run --message-format=json \
+	    | sed -n 's/.*"executable":"\([^"]*\/deps\/\(cri\|containerd\|nerdctl\)-[^"]*\)".*/\1/p'); \
+	[ $$(echo $$bins | wc -w) -eq 3 ] || { echo "conformance: no cri, containerd and nerdctl test binaries" >&2; exit 1; }; \
 	tests/kvm-host --timeout 14400 -- tests/run-tests --ignored --test-threads=1 --nocapture conformance_ -- $$bins
 
 ## bench: speed and memory as ratios against QEMU and runc (`ctr run` and CRI pods), measured

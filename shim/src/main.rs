@@ -18,6 +18,7 @@ mod metrics;
 mod network;
 mod process;
 mod rootfs;
+mod runtime_info;
 mod runtime_options;
 mod sandbox;
 mod service;
@@ -38,6 +39,19 @@ async fn main() {
         println!("containerd-shim-cocoon-v1:\n  Version: {VERSION}");
         return;
     }
+    // containerd 2.x asks for the runtime info with `-info` (Go's flag
+    // package takes `--info` too); containerd-shim's `run` parses the flag
+    // but would start a shim.
+    if std::env::args()
+        .skip(1)
+        .any(|arg| arg == "-info" || arg == "--info")
+    {
+        if let Err(e) = runtime_info::answer(std::io::stdin().lock(), std::io::stdout().lock()) {
+            eprintln!("{}: {e}", runtime_info::RUNTIME_NAME);
+            std::process::exit(1);
+        }
+        return;
+    }
     // Our logs go through `tracing`, which hands them to containerd-shim's
     // logger (the shim log FIFO containerd reads; `-debug` raises the level).
     // The level is the default config's until a Create names another config.
@@ -49,7 +63,7 @@ async fn main() {
         ..Default::default()
     };
     containerd_shim::asynchronous::run::<service::CocoonShim>(
-        "io.containerd.cocoon.v1",
+        runtime_info::RUNTIME_NAME,
         Some(shim_config),
     )
     .await;

@@ -171,15 +171,20 @@ impl Containerd {
             assert!(mounted.success(), "mounting a tmpfs on {}", data.display());
         }
         let version = extra.version;
-        let plugins = match &extra.cri {
-            Some(cri) => cri.clone(),
-            None => format!("disabled_plugins = {:?}\n", version.cri_plugins()),
+        // `disabled_plugins` is a top-level key: it goes before the first
+        // table (after `[ttrpc]` it was ttrpc's, ignored, and the CRI ran).
+        let (disabled, plugins) = match &extra.cri {
+            Some(cri) => (String::new(), cri.clone()),
+            None => (
+                format!("disabled_plugins = {:?}\n", version.cri_plugins()),
+                String::new(),
+            ),
         };
         let config = dir.path().join("containerd.toml");
         std::fs::write(
             &config,
             format!(
-                "version = {}\nroot = {:?}\nstate = {:?}\n\
+                "version = {}\nroot = {:?}\nstate = {:?}\n{disabled}\
                  [grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n{plugins}",
                 version.config_version(),
                 data.join("root"),

@@ -1,5 +1,6 @@
 //! nerdctl (built by `make deps`, `tests/tools/build-go-tools`) against the
-//! test's private containerd ([`Containerd`]): every path nerdctl keeps
+//! test's private containerd ([`Containerd`], Debian's 1.6 or 2.x: a
+//! [`Version`]): every path nerdctl keeps
 //! (`--data-root`, the CNI configuration in `--cni-netconfpath`, its TOML)
 //! in the containerd's directory, never the system's; CNI plugins from
 //! Debian's containernetworking-plugins (`/usr/lib/cni`). Containers run
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::containerd::{text, Containerd, RUNTIME};
+use crate::containerd::{text, Containerd, Version, RUNTIME};
 use crate::repo_root;
 
 /// The image the tests run, built offline and `nerdctl load`ed.
@@ -33,10 +34,10 @@ pub struct Nerdctl {
 }
 
 impl Nerdctl {
-    /// A private containerd and nerdctl's directories beside it.
-    pub fn start() -> Self {
+    /// A private containerd `version` and nerdctl's directories beside it.
+    pub fn start(version: Version) -> Self {
         let bin = nerdctl_bin();
-        let containerd = Containerd::start();
+        let containerd = Containerd::start_version(version);
         let data_root = containerd.dir().join("nerdctl");
         let netconf = containerd.dir().join("cni");
         for dir in [&data_root, &netconf] {
@@ -122,16 +123,19 @@ impl Nerdctl {
         )
     }
 
-    /// Loads the busybox image ([`busybox_archive`]) with `nerdctl load`.
     /// [`Nerdctl::start`] with the busybox image loaded; says how long that took.
-    pub fn start_with_busybox() -> Self {
+    pub fn start_with_busybox(version: Version) -> Self {
         let started = std::time::Instant::now();
-        let nerdctl = Self::start();
+        let nerdctl = Self::start(version);
         nerdctl.load_busybox();
-        eprintln!("containerd up, image loaded: {:?}", started.elapsed());
+        eprintln!(
+            "containerd {version:?} up, image loaded: {:?}",
+            started.elapsed()
+        );
         nerdctl
     }
 
+    /// Loads the busybox image ([`busybox_archive`]) with `nerdctl load`.
     pub fn load_busybox(&self) {
         let archive = busybox_archive();
         self.ok(&["load", "-i", archive.to_str().expect("utf-8 path")]);

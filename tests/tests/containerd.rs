@@ -81,6 +81,16 @@ fn ctr_run_gives_output_and_exit_codes_from_a_microvm_on(version: Version) {
     let containerd = Containerd::start_version(version);
     containerd.import_busybox();
 
+    // containerd 2.x asks the shim for its runtime info (`shim -info`)
+    // before every task it creates, and for this.
+    if version == Version::V2 {
+        let info = ok(
+            containerd.ctr(&["plugins", "inspect-runtime", "--runtime", RUNTIME]),
+            "ctr plugins inspect-runtime",
+        );
+        assert!(info.contains(&format!("\"Name\": \"{RUNTIME}\"")), "{info}");
+    }
+
     let out = run(
         &containerd,
         "hello",

@@ -1,18 +1,21 @@
 //! nerdctl with `--runtime io.containerd.cocoon.v1` against a private
-//! containerd (Debian's 1.6), as a user runs it: `run` (stdout, stderr,
+//! containerd, as a user runs it: `run` (stdout, stderr,
 //! exit code, `-it`, `-e`, `-w`, `-u`, a bind mount and a named volume),
 //! `run -d`, `exec`, `logs`, `stop`, `rm`; host namespaces refused by name;
 //! the default `bridge` network through nerdctl's CNI hooks (run by the
 //! shim on the host, the namespace passed in `nerdctl/network-namespace`)
 //! with `-p`: busybox httpd in the VM fetched from the host. Nothing may be
-//! left after `rm`.
+//! left after `rm`. Each scenario is one body (`<name>_on`) run on Debian's
+//! containerd 1.6 (`<name>`) and on the containerd 2.x `make deps` builds
+//! (`<name>_containerd2`; the bridge one is `conformance_`, `make
+//! conformance`: CI's time, docs/testing.md).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use cocoon_tests::containerd::text;
+use cocoon_tests::containerd::{text, Version};
 use cocoon_tests::nerdctl::{Nerdctl, IMAGE};
 use cocoon_tests::require_hardware_kvm;
 
@@ -24,8 +27,18 @@ fn said(out: &Output) -> (String, String, Option<i32>) {
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn nerdctl_runs_execs_logs_and_removes_microvm_containers() {
+    nerdctl_runs_execs_logs_and_removes_microvm_containers_on(Version::V1_6);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
+fn nerdctl_runs_execs_logs_and_removes_microvm_containers_containerd2() {
+    nerdctl_runs_execs_logs_and_removes_microvm_containers_on(Version::V2);
+}
+
+fn nerdctl_runs_execs_logs_and_removes_microvm_containers_on(version: Version) {
     require_hardware_kvm();
-    let nerdctl = Nerdctl::start_with_busybox();
+    let nerdctl = Nerdctl::start_with_busybox(version);
     let started = Instant::now();
 
     // stdout, stderr and the exit code come back apart.
@@ -157,8 +170,18 @@ fn nerdctl_runs_execs_logs_and_removes_microvm_containers() {
 #[test]
 #[ignore = "needs real KVM: runs inside tests/kvm-host (make kvm-test)"]
 fn nerdctl_bridge_network_publishes_a_port_of_the_microvm() {
+    nerdctl_bridge_network_publishes_a_port_of_the_microvm_on(Version::V1_6);
+}
+
+#[test]
+#[ignore = "needs real KVM: runs inside tests/kvm-host (make conformance)"]
+fn conformance_nerdctl_bridge_network_publishes_a_port_of_the_microvm_containerd2() {
+    nerdctl_bridge_network_publishes_a_port_of_the_microvm_on(Version::V2);
+}
+
+fn nerdctl_bridge_network_publishes_a_port_of_the_microvm_on(version: Version) {
     require_hardware_kvm();
-    let nerdctl = Nerdctl::start_with_busybox();
+    let nerdctl = Nerdctl::start_with_busybox(version);
     let port = free_port();
     let publish = format!("{port}:80");
     let started = Instant::now();
