@@ -69,15 +69,16 @@ unit-test:
 cold-check: build
 	tests/cold-check $(RELEASE)/cocoon-agent
 
-# Test binaries are built here and run inside the host VM: cargo itself would
+# Test binaries are built here and run inside host VMs: cargo itself would
 # crawl under emulation. Their KVM tests are #[ignore]d in unit-test, with the
-# reason, and run here with --ignored. (Test executables live in deps/; the
-# binaries that integration tests use do not take test arguments.)
+# reason, and run here with --ignored, in two host VMs at once (one per core:
+# tests/run-kvm-tests). (Test executables live in deps/; the binaries that
+# integration tests use do not take test arguments.)
 kvm-test: guest
 	@bins=$$($(CARGO) test --workspace --no-run --message-format=json \
 	    | sed -n 's/.*"executable":"\([^"]*\/deps\/[^"]*\)".*/\1/p'); \
 	[ -n "$$bins" ] || { echo "kvm-test: no test binaries found" >&2; exit 1; }; \
-	tests/kvm-host --timeout 4200 -- tests/run-tests --ignored --test-threads=1 --nocapture --skip conformance_ -- $$bins
+	tests/run-kvm-tests --timeout 4200 $$bins
 
 ## conformance: critest's whole suite (minus tests/cri/critest-skip.txt) with the
 ## cocoon handler (on containerd 1.6 and 2.x), and with runc side by side; the
