@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::containerd::{text, Containerd, Extra, Version};
-use crate::{build_output, release_dir, repo_root, tail, wait_or_kill};
+use crate::{build_output, output_within, release_dir, repo_root, tail, wait_or_kill};
 
 /// The CRI runtime handler of Cocoon, as a RuntimeClass names it.
 pub const COCOON_HANDLER: &str = "cocoon";
@@ -595,29 +595,18 @@ impl Cri {
     /// `crictl ARGS` against this containerd, killed after 5 minutes (each
     /// call also has crictl's own 2-minute RPC timeout).
     pub fn crictl(&self, args: &[&str]) -> Output {
-        let out_path = self.dir().join("crictl.out");
-        let err_path = self.dir().join("crictl.err");
-        let mut child = Command::new(self.crictl_path())
-            .args(["--runtime-endpoint", &self.socket()])
-            .args(["--image-endpoint", &self.socket()])
-            .args(["--timeout", "120s"])
-            // No /etc/crictl.yaml: this node only.
-            .args(["--config", "/dev/null"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path).expect("crictl stdout"))
-            .stderr(std::fs::File::create(&err_path).expect("crictl stderr"))
-            .spawn()
-            .expect("crictl runs");
-        let status = match wait_or_kill(&mut child, Duration::from_secs(300)) {
-            Ok(status) => status,
-            Err(error) => panic!("crictl {args:?}: {error}"),
-        };
-        Output {
-            status,
-            stdout: std::fs::read(&out_path).unwrap_or_default(),
-            stderr: std::fs::read(&err_path).unwrap_or_default(),
-        }
+        output_within(
+            Command::new(self.crictl_path())
+                .args(["--runtime-endpoint", &self.socket()])
+                .args(["--image-endpoint", &self.socket()])
+                .args(["--timeout", "120s"])
+                // No /etc/crictl.yaml: this node only.
+                .args(["--config", "/dev/null"])
+                .args(args),
+            self.dir(),
+            "crictl",
+            Duration::from_secs(300),
+        )
     }
 
     /// [`Cri::crictl`], which must succeed; its stdout, trimmed.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::containerd::{text, Version};
 use crate::cri::{free_port, prepared_path, Cri};
-use crate::{repo_root, tail, wait_or_kill};
+use crate::{output_within, repo_root, tail, wait_or_kill};
 
 /// The node's name; pods name it in `spec.nodeName`.
 pub const NODE: &str = "cocoon-node";
@@ -206,26 +206,15 @@ impl Cluster {
 
     /// `kubectl ARGS` as the cluster's admin, killed after 5 minutes.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        let out_path = self.dir().join("kubectl.out");
-        let err_path = self.dir().join("kubectl.err");
-        let mut child = Command::new(self.bin.join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(self.dir().join("admin.kubeconfig"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path).expect("kubectl stdout"))
-            .stderr(std::fs::File::create(&err_path).expect("kubectl stderr"))
-            .spawn()
-            .expect("kubectl runs");
-        let status = match wait_or_kill(&mut child, Duration::from_secs(300)) {
-            Ok(status) => status,
-            Err(error) => panic!("kubectl {args:?}: {error}"),
-        };
-        Output {
-            status,
-            stdout: std::fs::read(&out_path).unwrap_or_default(),
-            stderr: std::fs::read(&err_path).unwrap_or_default(),
-        }
+        output_within(
+            Command::new(self.bin.join("kubectl"))
+                .arg("--kubeconfig")
+                .arg(self.dir().join("admin.kubeconfig"))
+                .args(args),
+            self.dir(),
+            "kubectl",
+            Duration::from_secs(300),
+        )
     }
 
     /// [`Cluster::kubectl`], which must succeed; its stdout, trimmed. A

@@ -6,7 +6,7 @@
 //! anywhere else, they fail loudly instead of passing vacuously.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use cocoon_vmm_command::{Console, VmmCommand};
@@ -67,6 +67,32 @@ pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Result<ExitStatus, St
             Err(format!("still running after {limit:?}; killed"))
         }
         Err(error) => Err(format!("waiting failed: {error}")),
+    }
+}
+
+/// Runs `command` (stdin closed) with its stdout and stderr in files
+/// `NAME.out` / `NAME.err` of `dir` (a pipe could fill and stall a client
+/// that leaves a child behind), killed after `limit`; its output.
+pub fn output_within(command: &mut Command, dir: &Path, name: &str, limit: Duration) -> Output {
+    let out_path = dir.join(format!("{name}.out"));
+    let err_path = dir.join(format!("{name}.err"));
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name} does not run: {e}"));
+    let status = match wait_or_kill(&mut child, limit) {
+        Ok(status) => status,
+        Err(error) => panic!(
+            "{name} {:?}: {error}",
+            command.get_args().collect::<Vec<_>>()
+        ),
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
     }
 }
 
