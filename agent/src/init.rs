@@ -166,8 +166,18 @@ pub fn bring_up_loopback() -> anyhow::Result<()> {
 
 /// Whether the kernel command line asks for verbose logs.
 pub fn debug_requested() -> bool {
-    std::fs::read_to_string("/proc/cmdline")
-        .is_ok_and(|cmdline| cmdline.split_whitespace().any(|word| word == DEBUG_FLAG))
+    kernel_arg_given(DEBUG_FLAG)
+}
+
+/// Whether the running kernel's command line holds `word` as a whole word.
+pub fn kernel_arg_given(word: &str) -> bool {
+    std::fs::read_to_string("/proc/cmdline").is_ok_and(|cmdline| cmdline_has(&cmdline, word))
+}
+
+/// Whether `cmdline` holds `word` as a whole word (not as part of another
+/// argument, nor as a `word=value` argument).
+pub fn cmdline_has(cmdline: &str, word: &str) -> bool {
+    cmdline.split_whitespace().any(|given| given == word)
 }
 
 /// Logs go to the console (stderr): warnings only unless asked for more.
@@ -191,4 +201,28 @@ pub fn uptime_ms() -> u64 {
         .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
         .map(|seconds| (seconds * 1000.0) as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_arguments_are_whole_words() {
+        let cmdline = "console=ttyS0 quiet cocoon.template noreplace-smp\n";
+        assert!(cmdline_has(cmdline, "cocoon.template"));
+        assert!(cmdline_has(cmdline, "quiet"));
+        assert!(cmdline_has("cocoon.template", "cocoon.template"));
+        for other in [
+            "",
+            "quiet",
+            "cocoon.templates",
+            "xcocoon.template",
+            "cocoon.template=1",
+            "cocoon.debug",
+            "foo=cocoon.template",
+        ] {
+            assert!(!cmdline_has(other, "cocoon.template"), "{other:?}");
+        }
+    }
 }

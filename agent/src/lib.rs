@@ -9,6 +9,7 @@ pub mod events;
 pub mod exec_seccomp;
 pub mod helper;
 pub mod host_only;
+pub mod identity;
 pub mod init;
 pub mod mounts;
 pub mod network;
@@ -19,5 +20,6 @@ pub mod service;
 pub mod spec;
 pub mod stdio;
 pub mod sysctl;
+pub mod template;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,7 +4,9 @@
 //! API (ttrpc on vsock port 1024) and the process stdio streams (port 1025),
 //! runs containers with libcontainer, reaps every process that ends, and
 //! ends the VM when asked (Shutdown call, or the VMM's request on the
-//! console). The same binary is also the libcontainer helper (`helper.rs`).
+//! console). In a template boot it reports the snapshot point as soon as it
+//! serves (`template.rs`). The same binary is also the libcontainer helper
+//! (`helper.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +19,11 @@ use tokio::sync::Notify;
 use cocoon_agent::containers::Containers;
 use cocoon_agent::events::Events;
 use cocoon_agent::host_only::HostOnlyListener;
+use cocoon_agent::identity::IdentityGate;
 use cocoon_agent::reaper::Reaper;
 use cocoon_agent::service::AgentService;
 use cocoon_agent::stdio::StreamBroker;
-use cocoon_agent::{console, helper, init, VERSION};
+use cocoon_agent::{console, helper, init, template, VERSION};
 
 /// How long containers get to stop when the guest shuts down.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,15 +89,21 @@ async fn serve() -> anyhow::Result<()> {
     let shutdown = Arc::new(Notify::new());
     console::watch_for_shutdown_request(shutdown.clone());
 
+    // Both ports are bound before the snapshot point of a template boot, so
+    // every restored VM has them.
+    let stdio_listener =
+        HostOnlyListener::bind(AGENT_STDIO_PORT).context("listening on the stdio stream port")?;
     tokio::spawn(async move {
-        if let Err(error) = broker.serve(AGENT_STDIO_PORT).await {
+        if let Err(error) = broker.serve(stdio_listener).await {
             tracing::error!("stdio stream port {AGENT_STDIO_PORT}: {error}");
         }
     });
+    let template_boot = template::is_template_boot();
     let service = AgentService {
         containers: containers.clone(),
         events,
         shutdown: shutdown.clone(),
+        identity: IdentityGate::new(template_boot),
     };
     let mut server = ttrpc::r#async::Server::new()
         .add_listener(ttrpc::r#async::transport::Listener::new(
@@ -106,6 +115,18 @@ async fn serve() -> anyhow::Result<()> {
             service,
         )));
     server.start().await.context("starting the ttrpc server")?;
+    if template_boot {
+        // Nothing else before this point: what runs after it runs once in
+        // every VM restored from the template (template.rs, also for what
+        // must never happen before it).
+        match template::report_snapshot_point() {
+            Ok(()) => tracing::info!("template: past the snapshot point, waiting for SetIdentity"),
+            Err(error) => tracing::error!(
+                "template boot: cannot report the snapshot point ({error}); \
+                 the VM will not be snapshotted"
+            ),
+        }
+    }
     tracing::info!("serving the agent API on vsock port {AGENT_RPC_PORT}");
 
     shutdown.notified().await;

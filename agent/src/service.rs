@@ -11,11 +11,22 @@ use ttrpc::r#async::TtrpcContext;
 use crate::containers::Containers;
 use crate::error::AgentError;
 use crate::events::Events;
+use crate::identity::IdentityGate;
 
 pub struct AgentService {
     pub containers: Containers,
     pub events: Events,
     pub shutdown: Arc<tokio::sync::Notify>,
+    /// Holds back workloads of a template boot until SetIdentity.
+    pub identity: IdentityGate,
+}
+
+impl AgentService {
+    /// The check of every call that prepares or runs a workload: a guest
+    /// restored from a template must first get its own identity.
+    fn identity_given(&self) -> Reply<()> {
+        done(self.identity.check())
+    }
 }
 
 type Reply<T> = ttrpc::Result<T>;
@@ -36,11 +47,17 @@ impl agent_ttrpc::Agent for AgentService {
         Ok(response)
     }
 
+    async fn set_identity(&self, _: &TtrpcContext, request: IdentityRequest) -> Reply<Empty> {
+        done(self.identity.set(&request).map(|()| Empty::new()))
+    }
+
     async fn mount(&self, _: &TtrpcContext, request: MountRequest) -> Reply<Empty> {
+        self.identity_given()?;
         done(crate::mounts::mount(&request).map(|()| Empty::new()))
     }
 
     async fn setup_network(&self, _: &TtrpcContext, request: SetupNetworkRequest) -> Reply<Empty> {
+        self.identity_given()?;
         done(crate::network::setup_network(&request).map(|()| Empty::new()))
     }
 
@@ -49,6 +66,7 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         request: CreateContainerRequest,
     ) -> Reply<ProcessStarted> {
+        self.identity_given()?;
         let stdio = request.stdio.clone().unwrap_or_default();
         let created = self
             .containers
@@ -67,6 +85,7 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         request: ContainerRequest,
     ) -> Reply<ProcessStarted> {
+        self.identity_given()?;
         done(
             self.containers
                 .start(&request.container_id)
@@ -155,6 +174,7 @@ impl agent_ttrpc::Agent for AgentService {
         _: &TtrpcContext,
         request: ExecProcessRequest,
     ) -> Reply<ProcessStarted> {
+        self.identity_given()?;
         let stdio = request.stdio.clone().unwrap_or_default();
         let started_exec = self
             .containers

@@ -149,9 +149,8 @@ impl StreamBroker {
         })
     }
 
-    /// Accepts stream connections on `port` forever.
-    pub async fn serve(self, port: u32) -> std::io::Result<()> {
-        let listener = HostOnlyListener::bind(port)?;
+    /// Accepts stream connections on `listener` forever.
+    pub async fn serve(self, listener: HostOnlyListener) -> std::io::Result<()> {
         loop {
             let connection = listener.accept().await?;
             let broker = self.clone();

@@ -43,6 +43,11 @@ pub struct Config {
     /// The most guest RAM (MiB) a sandbox may ask for; 0 means the host's
     /// total memory.
     pub max_memory_mib: u64,
+    /// Start sandboxes from VM templates (snapshots of a booted guest, made
+    /// on first use), not by booting the kernel.
+    pub templates: bool,
+    /// Where the templates are kept (one directory per VM shape).
+    pub template_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -60,6 +65,8 @@ impl Default for Config {
             console_limit_mib: 1,
             share_size_mib: 16,
             max_memory_mib: 0,
+            templates: true,
+            template_dir: "/run/cocoon/templates".into(),
         }
     }
 }

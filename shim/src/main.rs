@@ -24,7 +24,9 @@ mod sandbox;
 mod service;
 mod share;
 mod task;
+mod template;
 mod vm_shape;
+mod vmm_process;
 mod volumes;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -17,9 +17,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cocoon_protocol::client::{Agent, AgentCalls};
+use cocoon_protocol::client::{host_identity, Agent, AgentCalls};
 use cocoon_vmm_command::{NetDevice, SandboxVm, VmmCommand};
-use containerd_shim::monitor::{monitor_subscribe, monitor_unsubscribe, Subject, Topic};
 use containerd_shim::protos::api::Mount;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -33,7 +32,9 @@ use crate::hooks::{self, HookError, Hooks};
 use crate::io::{self, Relay, StdioPaths};
 use crate::network::{self, NetworkError};
 use crate::share::{Share, ShareError};
+use crate::template::{self, TemplateShape};
 use crate::vm_shape::VmShape;
+use crate::vmm_process::{self, pass_tap, WatchedVmm, VMM_TAP_FD};
 use crate::volumes::HostVolume;
 
 /// How long the guest gets to stop by itself before the VMM is killed.
@@ -44,8 +45,6 @@ const SHUTDOWN_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const MOUNT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the agent may take to configure the guest's network.
 const NETWORK_CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// The descriptor number the VMM finds the pod network's tap under.
-const VMM_TAP_FD: i32 = 3;
 /// Console lines quoted in boot failures.
 const CONSOLE_TAIL_LINES: usize = 20;
 
@@ -242,13 +241,9 @@ impl Sandbox {
         } = prepared;
         let vsock = dir.join("vsock.sock");
         let console = dir.join("console.log");
-
-        // Subscribe before spawning: the shim's reaper collects every child
-        // (waitpid(-1)), so the VMM's exit only ever arrives through here.
-        let mut exits = monitor_subscribe(Topic::Pid)
-            .await
-            .map_err(|e| SandboxError::Agent(format!("watching the VMM: {e}")))?;
-        let mut command = VmmCommand::sandbox(&SandboxVm {
+        let template =
+            template::for_sandbox(config, TemplateShape::new(shape, network.is_some())).await;
+        let vm = SandboxVm {
             kernel: &config.kernel,
             initramfs: &config.initramfs,
             vcpus: shape.vcpus,
@@ -264,56 +259,45 @@ impl Sandbox {
                 tap_fd: VMM_TAP_FD,
                 mac: attached.mac,
             }),
-        })
-        .command(&config.vmm);
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(vmm_log);
-        if let Some(attached) = &network {
-            pass_tap(&mut command, attached.tap.as_raw_fd());
-        }
+        };
+        let tap = network.as_ref().map(|attached| attached.tap.as_raw_fd());
         let launched = std::time::Instant::now();
-        let child = command.spawn().map_err(|source| SandboxError::Spawn {
-            vmm: config.vmm.display().to_string(),
-            source,
-        })?;
-        let vmm_pid = child.id() as i32;
-        // The VMM has the tap now; ours would only keep it alive.
-        let network_request = network.map(|attached| attached.request);
-        let _ = std::fs::write(dir.join("vmm.pid"), vmm_pid.to_string());
-        let (exit_sender, vmm_exit) = watch::channel(None);
-        tokio::spawn(async move {
-            while let Some(event) = exits.rx.recv().await {
-                if matches!(event.subject, Subject::Pid(pid) if pid == vmm_pid) {
-                    let _ = exit_sender.send(Some(event.exit_code));
-                    break;
+        let restored = match &template {
+            Some(template) => {
+                let command = VmmCommand::sandbox(&vm).restore_from(&template.dir);
+                match start_vm(config, &dir, &command, tap, &vmm_log).await {
+                    Ok(started) => Some(started),
+                    Err(error) => {
+                        tracing::warn!(
+                            "starting from the VM template {} failed, booting instead: {error}",
+                            template.dir.display()
+                        );
+                        template.discard();
+                        None
+                    }
                 }
             }
-            let _ = monitor_unsubscribe(exits.id).await;
-        });
-
-        let boot_timeout = Duration::from_secs(config.boot_timeout_seconds);
-        let mut died = vmm_exit.clone();
-        let connected = tokio::select! {
-            agent = Agent::connect(&vsock, boot_timeout) => agent.map_err(|e| e.to_string()),
-            () = vm_exited(&mut died) => {
-                // Let the VMM's last words reach its log.
-                Err(format!("cocoon-vmm exited: {}", last_line(&dir.join("vmm.log"))))
-            }
+            None => None,
         };
-        let agent = match connected {
-            Ok(agent) => agent,
-            Err(reason) => {
-                let _ = kill(Pid::from_raw(vmm_pid), Signal::SIGKILL);
-                let console = console_tail(&console, CONSOLE_TAIL_LINES);
-                clean_up_leftovers(&dir);
-                return Err(SandboxError::Boot { reason, console });
-            }
+        let from_template = restored.is_some();
+        let StartedVm {
+            pid: vmm_pid,
+            exit: vmm_exit,
+            agent,
+        } = match restored {
+            Some(started) => started,
+            None => start_vm(config, &dir, &VmmCommand::sandbox(&vm), tap, &vmm_log).await?,
         };
+        // The VMM has the tap now; ours would only keep it alive.
+        let network_request = network.map(|attached| attached.request);
         tracing::info!(
-            "cocoon-vmm {vmm_pid}: agent ready {:?} after launch",
-            launched.elapsed()
+            "cocoon-vmm {vmm_pid}: agent ready {:?} after launch ({})",
+            launched.elapsed(),
+            if from_template {
+                "from a template"
+            } else {
+                "booted"
+            }
         );
         let sandbox = Sandbox {
             namespace: namespace.into(),
@@ -429,6 +413,83 @@ impl Guest for Sandbox {
     }
 }
 
+/// A VMM whose agent answered.
+struct StartedVm {
+    pid: i32,
+    exit: watch::Receiver<Option<i32>>,
+    agent: Agent,
+}
+
+/// Starts the VMM `command` describes and connects to its agent; a guest
+/// started from a template first gets its own identity (fresh entropy, the
+/// host's clock). On failure the VMM is gone and the reason names the
+/// VMM's last words and the console's last lines.
+async fn start_vm(
+    config: &Config,
+    dir: &Path,
+    command: &VmmCommand,
+    tap: Option<RawFd>,
+    vmm_log: &std::fs::File,
+) -> Result<StartedVm, SandboxError> {
+    let vsock = dir.join("vsock.sock");
+    let console = dir.join("console.log");
+    let state = |source| SandboxError::State {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut process = command.command(&config.vmm);
+    process
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(vmm_log.try_clone().map_err(state)?);
+    if let Some(tap) = tap {
+        pass_tap(&mut process, tap);
+    }
+    let WatchedVmm { pid, exit } =
+        vmm_process::spawn(&mut process)
+            .await
+            .map_err(|source| SandboxError::Spawn {
+                vmm: config.vmm.display().to_string(),
+                source,
+            })?;
+    let _ = std::fs::write(dir.join("vmm.pid"), pid.to_string());
+    let boot_timeout = Duration::from_secs(config.boot_timeout_seconds);
+    let mut died = exit.clone();
+    let connected = tokio::select! {
+        agent = Agent::connect(&vsock, boot_timeout) => agent.map_err(|e| e.to_string()),
+        () = vm_exited(&mut died) => {
+            // Let the VMM's last words reach its log.
+            Err(format!("cocoon-vmm exited: {}", last_line(&dir.join("vmm.log"))))
+        }
+    };
+    let identified = match (connected, command.restore_from.is_some()) {
+        (Ok(agent), true) => {
+            let identity = host_identity().map_err(|e| e.to_string());
+            match identity {
+                Ok(identity) => agent
+                    .set_identity(&identity)
+                    .await
+                    .map(|()| agent)
+                    .map_err(|e| format!("giving the guest its identity: {e}")),
+                Err(error) => Err(format!("host entropy: {error}")),
+            }
+        }
+        (connected, _) => connected,
+    };
+    match identified {
+        Ok(agent) => Ok(StartedVm { pid, exit, agent }),
+        Err(reason) => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let mut exit = exit;
+            let _ = tokio::time::timeout(STOP_GRACE, exit.wait_for(Option::is_some)).await;
+            // A killed VMM leaves its socket behind.
+            let _ = std::fs::remove_file(&vsock);
+            let console = console_tail(&console, CONSOLE_TAIL_LINES);
+            Err(SandboxError::Boot { reason, console })
+        }
+    }
+}
+
 /// Removes what a sandbox leaves in `dir`: its VMM (if the pid file still
 /// names a live cocoon-vmm), the share's mounts, its cgroup, sockets, the
 /// directory. Safe to call on a directory that does not exist.
@@ -489,31 +550,9 @@ struct Prepared {
     netns: Option<PathBuf>,
 }
 
-/// Has the VMM inherit the tap at `tap` as [`VMM_TAP_FD`], the one
-/// descriptor besides stdio it inherits (everything the shim opens is
-/// close-on-exec).
-fn pass_tap(command: &mut std::process::Command, tap: RawFd) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe calls (dup2, fcntl) on descriptors it owns.
-    unsafe {
-        command.pre_exec(move || {
-            if tap == VMM_TAP_FD {
-                // dup2 onto itself would keep close-on-exec.
-                if libc::fcntl(tap, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(tap, VMM_TAP_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// Creates `dir` and any missing parent, each readable by root only: the
 /// state holds the guest's console, sockets and the mounts behind the share.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -81,6 +81,8 @@ pub struct Extra {
     /// containerd's root and state on a tmpfs of their own (any snapshotter
     /// works there; the host VM's root is an overlay), removed with it.
     pub tmpfs: bool,
+    /// More lines for the cocoon config (TOML keys).
+    pub cocoon_config: String,
 }
 
 pub struct Containerd {
@@ -150,12 +152,13 @@ impl Containerd {
             format!(
                 "kernel = {:?}\ninitramfs = {:?}\nvmm = {:?}\nstate_dir = {:?}\n\
                  # The host VM is emulated: boots take seconds, not milliseconds.\n\
-                 boot_timeout_seconds = 60\nguest_debug = {}\n",
+                 boot_timeout_seconds = 60\nguest_debug = {}\n{}",
                 kernel,
                 initramfs,
                 bin.join("cocoon-vmm"),
                 cocoon_state,
                 std::env::var_os("COCOON_TEST_GUEST_DEBUG").is_some(),
+                extra.cocoon_config,
             ),
         )
         .expect("cocoon config");
@@ -381,6 +384,14 @@ impl Containerd {
             &std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default(),
             40,
         )
+    }
+
+    /// How many sandboxes started from a VM template, as the shims logged.
+    pub fn sandboxes_from_templates(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("containerd.log"))
+            .unwrap_or_default()
+            .matches("after launch (from a template)")
+            .count()
     }
 
     pub fn dir(&self) -> &Path {

@@ -548,6 +548,8 @@ impl Cri {
                 &subnet,
             )),
             tmpfs: true,
+            // Templates of this node's own, nothing shared with other runs.
+            cocoon_config: format!("template_dir = {:?}\n", containerd_dir.join("templates")),
         });
         let cri = Cri {
             containerd,

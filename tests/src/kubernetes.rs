@@ -39,6 +39,8 @@ pub struct Cluster {
     kubelet: Daemon,
     pub cri: Cri,
     apiserver: Daemon,
+    // How the API server is started, to start it again (`wait_for_api_server`).
+    apiserver_command: Command,
     etcd: Daemon,
     bin: PathBuf,
     /// The node's address: on a dummy link of its own (the host VM has no
@@ -115,39 +117,37 @@ impl Cluster {
         );
         let api_port = free_port();
         let file = |name: &str| pki.join(name).display().to_string();
-        let apiserver = Daemon::start(
-            "kube-apiserver",
-            Command::new(bin.join("kube-apiserver"))
-                .args(["--etcd-servers", &format!("http://127.0.0.1:{etcd_port}")])
-                .args(["--bind-address", "127.0.0.1"])
-                .args(["--secure-port", &api_port.to_string()])
-                .args(["--advertise-address", &node_ip])
-                .args(["--tls-cert-file", &file("apiserver.crt")])
-                .args(["--tls-private-key-file", &file("apiserver.key")])
-                .args(["--client-ca-file", &file("ca.crt")])
-                .args(["--service-account-issuer", "https://kubernetes.default.svc"])
-                .args(["--service-account-key-file", &file("service-account.key")])
-                .args([
-                    "--service-account-signing-key-file",
-                    &file("service-account.key"),
-                ])
-                .args(["--service-cluster-ip-range", "10.96.0.0/24"])
-                // As a kubeadm node: the kubelet may touch only its node and
-                // its pods.
-                .args(["--authorization-mode", "Node,RBAC"])
-                .args(["--enable-admission-plugins", "NodeRestriction"])
-                .args([
-                    "--kubelet-client-certificate",
-                    &file("apiserver-kubelet.crt"),
-                ])
-                .args(["--kubelet-client-key", &file("apiserver-kubelet.key")])
-                .args(["--kubelet-certificate-authority", &file("ca.crt")])
-                .args(["--kubelet-preferred-address-types", "InternalIP"])
-                // No kube-proxy and no service network behind it: the
-                // `kubernetes` service's endpoints are never used.
-                .args(["--endpoint-reconciler-type", "none"]),
-            dir.path(),
-        );
+        let mut apiserver_command = Command::new(bin.join("kube-apiserver"));
+        apiserver_command
+            .args(["--etcd-servers", &format!("http://127.0.0.1:{etcd_port}")])
+            .args(["--bind-address", "127.0.0.1"])
+            .args(["--secure-port", &api_port.to_string()])
+            .args(["--advertise-address", &node_ip])
+            .args(["--tls-cert-file", &file("apiserver.crt")])
+            .args(["--tls-private-key-file", &file("apiserver.key")])
+            .args(["--client-ca-file", &file("ca.crt")])
+            .args(["--service-account-issuer", "https://kubernetes.default.svc"])
+            .args(["--service-account-key-file", &file("service-account.key")])
+            .args([
+                "--service-account-signing-key-file",
+                &file("service-account.key"),
+            ])
+            .args(["--service-cluster-ip-range", "10.96.0.0/24"])
+            // As a kubeadm node: the kubelet may touch only its node and
+            // its pods.
+            .args(["--authorization-mode", "Node,RBAC"])
+            .args(["--enable-admission-plugins", "NodeRestriction"])
+            .args([
+                "--kubelet-client-certificate",
+                &file("apiserver-kubelet.crt"),
+            ])
+            .args(["--kubelet-client-key", &file("apiserver-kubelet.key")])
+            .args(["--kubelet-certificate-authority", &file("ca.crt")])
+            .args(["--kubelet-preferred-address-types", "InternalIP"])
+            // No kube-proxy and no service network behind it: the
+            // `kubernetes` service's endpoints are never used.
+            .args(["--endpoint-reconciler-type", "none"]);
+        let apiserver = Daemon::start("kube-apiserver", &mut apiserver_command, dir.path());
         let admin = dir.path().join("admin.kubeconfig");
         let server = format!("https://127.0.0.1:{api_port}");
         write_kubeconfig(&admin, &server, &pki, "admin");
@@ -155,6 +155,7 @@ impl Cluster {
             kubelet: Daemon::none("kubelet"),
             cri,
             apiserver,
+            apiserver_command,
             etcd,
             bin,
             node_ip,
@@ -262,12 +263,40 @@ impl Cluster {
         self.kubelet.log()
     }
 
-    fn wait_for_api_server(&self) {
-        // Under emulation the API server takes minutes to start (it builds
-        // its OpenAPI documents and bootstraps RBAC and priority levels).
-        self.wait_until(Duration::from_secs(900), "the API server's /readyz", |c| {
-            c.kubectl(&["get", "--raw", "/readyz"]).status.success()
-        });
+    // Under emulation the API server takes minutes to start (it builds its
+    // OpenAPI documents and bootstraps RBAC and priority levels). Some of its
+    // post-start hooks give up after fixed deadlines (the service IP repair:
+    // one minute) that a loaded, emulated machine can miss, and the API
+    // server then exits; as a control plane's supervisor (systemd, or the
+    // kubelet of a static pod) would, we start it again, at most twice: etcd
+    // keeps what it bootstrapped.
+    fn wait_for_api_server(&mut self) {
+        let limit = Duration::from_secs(900);
+        let deadline = Instant::now() + limit;
+        let mut restarts = 0;
+        while !self.kubectl(&["get", "--raw", "/readyz"]).status.success() {
+            if self.apiserver.exited() && restarts < 2 {
+                restarts += 1;
+                eprintln!(
+                    "kubernetes: kube-apiserver exited while starting, starting it again; its log:\n{}",
+                    tail(&self.apiserver.log(), 5)
+                );
+                self.apiserver = Daemon::start(
+                    "kube-apiserver",
+                    &mut self.apiserver_command,
+                    self.dir.path(),
+                );
+                continue;
+            }
+            self.etcd.assert_running();
+            self.apiserver.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "waited {limit:?} for the API server's /readyz; its log:\n{}",
+                tail(&self.apiserver.log(), 40)
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
 
     /// The kubelet as a kubeadm node has it, minus what the host VM lacks
@@ -377,17 +406,23 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn assert_running(&self) {
-        let Some(child) = &self.child else { return };
+    /// Whether the daemon was started and has exited since.
+    fn exited(&self) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
         let running = Path::new("/proc").join(child.id().to_string()).join("stat");
         let state = std::fs::read_to_string(running).unwrap_or_default();
         // A zombie (state Z, after the command name's closing parenthesis)
         // has exited.
-        let exited = state
+        state
             .rsplit_once(')')
-            .is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'));
+            .is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'))
+    }
+
+    fn assert_running(&self) {
         assert!(
-            !exited,
+            !self.exited(),
             "{} exited; its log:\n{}",
             self.name,
             tail(&self.log(), 40)

@@ -64,6 +64,32 @@ pub fn pattern_checksum(len: u64) -> u64 {
         .unwrap_or(0)
 }
 
+/// Dials guest `port` through a cocoon-vmm hybrid vsock socket `uds`, sends
+/// `bytes` of the pattern, half-closes, and returns the guest probe's
+/// "<bytes> <checksum>" reply (see [`expected_reply`]).
+pub fn send_to_guest(uds: &std::path::Path, port: u32, bytes: u64) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(uds).expect("connect to the VMM's vsock socket");
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut ok = String::new();
+    reader.read_line(&mut ok).unwrap();
+    assert!(ok.starts_with("OK "), "handshake answer: {ok:?}");
+    std::io::copy(&mut PatternReader::new(bytes), &mut stream).expect("send to the guest");
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    reader.read_line(&mut reply).unwrap();
+    reply.trim().to_string()
+}
+
+/// The guest probe's reply to `bytes` of the pattern.
+pub fn expected_reply(bytes: u64) -> String {
+    format!("{bytes} {:016x}", pattern_checksum(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,18 @@ impl Sandbox {
     /// As [`boot`](Self::boot), with a network interface on `net`'s tap
     /// (whose fd must be open without CLOEXEC, for cocoon-vmm to inherit).
     pub fn boot_with_net(memory_mib: u32, net: Option<NetDevice>) -> Self {
+        Self::boot_with(memory_mib, net, &[])
+    }
+
+    /// As [`boot`](Self::boot), booted as a template
+    /// ([`cocoon_protocol::TEMPLATE_ARG`]): the agent reports the snapshot
+    /// point (which cocoon-vmm ignores unless it makes a template) and runs
+    /// nothing before SetIdentity.
+    pub fn boot_template(memory_mib: u32) -> Self {
+        Self::boot_with(memory_mib, None, &[cocoon_protocol::TEMPLATE_ARG])
+    }
+
+    fn boot_with(memory_mib: u32, net: Option<NetDevice>, kernel_args: &[&str]) -> Self {
         let vmm = release_dir().join("cocoon-vmm");
         assert!(
             vmm.is_file(),
@@ -53,7 +65,7 @@ impl Sandbox {
         let console = dir.path().join("console.log");
         let jail = dir.path().join("jail");
         std::fs::create_dir(&jail).expect("jail directory");
-        let child = VmmCommand::sandbox(&SandboxVm {
+        let mut command = VmmCommand::sandbox(&SandboxVm {
             kernel: &build_output("vmlinux"),
             initramfs: &build_output("initramfs.img"),
             vcpus: 1,
@@ -66,13 +78,17 @@ impl Sandbox {
             jail: &jail,
             cgroup: None,
             net,
-        })
-        .command(&vmm)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("vmm.log")).expect("vmm log"))
-        .spawn()
-        .expect("cocoon-vmm starts");
+        });
+        for arg in kernel_args {
+            command = command.kernel_arg(*arg);
+        }
+        let child = command
+            .command(&vmm)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("vmm.log")).expect("vmm log"))
+            .spawn()
+            .expect("cocoon-vmm starts");
         Sandbox {
             dir,
             vmm: std::sync::Mutex::new(child),
@@ -84,6 +100,15 @@ impl Sandbox {
 
     /// Connects to the agent and mounts the share at [`GUEST_SHARE`].
     pub async fn agent(&self) -> Agent {
+        let agent = self.connect().await;
+        if let Err(error) = agent.mount_share().await {
+            panic!("mounting the share: {error}\n{}", self.diagnostics());
+        }
+        agent
+    }
+
+    /// Connects to the agent once it answers (nothing mounted).
+    pub async fn connect(&self) -> Agent {
         let started = std::time::Instant::now();
         let agent = loop {
             match Agent::connect(&self.vsock, Duration::from_secs(1)).await {
@@ -101,9 +126,6 @@ impl Sandbox {
                 );
             }
         };
-        if let Err(error) = agent.mount_share().await {
-            panic!("mounting the share: {error}\n{}", self.diagnostics());
-        }
         agent
     }
 

@@ -308,6 +308,13 @@ fn pods_share_volumes_serve_http_and_leave_nothing(version: Version) {
         "from-the-writer\n",
         "the volume's data stays on the host"
     );
+    // Both pods' VMs, network device included, started from a template.
+    assert_eq!(
+        cri.containerd.sandboxes_from_templates(),
+        2,
+        "{}",
+        cri.containerd.log()
+    );
 }
 
 /// The client pod's containers' memory limits (MiB): `tail /dev/zero`

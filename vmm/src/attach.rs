@@ -45,6 +45,7 @@ pub struct VirtioAttacher {
     next: u32,
     cmdline: Vec<String>,
     threads: Vec<ParkedThreads>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl VirtioAttacher {
@@ -55,6 +56,7 @@ impl VirtioAttacher {
             next: 0,
             cmdline: Vec::new(),
             threads: Vec::new(),
+            transports: Vec::new(),
         }
     }
 
@@ -79,7 +81,9 @@ impl VirtioAttacher {
                 .register_ioevent(event, &address, queue as u32)
                 .map_err(AttachError::IoEvent)?;
         }
-        bus.insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        let transport = Arc::new(Mutex::new(transport));
+        bus.insert(base, VIRTIO_MMIO_SIZE, transport.clone())?;
+        self.transports.push(transport);
         self.cmdline.push(kernel_cmdline_entry(base, irq));
         for arg in driver_args {
             if !self.cmdline.iter().any(|known| known == arg) {
@@ -94,6 +98,12 @@ impl VirtioAttacher {
     /// The threads of every device attached, to start before the guest runs.
     pub fn device_threads(&self) -> Vec<ParkedThreads> {
         self.threads.clone()
+    }
+
+    /// Every transport attached, in order (a snapshot saves and restores
+    /// them by position).
+    pub fn transports(&self) -> Vec<Arc<Mutex<MmioTransport>>> {
+        self.transports.clone()
     }
 
     /// The `virtio_mmio.device=` entries for the kernel command line, and

@@ -10,8 +10,8 @@ use clap::Parser;
 #[command(name = "cocoon-vmm", version, about = "Boot a Linux guest in a KVM microVM", long_about = None)]
 pub struct Args {
     /// Guest kernel: an ELF vmlinux or a bzImage.
-    #[arg(long)]
-    pub kernel: PathBuf,
+    #[arg(long, required_unless_present = "restore_from")]
+    pub kernel: Option<PathBuf>,
     /// Initramfs (cpio, optionally compressed).
     #[arg(long)]
     pub initrd: Option<PathBuf>,
@@ -71,6 +71,16 @@ pub struct Args {
     /// all zeros). Needs --net-fd.
     #[arg(long, value_name = "MAC", value_parser = parse_mac, requires = "net_fd")]
     pub net_mac: Option<[u8; 6]>,
+    /// A template boot: when the guest's agent is ready, save the VM into
+    /// this empty directory and exit (the kernel gets "cocoon.template").
+    #[arg(long, value_name = "DIR", conflicts_with = "restore_from")]
+    pub snapshot_to: Option<PathBuf>,
+    /// Start the VM a template boot saved in this directory instead of
+    /// booting a kernel; --vcpus, --memory-mib and the devices must be those
+    /// of the template boot, the host resources (sockets, shares, tap,
+    /// console) are this VM's own.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline"])]
+    pub restore_from: Option<PathBuf>,
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` strictly: six groups of exactly two hex
@@ -143,7 +153,7 @@ mod tests {
                 mac: [0x02, 0x42, 0xac, 0x11, 0x00, 0xfe],
             });
         let args = parse(&command);
-        assert_eq!(args.kernel, Path::new("/boot/vmlinux"));
+        assert_eq!(args.kernel.as_deref(), Some(Path::new("/boot/vmlinux")));
         assert_eq!(
             args.initrd.as_deref(),
             Some(Path::new("/boot/initramfs.img"))
@@ -174,6 +184,31 @@ mod tests {
         assert!(args.balloon);
         assert_eq!(args.net_fd, Some(9));
         assert_eq!(args.net_mac, Some([0x02, 0x42, 0xac, 0x11, 0x00, 0xfe]));
+    }
+
+    #[test]
+    fn a_restore_names_the_snapshot_instead_of_a_kernel() {
+        let args = parse(
+            &VmmCommand::new("/k")
+                .initrd("/i")
+                .kernel_arg("quiet")
+                .restore_from("/templates/one"),
+        );
+        assert_eq!(
+            args.restore_from.as_deref(),
+            Some(Path::new("/templates/one"))
+        );
+        assert_eq!(args.kernel, None);
+        assert_eq!(args.initrd, None);
+        let args = parse(&VmmCommand::new("/k").snapshot_to("/templates/new"));
+        assert_eq!(
+            args.snapshot_to.as_deref(),
+            Some(Path::new("/templates/new"))
+        );
+        assert_eq!(args.kernel.as_deref(), Some(Path::new("/k")));
+        let both = ["cocoon-vmm", "--kernel", "/k", "--restore-from", "/t"];
+        assert!(Args::try_parse_from(both).is_err());
+        assert!(Args::try_parse_from(["cocoon-vmm"]).is_err());
     }
 
     #[test]

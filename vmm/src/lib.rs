@@ -14,6 +14,7 @@ pub mod jail;
 pub mod layout;
 pub mod memory;
 pub mod seccomp;
+pub mod snapshot;
 pub mod thread;
 pub mod vcpu;
 pub mod virtio;

@@ -8,6 +8,8 @@
 //! between (the jail before the threads, the main thread's filter after).
 
 use std::path::PathBuf;
+
+mod snapshots;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,9 +30,11 @@ use crate::devices::serial::{SerialConsole, COM1_PORT, COM1_PORTS};
 use crate::layout::{self, MAX_VCPUS};
 use crate::memory::{self, GuestMemory};
 use crate::seccomp::{self, Role, SeccompError};
+use crate::snapshot;
 use crate::vcpu::{setup, Buses, Vcpu, VcpuStart};
 use crate::virtio::balloon::Balloon;
 use crate::virtio::fs::Fs;
+use crate::virtio::mmio::MmioTransport;
 use crate::virtio::net::{Net, Tap};
 use crate::virtio::rng::Rng;
 use crate::virtio::vsock::Vsock;
@@ -38,11 +42,25 @@ use crate::virtio::worker_thread::ParkedThreads;
 // Re-exported: the binary and embedders know it as `vm::VmEvent`.
 pub use crate::vm_event::VmEvent;
 
-/// What a VM is made of. Paths are checked when the VM is built.
-pub struct VmConfig {
+/// How a VM starts: booting a kernel, or going on from a snapshot.
+pub enum Boot {
+    Kernel(KernelBoot),
+    /// A snapshot directory a template boot saved (see [`crate::snapshot`]).
+    Snapshot(PathBuf),
+}
+
+/// A kernel to boot. Paths are checked when the VM is built.
+pub struct KernelBoot {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
+    /// A template boot: the VM is saved to this (empty) directory when the
+    /// agent reaches the snapshot point, and the VMM then exits.
+    pub save_to: Option<PathBuf>,
+}
+
+/// What a VM is made of, however it starts.
+pub struct VmConfig {
     pub vcpus: u8,
     pub memory_mib: u64,
     /// Where the guest console goes; `None` keeps only the tail in memory.
@@ -135,6 +153,10 @@ pub enum VmError {
     Seccomp(#[from] SeccompError),
     #[error("the VM's threads were already started")]
     AlreadyStarted,
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("this VM was not booted as a template and cannot be saved")]
+    NotATemplate,
 }
 
 /// A built VM, ready to run.
@@ -152,6 +174,14 @@ pub struct Vm {
     events: (Sender<VmEvent>, Receiver<VmEvent>),
     console: ConsoleLog,
     serial: Arc<Mutex<SerialConsole>>,
+    // Every virtio transport, in attachment order.
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    memory_mib: u64,
+    // A template boot: where it is saved, and its vCPUs' pause request.
+    template: Option<snapshot::Template>,
+    // A restored VM: the transports' saved state, applied once the devices'
+    // threads run.
+    saved_transports: Vec<crate::virtio::mmio::TransportState>,
 }
 
 fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -169,27 +199,53 @@ impl BuildClock {
 }
 
 impl Vm {
-    pub fn new(mut config: VmConfig) -> Result<Self, VmError> {
+    pub fn new(config: VmConfig, boot: Boot) -> Result<Self, VmError> {
         check_config(&config)?;
+        match boot {
+            Boot::Kernel(kernel) => Self::boot(config, kernel),
+            Boot::Snapshot(dir) => Self::restore(config, &dir),
+        }
+    }
+
+    fn boot(mut config: VmConfig, boot: KernelBoot) -> Result<Self, VmError> {
+        check_kernel(&boot)?;
         let clock = BuildClock(std::time::Instant::now());
         clock.done("opening KVM");
         let (kvm, vm) = create_kvm_vm()?;
         clock.done("KVM VM created");
         let memory = create_guest_memory(&vm, config.memory_mib)?;
         clock.done("guest memory mapped");
-        let kernel = boot::load_kernel(&memory, &config.kernel)?;
-        let initrd = load_initrd(&memory, &config, &kernel)?;
+        let kernel = boot::load_kernel(&memory, &boot.kernel)?;
+        let initrd = load_initrd(&memory, boot.initrd.as_deref(), &kernel)?;
         // virtio devices first: their command line entries go to the kernel.
-        let (mmio, cmdline, device_threads) = attach_virtio_devices(&vm, &memory, &mut config)?;
+        let mut cmdline = boot.cmdline.clone();
+        if boot.save_to.is_some() {
+            cmdline = format!("{cmdline} {}", cocoon_protocol::TEMPLATE_ARG);
+        }
+        let devices = attach_virtio_devices(&vm, &memory, &mut config, &cmdline)?;
         clock.done("kernel, initramfs and devices ready");
-        params::write_boot_params(&memory, &kernel, initrd.as_ref(), &cmdline)?;
+        params::write_boot_params(&memory, &kernel, initrd.as_ref(), &devices.cmdline)?;
         mptable::write(&memory, config.vcpus).map_err(boot::BootError::from)?;
         long_mode::write_tables(&memory)?;
 
         let events = channel();
         let console = ConsoleLog::default();
-        let (pio, serial) = legacy_devices(&vm, &events.0, config.console.take(), &console)?;
-        let buses = Arc::new(Buses { pio, mmio });
+        let (mut pio, serial) =
+            legacy_devices(&vm, &events.0, config.console.take(), &console, None)?;
+        let template = match &boot.save_to {
+            Some(dir) => Some(add_snapshot_point(
+                &kvm,
+                dir,
+                config.vcpus,
+                &events.0,
+                &mut pio,
+            )?),
+            None => None,
+        };
+        let buses = Arc::new(Buses {
+            pio,
+            mmio: devices.mmio,
+        });
         clock.done("boot tables written");
         let vcpus = create_vcpus(&kvm, &vm, config.vcpus, kernel.entry.raw_value())?;
         clock.done("vCPUs configured");
@@ -198,13 +254,17 @@ impl Vm {
             _vm: vm,
             _memory: memory,
             vcpus,
-            device_threads,
+            device_threads: devices.threads,
             release: Vec::new(),
             vcpu_pthreads: Vec::new(),
             buses,
             events,
             console,
             serial,
+            transports: devices.transports,
+            memory_mib: config.memory_mib,
+            template,
+            saved_transports: Vec::new(),
         })
     }
 
@@ -238,9 +298,15 @@ impl Vm {
                     source,
                 })?;
         }
-        #[cfg(debug_assertions)]
-        crate::vcpu::test_hook::install_kick_handler().map_err(VmError::Thread)?;
-        let filter = seccomp::filter(Role::Vcpu)?;
+        // A restored device starts on threads that run now.
+        self.restore_transports()?;
+        crate::vcpu::kick::install_kick_handler().map_err(VmError::Thread)?;
+        let role = match self.template {
+            Some(_) => Role::TemplateVcpu,
+            None => Role::Vcpu,
+        };
+        let filter = seccomp::filter(role)?;
+        let pause = self.template.as_ref().map(snapshot::Template::pause);
         let (ready_tx, ready) = channel();
         for vcpu in std::mem::take(&mut self.vcpus) {
             let (release, held) = channel();
@@ -248,6 +314,7 @@ impl Vm {
                 filter: filter.clone(),
                 ready: ready_tx.clone(),
                 release: held,
+                pause: pause.clone(),
             };
             let thread = vcpu
                 .spawn(self.buses.clone(), self.events.0.clone(), start)
@@ -304,12 +371,22 @@ impl Vm {
     }
 }
 
+fn check_config(config: &VmConfig) -> Result<(), VmError> {
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(VmError::VcpuCount(config.vcpus));
+    }
+    if config.memory_mib < 64 {
+        return Err(VmError::MemorySize(config.memory_mib));
+    }
+    Ok(())
+}
+
 // Inputs first: a wrong path is the most common mistake, and it deserves its
 // own message before anything touches KVM.
-fn check_config(config: &VmConfig) -> Result<(), VmError> {
+fn check_kernel(boot: &KernelBoot) -> Result<(), VmError> {
     let inputs = [
-        ("kernel", Some(&config.kernel)),
-        ("initramfs", config.initrd.as_ref()),
+        ("kernel", Some(&boot.kernel)),
+        ("initramfs", boot.initrd.as_ref()),
     ];
     for (what, path) in inputs {
         if let Some(path) = path {
@@ -320,14 +397,8 @@ fn check_config(config: &VmConfig) -> Result<(), VmError> {
             })?;
         }
     }
-    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
-        return Err(VmError::VcpuCount(config.vcpus));
-    }
-    if config.memory_mib < 64 {
-        return Err(VmError::MemorySize(config.memory_mib));
-    }
-    if config.cmdline.len() >= layout::CMDLINE_MAX_SIZE {
-        return Err(VmError::CmdlineTooLong(config.cmdline.len()));
+    if boot.cmdline.len() >= layout::CMDLINE_MAX_SIZE {
+        return Err(VmError::CmdlineTooLong(boot.cmdline.len()));
     }
     Ok(())
 }
@@ -369,6 +440,11 @@ fn create_guest_memory(vm: &VmFd, memory_mib: u64) -> Result<GuestMemory, VmErro
             mib: memory_mib,
             source,
         })?;
+    register_memory(vm, memory)
+}
+
+// Registers each region of `memory` with KVM as a memory slot.
+fn register_memory(vm: &VmFd, memory: GuestMemory) -> Result<GuestMemory, VmError> {
     for (slot, region) in memory.iter().enumerate() {
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -387,10 +463,10 @@ fn create_guest_memory(vm: &VmFd, memory_mib: u64) -> Result<GuestMemory, VmErro
 
 fn load_initrd(
     memory: &GuestMemory,
-    config: &VmConfig,
+    initrd: Option<&std::path::Path>,
     kernel: &boot::LoadedKernel,
 ) -> Result<Option<boot::LoadedInitrd>, VmError> {
-    let Some(path) = &config.initrd else {
+    let Some(path) = initrd else {
         return Ok(None);
     };
     let addr_max = kernel
@@ -400,14 +476,24 @@ fn load_initrd(
     Ok(Some(boot::load_initrd(memory, path, addr_max)?))
 }
 
-// Attaches the configured virtio devices to a fresh MMIO bus; returns the bus,
-// the full kernel command line, which tells the guest where they are, and the
-// devices' threads (not started yet).
+// The virtio devices of a VM, attached.
+struct VirtioDevices {
+    mmio: Bus,
+    // `cmdline` and the entries that tell the guest where the devices are.
+    cmdline: String,
+    // The devices' threads, not started yet.
+    threads: Vec<ParkedThreads>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
+// Attaches the configured virtio devices to a fresh MMIO bus, always in the
+// same order (a snapshot restores them by position).
 fn attach_virtio_devices(
     vm: &Arc<VmFd>,
     memory: &GuestMemory,
     config: &mut VmConfig,
-) -> Result<(Bus, String, Vec<ParkedThreads>), VmError> {
+    cmdline: &str,
+) -> Result<VirtioDevices, VmError> {
     let mut mmio = Bus::default();
     let mut virtio = VirtioAttacher::new(vm.clone(), memory.clone());
     virtio.attach(Box::new(Rng::new()), &mut mmio)?;
@@ -435,35 +521,63 @@ fn attach_virtio_devices(
         let balloon = Balloon::with_small_pages_switch(memory::prefer_small_pages);
         virtio.attach(Box::new(balloon), &mut mmio)?;
     }
-    let cmdline = std::iter::once(config.cmdline.as_str())
+    let cmdline = std::iter::once(cmdline)
         .chain(virtio.cmdline_entries().iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(" ");
     if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
         return Err(VmError::CmdlineTooLong(cmdline.len()));
     }
-    Ok((mmio, cmdline, virtio.device_threads()))
+    Ok(VirtioDevices {
+        mmio,
+        cmdline,
+        threads: virtio.device_threads(),
+        transports: virtio.transports(),
+    })
 }
 
 // The port I/O bus: the serial console on COM1 (writing to `console_sink` and
-// `console`) and the i8042 reset line (reporting to `events`).
+// `console`; in the state `saved` of a snapshot, if any) and the i8042 reset
+// line (reporting to `events`).
 fn legacy_devices(
     vm: &Arc<VmFd>,
     events: &Sender<VmEvent>,
     console_sink: Option<Box<dyn std::io::Write + Send>>,
     console: &ConsoleLog,
+    saved: Option<&snapshot::SerialRegisters>,
 ) -> Result<(Bus, Arc<Mutex<SerialConsole>>), VmError> {
     let serial_irq = IrqLine::new(vm.clone(), layout::SERIAL_IRQ);
-    let serial = SerialConsole::new(
-        serial_irq,
-        ConsoleWriter::new(console_sink, console.clone()),
-    );
+    let writer = ConsoleWriter::new(console_sink, console.clone());
+    let serial = match saved {
+        Some(saved) => SerialConsole::from_saved(serial_irq, writer, saved)
+            .map_err(|e| VmError::Snapshot(snapshot::SnapshotError::Serial(e)))?,
+        None => SerialConsole::new(serial_irq, writer),
+    };
     let serial = Arc::new(Mutex::new(serial));
     let mut pio = Bus::default();
     pio.insert(COM1_PORT, COM1_PORTS, serial.clone())?;
     let reset = ResetController::new(events.clone(), VmEvent::GuestReset);
     pio.insert(I8042_PORT, I8042_PORTS, Arc::new(Mutex::new(reset)))?;
     Ok((pio, serial))
+}
+
+// A template boot: where it is saved, and the port at which its agent asks
+// to be saved.
+fn add_snapshot_point(
+    kvm: &Kvm,
+    dir: &std::path::Path,
+    vcpus: u8,
+    events: &Sender<VmEvent>,
+    pio: &mut Bus,
+) -> Result<snapshot::Template, VmError> {
+    let template = snapshot::Template::new(kvm, dir, vcpus)?;
+    let point = snapshot::pause::SnapshotPoint::new(template.pause(), events.clone());
+    pio.insert(
+        cocoon_protocol::SNAPSHOT_POINT_PORT.into(),
+        1,
+        Arc::new(Mutex::new(point)),
+    )?;
+    Ok(template)
 }
 
 // The vCPUs, configured; the boot processor starts at `entry`.

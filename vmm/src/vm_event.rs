@@ -12,4 +12,7 @@ pub enum VmEvent {
     },
     /// The host asked us to stop (SIGTERM/SIGINT).
     Stop,
+    /// The agent of a template boot is ready to be saved; the vCPUs are
+    /// pausing.
+    SnapshotPoint,
 }

@@ -3,13 +3,13 @@
 //! the guest dials host port P and lands on `<socket>_P`. 256 MiB each way
 //! with a checksum, and 50 concurrent connections each way.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::Write;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use cocoon_tests::pattern::{checksum_stream, pattern_checksum, PatternReader};
+use cocoon_tests::pattern::{checksum_stream, expected_reply as expected, send_to_guest};
 use cocoon_tests::{
     build_output, busybox_initramfs_with, guest_probe, require_hardware_kvm, tail, wait_for_text,
     wait_or_kill,
@@ -43,28 +43,6 @@ fn serve_checksums(listener: UnixListener, connections: usize) -> std::thread::J
             handler.join().expect("handler");
         }
     })
-}
-
-/// Dials guest `port` through the hybrid socket, sends `bytes` of the pattern
-/// and returns the guest's "<bytes> <checksum>" reply.
-fn send_to_guest(uds: &Path, port: u32, bytes: u64) -> String {
-    let mut stream = UnixStream::connect(uds).expect("connect to the VMM's vsock socket");
-    stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut ok = String::new();
-    reader.read_line(&mut ok).unwrap();
-    assert!(ok.starts_with("OK "), "handshake answer: {ok:?}");
-    std::io::copy(&mut PatternReader::new(bytes), &mut stream).expect("send to the guest");
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut reply = String::new();
-    reader.read_line(&mut reply).unwrap();
-    reply.trim().to_string()
-}
-
-fn expected(bytes: u64) -> String {
-    format!("{bytes} {:016x}", pattern_checksum(bytes))
 }
 
 #[test]

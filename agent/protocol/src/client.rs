@@ -7,12 +7,12 @@ mod calls;
 pub use calls::{AgentCalls, CallError, CallResult};
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::api::agent::HealthRequest;
+use crate::api::agent::{HealthRequest, IdentityRequest};
 use crate::api::agent_ttrpc::AgentClient;
 use crate::hybrid_vsock::{self, ConnectError};
 use crate::stream::{StreamHeader, MAX_HEADER_LEN};
@@ -99,6 +99,16 @@ impl Agent {
         deadline(self.call_timeout)
     }
 
+    /// Gives the guest its own identity (SetIdentity; `request` from
+    /// [`host_identity`], made just before the call). A guest booted with
+    /// [`crate::TEMPLATE_ARG`], and so every VM restored from its snapshot,
+    /// refuses to mount, set up its network or run anything before this
+    /// call succeeded.
+    pub async fn set_identity(&self, request: &IdentityRequest) -> Result<(), CallError> {
+        self.rpc.set_identity(self.deadline(), request).await?;
+        Ok(())
+    }
+
     /// The generated ttrpc client, for raw requests; prefer [`AgentCalls`].
     pub fn rpc(&self) -> &AgentClient {
         &self.rpc
@@ -146,4 +156,56 @@ impl Agent {
 /// A ttrpc context with a deadline.
 pub fn deadline(timeout: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(timeout.as_nanos() as i64)
+}
+
+/// Bytes of entropy [`host_identity`] gives a guest (the agent takes 32 to
+/// 512).
+pub const IDENTITY_ENTROPY_BYTES: usize = 64;
+
+/// A SetIdentity request with [`IDENTITY_ENTROPY_BYTES`] from the host's
+/// getrandom(2) and the host's clock now.
+pub fn host_identity() -> std::io::Result<IdentityRequest> {
+    let mut entropy = vec![0u8; IDENTITY_ENTROPY_BYTES];
+    let mut filled = 0;
+    while filled < entropy.len() {
+        let rest = &mut entropy[filled..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`,
+        // which is valid and exclusively ours for the call.
+        let got = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if got < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        filled += got as usize;
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| std::io::Error::other("the host's clock is before 1970"))?;
+    let mut request = IdentityRequest::new();
+    request.entropy = entropy;
+    request.realtime_unix_nanos = u64::try_from(now.as_nanos())
+        .map_err(|_| std::io::Error::other("the host's clock is past 2554"))?;
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_identity_is_fresh_entropy_and_the_clock() {
+        let before = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let first = host_identity().unwrap();
+        let second = host_identity().unwrap();
+        assert_eq!(first.entropy.len(), IDENTITY_ENTROPY_BYTES);
+        assert_ne!(first.entropy, second.entropy);
+        assert!(first.realtime_unix_nanos >= before);
+        assert!(second.realtime_unix_nanos >= first.realtime_unix_nanos);
+    }
 }

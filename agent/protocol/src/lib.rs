@@ -55,6 +55,26 @@ pub const POD_EMPTY_DIRS: &str = "empty-dir";
 /// The kernel argument that makes the agent log verbosely on the console.
 pub const GUEST_DEBUG_ARG: &str = "cocoon.debug";
 
+/// The kernel argument of a template boot: the VM will be snapshotted once
+/// the agent is ready, and sandboxes restored from the snapshot share it. The
+/// agent then reports [`SNAPSHOT_POINT_PORT`] and, after a restore, runs
+/// nothing before the host's `SetIdentity` call.
+pub const TEMPLATE_ARG: &str = "cocoon.template";
+
+/// The MAC of a template boot's network interface. A sandbox started from
+/// the template has it until the agent's SetupNetwork gives the interface
+/// the pod's MAC (the one the VMM's device reports is only read at boot).
+pub const TEMPLATE_MAC: [u8; 6] = [0x02, 0xc0, 0xc0, 0x00, 0x00, 0x01];
+
+/// The I/O port the agent of a template boot writes [`SNAPSHOT_POINT`] to
+/// once it serves its API and before any connection or share exists:
+/// cocoon-vmm pauses the VM there and saves it. Outside a template boot the
+/// port is not decoded.
+pub const SNAPSHOT_POINT_PORT: u16 = 0x05c0;
+
+/// The byte written to [`SNAPSHOT_POINT_PORT`].
+pub const SNAPSHOT_POINT: u8 = 0x5a;
+
 /// What cocoon-vmm writes to the guest's console input (the agent's stdin)
 /// to ask for an orderly shutdown, e.g. on SIGTERM. An escape sequence no
 /// keyboard produces, ended by a newline so a line-buffered reader sees it.

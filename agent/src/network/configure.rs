@@ -36,7 +36,17 @@ pub fn apply(plan: &Plan) -> Result<()> {
     let links = links(&mut netlink)?;
     let mut indexes = Vec::new();
     for interface in &plan.interfaces {
-        let Some((index, _)) = links.iter().find(|(_, mac)| *mac == Some(interface.mac)) else {
+        // A sandbox started from a template: its NIC still has the
+        // template's MAC, and takes the pod's when configured.
+        let found = links
+            .iter()
+            .find(|(_, mac)| *mac == Some(interface.mac))
+            .or_else(|| {
+                links
+                    .iter()
+                    .find(|(_, mac)| *mac == Some(cocoon_protocol::TEMPLATE_MAC))
+            });
+        let Some((index, mac)) = found else {
             let present: Vec<String> = links
                 .iter()
                 .filter_map(|(_, mac)| mac.as_ref().map(mac_text))
@@ -47,7 +57,8 @@ pub fn apply(plan: &Plan) -> Result<()> {
                 mac_text(&interface.mac)
             )));
         };
-        configure_interface(&mut netlink, *index, interface)?;
+        let adopt = *mac != Some(interface.mac);
+        configure_interface(&mut netlink, *index, interface, adopt)?;
         indexes.push((interface.name.as_str(), *index));
     }
     let index_of = |device: &str| {
@@ -92,10 +103,12 @@ fn links(netlink: &mut Netlink) -> Result<Vec<(u32, Option<[u8; 6]>)>> {
         .collect())
 }
 
+/// `set_mac`: the NIC has the template's MAC and gets the planned one.
 fn configure_interface(
     netlink: &mut Netlink,
     index: u32,
     interface: &PlannedInterface,
+    set_mac: bool,
 ) -> Result<()> {
     let failed = |what: &str, error: std::io::Error| {
         AgentError::FailedPrecondition(format!(
@@ -110,6 +123,10 @@ fn configure_interface(
     link.header.index = index;
     link.attributes
         .push(LinkAttribute::IfName(interface.name.clone()));
+    if set_mac {
+        link.attributes
+            .push(LinkAttribute::Address(interface.mac.to_vec()));
+    }
     if let Some(mtu) = interface.mtu {
         link.attributes.push(LinkAttribute::Mtu(mtu));
     }

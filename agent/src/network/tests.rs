@@ -40,21 +40,16 @@ struct Guest(String);
 
 impl Guest {
     fn new(tag: &str) -> Guest {
+        Self::with_mac(tag, "02:00:00:00:00:07")
+    }
+
+    /// A guest whose NIC has `mac`.
+    fn with_mac(tag: &str, mac: &str) -> Guest {
         let name = format!("cocoon-agent-t{}-{tag}", std::process::id());
         ip(&["netns", "add", &name]);
         let guest = Guest(name);
         ip(&[
-            "-n",
-            &guest.0,
-            "link",
-            "add",
-            "nic0",
-            "address",
-            "02:00:00:00:00:07",
-            "type",
-            "veth",
-            "peer",
-            "name",
+            "-n", &guest.0, "link", "add", "nic0", "address", mac, "type", "veth", "peer", "name",
             "peer0",
         ]);
         ip(&["-n", &guest.0, "link", "set", "peer0", "up"]);
@@ -191,6 +186,25 @@ fn the_nic_found_by_mac_gets_name_mtu_addresses_routes_and_neighbours() {
 
     // The same request again (a retried call) is not an error.
     guest.setup(request()).expect("SetupNetwork again");
+}
+
+#[test]
+fn a_nic_restored_from_a_template_takes_the_pods_mac() {
+    if !root() {
+        return;
+    }
+    let template_mac = cocoon_protocol::TEMPLATE_MAC
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let guest = Guest::with_mac("template", &template_mac);
+    guest.setup(request()).expect("SetupNetwork");
+    let link = &json(&["-n", &guest.0, "-j", "link", "show", "eth0"])[0];
+    assert_eq!(link["address"], "02:00:00:00:00:07");
+    assert!(link["flags"]
+        .as_array()
+        .is_some_and(|flags| flags.iter().any(|flag| flag == "UP")));
 }
 
 #[test]

@@ -12,7 +12,7 @@ pub mod own_netns;
 mod record;
 mod redirect;
 mod scan;
-mod tap;
+pub mod tap;
 #[cfg(test)]
 mod tests;
 

@@ -44,3 +44,22 @@ pub fn open(name: &str) -> Result<OwnedFd, NetworkError> {
     }
     Ok(file.into())
 }
+
+/// A tap in a network namespace of its own that holds nothing else: the
+/// network device of a template boot, which must have one but never
+/// reaches any network. The namespace lives as long as the tap's fd (the
+/// tun socket holds it), so it goes with the template VM.
+pub fn open_unconnected(name: &str) -> Result<OwnedFd, NetworkError> {
+    let name = name.to_owned();
+    // unshare(2) moves only the calling thread: a thread of its own.
+    std::thread::Builder::new()
+        .name("cocoon-tap-new".into())
+        .spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetworkError::Tap(format!("a network namespace for {name}: {e}")))?;
+            open(&name)
+        })
+        .map_err(|e| NetworkError::Tap(format!("starting a thread: {e}")))?
+        .join()
+        .unwrap_or_else(|_| Err(NetworkError::Tap("its thread panicked".into())))
+}

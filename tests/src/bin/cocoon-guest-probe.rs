@@ -23,6 +23,9 @@
 //!       write BYTES of the test pattern to stdout (and nothing else).
 //!   cocoon-guest-probe alloc MIB
 //!       allocate MIB MiB and touch every page, then print "ALLOCATED".
+//!   cocoon-guest-probe snapshot-point
+//!       what the agent of a template boot does when ready: write the
+//!       snapshot point byte to its I/O port (cocoon-vmm saves the VM there).
 //!
 //! Prints "PROBE-READY" once listening, "PROBE-DONE" at the end.
 
@@ -265,6 +268,19 @@ fn alloc(mib: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+fn snapshot_point() -> std::io::Result<()> {
+    let port = cocoon_protocol::SNAPSHOT_POINT_PORT;
+    // SAFETY: ioperm only changes this process's I/O permission bitmap.
+    check(unsafe { libc::ioperm(port.into(), 1, 1) })?;
+    // SAFETY: the port is cocoon-vmm's snapshot point, which has no effect
+    // on guest memory or registers; ioperm above allows the access.
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") port, in("al") cocoon_protocol::SNAPSHOT_POINT,
+            options(nomem, nostack, preserves_flags));
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize| args.get(i).and_then(|v| v.parse::<u64>().ok());
@@ -275,6 +291,7 @@ fn main() {
         (Some("pattern"), Some(bytes), _) => pattern(bytes),
         (Some("alloc"), Some(mib), _) => alloc(mib),
         (Some("euid"), _, _) => euid(),
+        (Some("snapshot-point"), _, _) => snapshot_point(),
         (Some("connect"), Some(cid), Some(port)) => try_connect(cid as u32, port as u32),
         (Some("listen"), Some(port), Some(count)) => listen(port as u32, count as usize),
         (Some("send"), Some(port), Some(bytes)) => {

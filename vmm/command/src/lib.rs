@@ -69,6 +69,12 @@ pub struct VmmCommand {
     pub cgroup: Option<PathBuf>,
     /// The guest's network interface, if it has one.
     pub net: Option<NetDevice>,
+    /// A template boot: the VM is saved into this empty directory once its
+    /// agent is ready, and the VMM exits.
+    pub snapshot_to: Option<PathBuf>,
+    /// Start from the snapshot in this directory instead of booting: the
+    /// kernel, initramfs and kernel arguments are then not passed.
+    pub restore_from: Option<PathBuf>,
 }
 
 /// What the shim gives every sandbox's VM; [`VmmCommand::sandbox`] turns it
@@ -115,6 +121,8 @@ impl VmmCommand {
             jail: None,
             cgroup: None,
             net: None,
+            snapshot_to: None,
+            restore_from: None,
         }
     }
 
@@ -222,18 +230,37 @@ impl VmmCommand {
         self
     }
 
+    pub fn snapshot_to(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.snapshot_to = Some(dir.into());
+        self
+    }
+
+    pub fn restore_from(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.restore_from = Some(dir.into());
+        self
+    }
+
     /// The arguments, without the program name.
     pub fn args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec!["--kernel".into(), self.kernel.clone().into()];
+        let mut args: Vec<OsString> = Vec::new();
         let mut push = |flag: &str, value: OsString| {
             args.push(flag.into());
             args.push(value);
         };
-        if let Some(initrd) = &self.initrd {
-            push("--initrd", initrd.into());
+        if let Some(dir) = &self.restore_from {
+            // The snapshot holds the booted kernel.
+            push("--restore-from", dir.into());
+        } else {
+            push("--kernel", self.kernel.clone().into());
+            if let Some(initrd) = &self.initrd {
+                push("--initrd", initrd.into());
+            }
+            if !self.cmdline.is_empty() {
+                push("--cmdline", self.cmdline.join(" ").into());
+            }
         }
-        if !self.cmdline.is_empty() {
-            push("--cmdline", self.cmdline.join(" ").into());
+        if let Some(dir) = &self.snapshot_to {
+            push("--snapshot-to", dir.into());
         }
         if let Some(vcpus) = self.vcpus {
             push("--vcpus", vcpus.to_string().into());

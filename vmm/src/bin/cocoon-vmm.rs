@@ -9,7 +9,7 @@ use cocoon_vmm::devices::console_cap::CappedSink;
 use cocoon_vmm::jail::{self, Jail};
 use cocoon_vmm::seccomp;
 use cocoon_vmm::virtio::net::Tap;
-use cocoon_vmm::vm::{NetConfig, Vm, VmConfig, VmEvent, VsockConfig};
+use cocoon_vmm::vm::{Boot, KernelBoot, NetConfig, Vm, VmConfig, VmEvent, VsockConfig};
 
 /// Kernel arguments every Cocoon guest needs: the console on COM1, a restart
 /// through the i8042 (which ends the VM), and an immediate restart on panic
@@ -103,6 +103,30 @@ fn start_signal_thread(vm: &Vm) -> anyhow::Result<()> {
     Ok(())
 }
 
+// A template boot whose agent is ready: save the VM and end.
+fn save_template(vm: &mut Vm, launched: std::time::Instant) -> anyhow::Result<ExitCode> {
+    let result = vm.save_snapshot();
+    let code = match result {
+        Ok(saved) => {
+            tracing::info!(
+                after_ms = launched.elapsed().as_millis() as u64,
+                memory_bytes = saved.memory_bytes,
+                "VM saved"
+            );
+            0
+        }
+        Err(error) => {
+            eprintln!(
+                "cocoon-vmm: cannot save the VM: {error}; last console lines:\n{}",
+                vm.console().tail(30)
+            );
+            1
+        }
+    };
+    // The paused vCPU threads never return: end the process with the VM alive.
+    std::process::exit(code);
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("COCOON_VMM_LOG"))
@@ -156,10 +180,18 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .join(" ")
         .trim()
         .to_string();
+    let template = args.snapshot_to.is_some();
+    let boot = match (args.restore_from, args.kernel) {
+        (Some(dir), _) => Boot::Snapshot(dir),
+        (None, Some(kernel)) => Boot::Kernel(KernelBoot {
+            kernel,
+            initrd: args.initrd,
+            cmdline,
+            save_to: args.snapshot_to,
+        }),
+        (None, None) => anyhow::bail!("either --kernel or --restore-from is needed"),
+    };
     let config = VmConfig {
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline,
         vcpus: args.vcpus,
         memory_mib: args.memory_mib,
         console: console_sink(&args.console, args.console_limit)?,
@@ -171,7 +203,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         balloon: args.balloon,
         net,
     };
-    let mut vm = Vm::new(config)?;
+    let mut vm = Vm::new(config, boot)?;
     // Everything opened by host path is open now; every thread starts after
     // this and inherits the dropped capabilities and no_new_privs.
     if let Some(jail) = jail {
@@ -184,7 +216,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     vm.start_threads()?;
     start_signal_thread(&vm)?;
     // Last: the filter of the main thread, which created every other thread.
-    seccomp::install(&seccomp::filter(seccomp::Role::Main)?)?;
+    let role = if template {
+        seccomp::Role::TemplateMain
+    } else {
+        seccomp::Role::Main
+    };
+    seccomp::install(&seccomp::filter(role)?)?;
     vm.release_vcpus();
     tracing::info!(
         after_ms = launched.elapsed().as_millis() as u64,
@@ -192,6 +229,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         "vCPUs started"
     );
     let mut event = vm.next_event(None).unwrap_or(VmEvent::Stop);
+    if matches!(event, VmEvent::SnapshotPoint) {
+        return save_template(&mut vm, launched);
+    }
     if matches!(event, VmEvent::Stop) {
         // Give the guest a chance to stop its workloads; a second signal or
         // the timeout ends the VM regardless.
@@ -199,7 +239,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("cocoon-vmm: asking the guest to shut down (at most {timeout:?})");
         vm.request_guest_shutdown();
         event = match vm.next_event(Some(timeout)) {
-            Some(VmEvent::Stop) | None => {
+            Some(VmEvent::Stop | VmEvent::SnapshotPoint) | None => {
                 eprintln!("cocoon-vmm: the guest did not shut down; stopping it");
                 VmEvent::Stop
             }
@@ -214,7 +254,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
             ExitCode::FAILURE
         }
-        VmEvent::GuestReset | VmEvent::Stop => ExitCode::SUCCESS,
+        VmEvent::GuestReset | VmEvent::Stop | VmEvent::SnapshotPoint => ExitCode::SUCCESS,
         VmEvent::VcpuFailed { vcpu, reason } => {
             eprintln!(
                 "cocoon-vmm: vCPU {vcpu} stopped: {reason}; last console lines:\n{}",

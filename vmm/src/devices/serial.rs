@@ -1,11 +1,13 @@
 //! COM1: a 16550A UART (vm-superio) on port 0x3f8 with a working IRQ 4, so
 //! the guest's interrupt-driven console never stalls.
 
-use vm_superio::{serial::NoEvents, Serial, Trigger};
+use vm_superio::serial::{NoEvents, SerialState};
+use vm_superio::{Serial, Trigger};
 
 use super::console_log::ConsoleWriter;
 use super::irq::IrqLine;
 use crate::bus::BusDevice;
+use crate::snapshot::SerialRegisters;
 
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_PORTS: u64 = 8;
@@ -20,6 +22,46 @@ impl<T: Trigger> SerialConsole<T> {
     pub fn new(irq: T, writer: ConsoleWriter) -> Self {
         Self {
             uart: Serial::new(irq, writer),
+        }
+    }
+
+    /// A UART in the state a snapshot saved (see [`saved`](Self::saved)).
+    pub fn from_saved(
+        irq: T,
+        writer: ConsoleWriter,
+        saved: &SerialRegisters,
+    ) -> Result<Self, String> {
+        let state = SerialState {
+            baud_divisor_low: saved.baud_divisor_low,
+            baud_divisor_high: saved.baud_divisor_high,
+            interrupt_enable: saved.interrupt_enable,
+            interrupt_identification: saved.interrupt_identification,
+            line_control: saved.line_control,
+            line_status: saved.line_status,
+            modem_control: saved.modem_control,
+            modem_status: saved.modem_status,
+            scratch: saved.scratch,
+            in_buffer: saved.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&state, irq, NoEvents, writer)
+            .map_err(|error| format!("{error:?}"))?;
+        Ok(Self { uart })
+    }
+
+    /// The UART's registers and receive FIFO, for a snapshot.
+    pub fn saved(&self) -> SerialRegisters {
+        let state = self.uart.state();
+        SerialRegisters {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer,
         }
     }
 

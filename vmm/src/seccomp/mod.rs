@@ -57,6 +57,10 @@ pub enum Role {
     Signals,
     /// The main thread once the VM runs: waits for the event that ends it.
     Main,
+    /// A vCPU of a template boot, which also reads its state to be saved.
+    TemplateVcpu,
+    /// The main thread of a template boot, which also saves the VM.
+    TemplateMain,
 }
 
 impl std::fmt::Display for Role {
@@ -66,6 +70,8 @@ impl std::fmt::Display for Role {
             Self::Worker(device_type) => write!(f, "workers of virtio device type {device_type}"),
             Self::Signals => f.write_str("the signal thread"),
             Self::Main => f.write_str("the main thread"),
+            Self::TemplateVcpu => f.write_str("vCPU threads of a template boot"),
+            Self::TemplateMain => f.write_str("the main thread of a template boot"),
         }
     }
 }
@@ -93,10 +99,12 @@ fn filter_for(
     mismatch: SeccompAction,
 ) -> Result<Filter, SeccompError> {
     let rules = match role {
-        Role::Vcpu => vcpu::rules(),
+        Role::Vcpu => vcpu::rules(false),
+        Role::TemplateVcpu => vcpu::rules(true),
         Role::Worker(device_type) => worker::rules(device_type),
         Role::Signals => signals::rules(),
-        Role::Main => main_thread::rules(),
+        Role::Main => main_thread::rules(false),
+        Role::TemplateMain => main_thread::rules(true),
     };
     let filter = SeccompFilter::new(rules.syscalls, mismatch, SeccompAction::Allow, arch).map_err(
         |source| SeccompError::Build {
@@ -224,6 +232,34 @@ const FUTEX_CMD_MASK: u64 = 0x7f;
 const KVM_RUN: u64 = 0xae80;
 /// KVM_IRQ_LINE: `_IOW(KVMIO, 0x61, struct kvm_irq_level)`.
 const KVM_IRQ_LINE: u64 = 0x4008_ae61;
+
+// `_IOR(KVMIO, nr, T)` and `_IOWR(KVMIO, nr, T)`.
+const fn kvm_ior<T>(nr: u64) -> u64 {
+    (2 << 30) | ((std::mem::size_of::<T>() as u64) << 16) | (0xae << 8) | nr
+}
+const fn kvm_iowr<T>(nr: u64) -> u64 {
+    (3 << 30) | ((std::mem::size_of::<T>() as u64) << 16) | (0xae << 8) | nr
+}
+
+/// The ioctls that read a vCPU's state (`snapshot::vcpu_state`).
+const KVM_GET_VCPU_STATE: [u64; 9] = [
+    kvm_ior::<kvm_bindings::kvm_regs>(0x81),
+    kvm_ior::<kvm_bindings::kvm_sregs>(0x83),
+    kvm_iowr::<kvm_bindings::kvm_msrs>(0x88),
+    kvm_ior::<kvm_bindings::kvm_lapic_state>(0x8e),
+    kvm_ior::<kvm_bindings::kvm_mp_state>(0x98),
+    kvm_ior::<kvm_bindings::kvm_vcpu_events>(0x9f),
+    kvm_ior::<kvm_bindings::kvm_debugregs>(0xa1),
+    kvm_ior::<kvm_bindings::kvm_xsave>(0xa4),
+    kvm_ior::<kvm_bindings::kvm_xcrs>(0xa6),
+];
+
+/// The ioctls that read the VM's state (`snapshot::vm_state`).
+const KVM_GET_VM_STATE: [u64; 3] = [
+    kvm_iowr::<kvm_bindings::kvm_irqchip>(0x62),
+    kvm_ior::<kvm_bindings::kvm_pit_state2>(0x9f),
+    kvm_ior::<kvm_bindings::kvm_clock_data>(0x7c),
+];
 
 #[cfg(test)]
 mod tests;

@@ -5,10 +5,12 @@ use crate::virtio::{
     VIRTIO_ID_BALLOON, VIRTIO_ID_FS, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK,
 };
 
-const ROLES: [Role; 8] = [
+const ROLES: [Role; 10] = [
     Role::Vcpu,
     Role::Signals,
     Role::Main,
+    Role::TemplateVcpu,
+    Role::TemplateMain,
     Role::Worker(VIRTIO_ID_RNG),
     Role::Worker(VIRTIO_ID_VSOCK),
     Role::Worker(VIRTIO_ID_FS),

@@ -3,14 +3,19 @@
 //! virtio-mmio transports, whose DRIVER_OK activates a device and whose reset
 //! stops one).
 
-use super::{runtime, Rules, KVM_IRQ_LINE, KVM_RUN};
+use super::{runtime, Rules, KVM_GET_VCPU_STATE, KVM_IRQ_LINE, KVM_RUN};
 
-pub(super) fn rules() -> Rules {
+/// `saving`: a template boot's vCPU, which reads its own state when paused.
+pub(super) fn rules(saving: bool) -> Rules {
     let mut rules = Rules::default();
     runtime(&mut rules);
+    let mut ioctls = vec![KVM_RUN, KVM_IRQ_LINE];
+    if saving {
+        ioctls.extend(KVM_GET_VCPU_STATE);
+    }
     rules
         // Running the guest, and pulsing IOAPIC pins (serial, virtio).
-        .allow_arg(libc::SYS_ioctl, 1, &[KVM_RUN, KVM_IRQ_LINE])
+        .allow_arg(libc::SYS_ioctl, 1, &ioctls)
         .allow(&[
             // Device activation: a worker's epoll set, stop eventfd, fd copies
             // (dup through fcntl), queue notification kicks.

@@ -2,6 +2,7 @@
 //! runs KVM_RUN in a loop and hands port I/O and MMIO exits to the buses.
 //! Anything that ends the guest is reported as a [`VmEvent`].
 
+pub mod kick;
 pub mod setup;
 #[cfg(debug_assertions)]
 pub mod test_hook;
@@ -13,6 +14,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
 use crate::seccomp::{self, Filter, SeccompError};
+use crate::snapshot::pause::VcpuPause;
 use crate::vm_event::VmEvent;
 
 pub struct Vcpu {
@@ -33,6 +35,8 @@ pub struct VcpuStart {
     pub filter: Filter,
     pub ready: Sender<Result<(), SeccompError>>,
     pub release: Receiver<()>,
+    /// A template boot's pause request, looked at after every exit.
+    pub pause: Option<Arc<VcpuPause>>,
 }
 
 impl Vcpu {
@@ -48,6 +52,7 @@ impl Vcpu {
                 filter,
                 ready,
                 release,
+                pause,
             } = start;
             let installed = seccomp::install(&filter);
             let ok = installed.is_ok();
@@ -58,15 +63,18 @@ impl Vcpu {
             if !ok || release.recv().is_err() {
                 return;
             }
-            let event = self.run(&buses);
+            let event = self.run(&buses, pause.as_deref());
             let _ = events.send(event);
         })
     }
 
-    fn run(&mut self, buses: &Buses) -> VmEvent {
+    fn run(&mut self, buses: &Buses, pause: Option<&VcpuPause>) -> VmEvent {
         let id = self.id;
         let failed = |reason: String| VmEvent::VcpuFailed { vcpu: id, reason };
         loop {
+            if let Some(pause) = pause.filter(|pause| pause.requested()) {
+                pause.pause_here(id, &mut self.fd);
+            }
             let exit = self.fd.run();
             #[cfg(debug_assertions)]
             test_hook::check(id);

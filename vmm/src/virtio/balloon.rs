@@ -24,7 +24,6 @@ use std::sync::Arc;
 
 use tracing::debug;
 use virtio_queue::{DescriptorChain, Queue};
-use vm_memory::mmap::GuestRegionMmap;
 use vm_memory::{GuestAddress, GuestMemory as _, GuestMemoryRegion};
 
 use super::config::{read_config_bytes, write_config_bytes};
@@ -65,9 +64,6 @@ const AVAIL_FEATURES: u64 =
 // free_page_hint_cmd_id, poison_val (le32 each). Only `actual` is ever nonzero.
 const CONFIG_SIZE: usize = 16;
 const ACTUAL_OFFSET: u64 = 4;
-
-// The only mappings where MADV_DONTNEED frees memory and later reads give zeros.
-const ANONYMOUS_PRIVATE: i32 = libc::MAP_ANONYMOUS | libc::MAP_PRIVATE;
 
 /// Switches guest RAM to small pages; the balloon calls it at the first
 /// report of each activation.
@@ -342,7 +338,7 @@ fn discard_chain(chain: DescriptorChain<&GuestMemory>) -> Result<u64, ReportErro
 }
 
 // Resolves one reported range to host memory: page aligned, not empty, not
-// wrapping, and entirely inside one private anonymous region.
+// wrapping, and entirely inside one private region.
 fn free_range(mem: &GuestMemory, addr: u64, len: u32) -> Result<FreeRange, ReportError> {
     let bad = |why| ReportError::BadRange { addr, len, why };
     if len == 0 {
@@ -365,8 +361,8 @@ fn free_range(mem: &GuestMemory, addr: u64, len: u32) -> Result<FreeRange, Repor
             bad("runs past guest memory")
         });
     }
-    if !anonymous_private(region) {
-        return Err(bad("is not in private anonymous memory"));
+    if region.flags() & libc::MAP_PRIVATE == 0 {
+        return Err(bad("is not in private memory"));
     }
     let host = region
         .get_host_address(offset)
@@ -378,19 +374,18 @@ fn free_range(mem: &GuestMemory, addr: u64, len: u32) -> Result<FreeRange, Repor
     })
 }
 
-fn anonymous_private(region: &GuestRegionMmap<()>) -> bool {
-    region.file_offset().is_none() && region.flags() & ANONYMOUS_PRIVATE == ANONYMOUS_PRIVATE
-}
-
 fn discard(range: &FreeRange) -> Result<(), ReportError> {
     // SAFETY: free_range checked that [host, host + len) lies inside one region
-    // of guest memory, a private anonymous mapping of this process that stays
-    // mapped while the worker holds `mem` (the caller borrows it). The call
-    // affects no Rust object: guest memory is only ever accessed through
-    // volatile pointers, and once the pages are dropped every access reads
-    // fresh zero pages. Dropping them is what the guest asked for: it gave the
-    // pages up by reporting them, and since we do not offer
-    // VIRTIO_BALLOON_F_PAGE_POISON the spec lets a reused page read as zeros.
+    // of guest memory, a private mapping of this process that stays mapped
+    // while the worker holds `mem` (the caller borrows it). The call affects
+    // no Rust object: guest memory is only ever accessed through volatile
+    // pointers, and once the pages are dropped every access reads fresh zero
+    // pages (anonymous memory) or the snapshot's bytes again (a VM started
+    // from a snapshot file, mapped privately). Either is what the guest
+    // allowed by reporting the pages: we do not offer
+    // VIRTIO_BALLOON_F_PAGE_POISON, so a reused page's content is undefined
+    // (and a Linux guest that needs freed pages zeroed, init_on_free, does
+    // not report without that feature).
     let result =
         unsafe { libc::madvise(range.host.cast(), range.len as usize, libc::MADV_DONTNEED) };
     if result == 0 {

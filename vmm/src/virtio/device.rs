@@ -227,6 +227,10 @@ impl<D: Device> VirtioDevice for D {
         Ok(())
     }
 
+    fn quiesce(&mut self) {
+        self.state().stop_workers();
+    }
+
     fn reset(&mut self) -> bool {
         let workers_were_running = self.state().stop_workers();
         self.state().acked_features = 0;

@@ -88,6 +88,13 @@ impl VirtioInterrupt {
     }
 
     /// Forgets all pending interrupt state; called when the device is reset.
+    /// Sets the bits the driver had not acknowledged when a VM was saved
+    /// (the line itself is restored with the irqchip).
+    pub fn restore_status(&self, bits: u32) {
+        self.status
+            .store(bits & (INT_USED_RING | INT_CONFIG_CHANGE), Ordering::SeqCst);
+    }
+
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);
         self.needs_reset.store(false, Ordering::SeqCst);

@@ -92,7 +92,7 @@ pub struct MmioTransport {
 
 // Why the device could not be started at DRIVER_OK.
 #[derive(Debug, thiserror::Error)]
-enum SetupError {
+pub enum SetupError {
     #[error("queue {0} has an invalid size or address, or lies outside guest memory")]
     BadQueue(usize),
     #[error("queue {0}: {1}")]
@@ -664,6 +664,10 @@ fn rings_in_memory(queue: &Queue, mem: &GuestMemory) -> bool {
         addr.checked_add(len as u64).is_some() && mem.check_range(GuestAddress(addr), len)
     })
 }
+
+mod snapshot;
+
+pub use snapshot::{RestoreError, TransportState};
 
 #[cfg(test)]
 mod tests;

@@ -119,6 +119,10 @@ pub trait VirtioDevice: Send {
         queue_events: Vec<EventFd>,
     ) -> Result<(), ActivateError>;
 
+    /// Stops the workers for good, keeping what the driver set: the VM is
+    /// being saved and ends afterwards.
+    fn quiesce(&mut self) {}
+
     /// Stop workers and forget queue state; returns true if the device supports reset.
     fn reset(&mut self) -> bool {
         false

@@ -2,12 +2,14 @@
 //! reference in the same (host) machine, reported as ratios.
 //!
 //! Run inside tests/kvm-host (it needs real KVM):
-//!   cocoon-bench [--vmm PATH] [--runs N] [--launch-only | --pods-only | --http-only] [--http-mib N]
+//!   cocoon-bench [--vmm PATH] [--runs N] [--launch-only | --ctr-only | --pods-only | --http-only] [--http-mib N]
 //!
 //! - cocoon-vmm against QEMU microvm: launch → guest /init, and the VMM's
-//!   memory outside guest RAM (`vmm_launch.rs`);
-//! - `ctr run --rm` with Cocoon against runc through one private containerd,
-//!   and the memory of an idle Cocoon sandbox (`ctr_run.rs`);
+//!   memory outside guest RAM (`vmm_launch.rs`); a restore from a template
+//!   against a fresh boot, until the agent answers (`vmm_restore.rs`);
+//! - `ctr run --rm` with Cocoon from a template, Cocoon booting and runc,
+//!   through private containerds, and the memory of idle Cocoon sandboxes
+//!   from templates and booted (`ctr_run.rs`);
 //! - Kubernetes pods through one private CRI node (`cocoon_tests::cri`),
 //!   handler cocoon against runc: pod start (`pod_start.rs`), an idle pod's
 //!   memory (`pod_memory.rs`), HTTP download from a pod (`pod_http.rs`).
@@ -22,6 +24,7 @@ mod pod_memory;
 mod pod_start;
 mod summary;
 mod vmm_launch;
+mod vmm_restore;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,13 +50,21 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(pod_http::FILE_MIB);
     require_hardware_kvm();
+    if flag("--restore-trace") {
+        vmm_launch::trace_restore(&vmm);
+        return;
+    }
 
     let mut summary = Summary::new();
     let pods_only = flag("--pods-only") || flag("--http-only");
-    if !pods_only {
+    let ctr_only = flag("--ctr-only");
+    if !pods_only && !ctr_only {
         vmm_launch::measure(&vmm, runs, &mut summary);
     }
-    if !flag("--launch-only") {
+    if ctr_only {
+        let runtime = LocalRuntime::new(&vmm);
+        ctr_run::measure(&runtime, runs.min(5), &mut summary);
+    } else if !flag("--launch-only") {
         let runtime = LocalRuntime::new(&vmm);
         if !pods_only {
             ctr_run::measure(&runtime, runs.min(5), &mut summary);
@@ -68,6 +79,10 @@ fn main() {
             pod_start::measure(&cri, runs.min(pod_start::MAX_RUNS), &mut summary);
             pod_memory::measure(&cri, &mut summary);
         }
+        println!(
+            "cocoon pod sandboxes started from a template so far: {}",
+            cri.containerd.sandboxes_from_templates()
+        );
         pod_http::measure(&cri, http_mib, &mut summary);
     }
     summary.print();

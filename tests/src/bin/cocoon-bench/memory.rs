@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 pub struct Memory {
     pub rss: u64,
     pub pss: u64,
+    /// `pss` and `rss` of the largest mapping alone: a VMM's guest RAM
+    /// (anonymous, or a template's memory file mapped privately).
+    pub largest_pss: u64,
+    pub largest_rss: u64,
 }
 
 /// The mean per sandbox.
@@ -32,6 +36,12 @@ impl SandboxMemory {
             mib(self.vmm.rss),
             mib(self.total().rss)
         );
+        println!(
+            "  cocoon-vmm's guest RAM mapping: Pss {:.1} MiB, Rss {:.1} MiB (the rest of the VMM: Pss {:.1} MiB)",
+            mib(self.vmm.largest_pss),
+            mib(self.vmm.largest_rss),
+            mib(self.vmm.pss - self.vmm.largest_pss)
+        );
     }
 
     /// `Pss (Rss) MiB` of shim and VMM together, for the summary table.
@@ -44,6 +54,8 @@ impl SandboxMemory {
         Memory {
             rss: self.shim.rss + self.vmm.rss,
             pss: self.shim.pss + self.vmm.pss,
+            largest_pss: self.shim.largest_pss + self.vmm.largest_pss,
+            largest_rss: self.shim.largest_rss + self.vmm.largest_rss,
         }
     }
 }
@@ -80,12 +92,16 @@ pub fn idle_sandboxes(vmm_pids: &[u32]) -> SandboxMemory {
         ] {
             sum.rss += one.rss;
             sum.pss += one.pss;
+            sum.largest_pss += one.largest_pss;
+            sum.largest_rss += one.largest_rss;
         }
     }
     let count = vmm_pids.len() as u64;
     let mean = |sum: Memory| Memory {
         rss: sum.rss / count,
         pss: sum.pss / count,
+        largest_pss: sum.largest_pss / count,
+        largest_rss: sum.largest_rss / count,
     };
     SandboxMemory {
         shim: mean(shim),
@@ -98,14 +114,47 @@ fn parent_pid(pid: u32) -> u32 {
     number_after(&status, "PPid:") as u32
 }
 
-/// `Rss` and `Pss` of a process's smaps_rollup, in KiB.
+/// `Rss` and `Pss` of a process's smaps_rollup, in KiB, and of its largest
+/// mapping (from smaps).
 fn memory(pid: u32) -> Memory {
     let rollup =
         std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("smaps_rollup");
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let (largest_rss, largest_pss) = largest_mapping(&smaps);
     Memory {
         rss: number_after(&rollup, "Rss:"),
         pss: number_after(&rollup, "Pss:"),
+        largest_pss,
+        largest_rss,
     }
+}
+
+/// `Rss` and `Pss` (KiB) of the largest mapping in `smaps`.
+fn largest_mapping(smaps: &str) -> (u64, u64) {
+    let mut largest = (0, 0, 0); // size, rss, pss
+    let mut current = (0, 0, 0);
+    let value = |rest: &str| {
+        rest.split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    for line in smaps.lines() {
+        if let Some(rest) = line.strip_prefix("Size:") {
+            if current.0 > largest.0 {
+                largest = current;
+            }
+            current = (value(rest), 0, 0);
+        } else if let Some(rest) = line.strip_prefix("Rss:") {
+            current.1 = value(rest);
+        } else if let Some(rest) = line.strip_prefix("Pss:") {
+            current.2 = value(rest);
+        }
+    }
+    if current.0 > largest.0 {
+        largest = current;
+    }
+    (largest.1, largest.2)
 }
 
 /// The number after `name` on its line.

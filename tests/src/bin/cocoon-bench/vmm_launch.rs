@@ -1,7 +1,8 @@
 //! cocoon-vmm against QEMU `-M microvm -enable-kvm`, same kernel and
 //! initramfs: launch → guest /init (the agent's banner on the console),
 //! median of N interleaved runs each; and cocoon-vmm's resident memory
-//! outside guest RAM with an idle guest.
+//! outside guest RAM with an idle guest. Then, from the same inputs, a
+//! restore from a template against a fresh boot (`vmm_restore.rs`).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -65,6 +66,17 @@ pub fn measure(vmm: &Path, runs: usize, summary: &mut Summary) {
         format!("{:.2} MiB", overhead_kib as f64 / 1024.0),
         "≤ 5 MiB",
     );
+    // The same local inputs: restore → agent ready against a fresh boot.
+    crate::vmm_restore::measure(&vmm, &kernel, &initramfs, runs, summary);
+}
+
+/// `--restore-trace` (`vmm_restore::trace`) from the same local inputs.
+pub fn trace_restore(vmm: &Path) {
+    let local = tempfile::tempdir().expect("temporary directory");
+    let vmm = on_local_storage(local.path(), vmm);
+    let kernel = on_local_storage(local.path(), &build_output("vmlinux"));
+    let initramfs = on_local_storage(local.path(), &build_output("initramfs.img"));
+    crate::vmm_restore::trace(&vmm, &kernel, &initramfs);
 }
 
 fn cocoon_command(vmm: &Path, kernel: &Path, initramfs: &Path) -> Command {
