@@ -338,3 +338,23 @@ write("net_queues", "hostile", u8(0x1f) + u8(0)
       + net_tx(100, PLAIN, shape=(2 << 3)) + net_tx(100, PLAIN, shape=(3 << 3))
       + net_tx(100, PLAIN, shape=(5 << 3)) + net_tx(100, PLAIN, shape=(6 << 3) | 2, cuts=(1, 50))
       + net_host(1514, PLAIN) + net_host(100, PLAIN) + SETTLE)
+
+# block_queues: byte 0 picks features (bit 0 EVENT_IDX), then chains
+# `[type, sector (8 bytes), nsegs]` + descriptors `[kind, l0, l1, next]`
+# (kind 0 header, 1 data of l0 sectors, 2 status; 0x10 device-writable).
+def blk_chain(type_, sector, segs):
+    return u8(type_) + struct.pack("<Q", sector) + u8(len(segs) - 1) + b"".join(
+        u8(k) + u16(l) + u8(0) for k, l in segs)
+
+HDR, STATUS_W = (0, 16), (0x12, 1)
+write("block_queues", "write_read", u8(1)
+      + blk_chain(1, 3, [HDR, (1, 2), STATUS_W])
+      + blk_chain(0, 3, [HDR, (0x11, 2), STATUS_W])
+      + blk_chain(2, 0, [HDR, (0x13, 20), STATUS_W]))
+write("block_queues", "hostile", u8(0)
+      + blk_chain(0x80, 1, [HDR, (0x11, 2), STATUS_W])
+      + blk_chain(1, 0, [HDR, (0x11, 1), STATUS_W])
+      + blk_chain(3, 0, [HDR, (1, 1), STATUS_W])
+      + blk_chain(0, 0, [(0, 8), (0x11, 1), STATUS_W])
+      + blk_chain(0, 0, [HDR, (0x14, 512), STATUS_W])
+      + blk_chain(1, 0, [HDR, (1, 1), (2, 1)]))

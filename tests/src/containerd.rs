@@ -267,9 +267,29 @@ impl Containerd {
     /// the native snapshotter, which works on any file system (the host VM's
     /// root is an overlay, on which overlayfs cannot stack).
     pub fn run(&self, runtime: &str, flags: &[&str], id: &str, args: &[&str]) -> Output {
+        self.run_on_snapshotter("native", runtime, flags, id, args)
+    }
+
+    /// [`Containerd::run`] on another snapshotter (`overlayfs` needs
+    /// [`Extra::tmpfs`]).
+    pub fn run_on_snapshotter(
+        &self,
+        snapshotter: &str,
+        runtime: &str,
+        flags: &[&str],
+        id: &str,
+        args: &[&str],
+    ) -> Output {
         let mut command = vec!["run"];
         command.extend_from_slice(flags);
-        command.extend_from_slice(&["--runtime", runtime, "--snapshotter", "native", BUSYBOX, id]);
+        command.extend_from_slice(&[
+            "--runtime",
+            runtime,
+            "--snapshotter",
+            snapshotter,
+            BUSYBOX,
+            id,
+        ]);
         command.extend_from_slice(args);
         self.ctr(&command)
     }

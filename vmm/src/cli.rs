@@ -71,6 +71,11 @@ pub struct Args {
     /// all zeros). Needs --net-fd.
     #[arg(long, value_name = "MAC", value_parser = parse_mac, requires = "net_fd")]
     pub net_mac: Option<[u8; 6]>,
+    /// Give the guest a virtio-blk disk backed by this inherited, open
+    /// regular file (O_RDWR; its size, a whole number of 512-byte sectors,
+    /// is the disk's).
+    #[arg(long, value_name = "FD")]
+    pub disk_fd: Option<i32>,
     /// A template boot: when the guest's agent is ready, save the VM into
     /// this empty directory and exit (the kernel gets "cocoon.template").
     #[arg(long, value_name = "DIR", conflicts_with = "restore_from")]
@@ -151,7 +156,8 @@ mod tests {
             .net(NetDevice {
                 tap_fd: 9,
                 mac: [0x02, 0x42, 0xac, 0x11, 0x00, 0xfe],
-            });
+            })
+            .disk_fd(11);
         let args = parse(&command);
         assert_eq!(args.kernel.as_deref(), Some(Path::new("/boot/vmlinux")));
         assert_eq!(
@@ -184,6 +190,7 @@ mod tests {
         assert!(args.balloon);
         assert_eq!(args.net_fd, Some(9));
         assert_eq!(args.net_mac, Some([0x02, 0x42, 0xac, 0x11, 0x00, 0xfe]));
+        assert_eq!(args.disk_fd, Some(11));
     }
 
     #[test]

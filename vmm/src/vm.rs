@@ -33,6 +33,7 @@ use crate::seccomp::{self, Role, SeccompError};
 use crate::snapshot;
 use crate::vcpu::{setup, Buses, Vcpu, VcpuStart};
 use crate::virtio::balloon::Balloon;
+use crate::virtio::block::{Block, DiskFile};
 use crate::virtio::fs::Fs;
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::net::{Net, Tap};
@@ -74,6 +75,8 @@ pub struct VmConfig {
     pub balloon: bool,
     /// virtio-net: the tap (checked already) and the guest's MAC.
     pub net: Option<NetConfig>,
+    /// virtio-blk: the scratch disk's file (checked already).
+    pub disk: Option<DiskFile>,
 }
 
 /// The guest's network interface: a tap checked by [`Tap::from_inherited_fd`]
@@ -222,6 +225,7 @@ impl Vm {
         if boot.save_to.is_some() {
             cmdline = format!("{cmdline} {}", cocoon_protocol::TEMPLATE_ARG);
         }
+        let disk_sectors = config.disk.as_ref().map(DiskFile::sectors);
         let devices = attach_virtio_devices(&vm, &memory, &mut config, &cmdline)?;
         clock.done("kernel, initramfs and devices ready");
         params::write_boot_params(&memory, &kernel, initrd.as_ref(), &devices.cmdline)?;
@@ -237,6 +241,7 @@ impl Vm {
                 &kvm,
                 dir,
                 config.vcpus,
+                disk_sectors,
                 &events.0,
                 &mut pio,
             )?),
@@ -516,6 +521,9 @@ fn attach_virtio_devices(
     if let Some(net) = config.net.take() {
         virtio.attach(Box::new(Net::new(net.tap, net.mac)), &mut mmio)?;
     }
+    if let Some(disk) = config.disk.take() {
+        virtio.attach(Box::new(Block::new(disk)), &mut mmio)?;
+    }
     // Last, so that the other devices keep their windows and IRQs either way.
     if config.balloon {
         let balloon = Balloon::with_small_pages_switch(memory::prefer_small_pages);
@@ -567,10 +575,11 @@ fn add_snapshot_point(
     kvm: &Kvm,
     dir: &std::path::Path,
     vcpus: u8,
+    disk_sectors: Option<u64>,
     events: &Sender<VmEvent>,
     pio: &mut Bus,
 ) -> Result<snapshot::Template, VmError> {
-    let template = snapshot::Template::new(kvm, dir, vcpus)?;
+    let template = snapshot::Template::new(kvm, dir, vcpus, disk_sectors)?;
     let point = snapshot::pause::SnapshotPoint::new(template.pause(), events.clone());
     pio.insert(
         cocoon_protocol::SNAPSHOT_POINT_PORT.into(),

@@ -69,6 +69,8 @@ pub struct VmmCommand {
     pub cgroup: Option<PathBuf>,
     /// The guest's network interface, if it has one.
     pub net: Option<NetDevice>,
+    /// An inherited fd of the regular file behind the guest's disk.
+    pub disk_fd: Option<i32>,
     /// A template boot: the VM is saved into this empty directory once its
     /// agent is ready, and the VMM exits.
     pub snapshot_to: Option<PathBuf>,
@@ -121,6 +123,7 @@ impl VmmCommand {
             jail: None,
             cgroup: None,
             net: None,
+            disk_fd: None,
             snapshot_to: None,
             restore_from: None,
         }
@@ -230,6 +233,13 @@ impl VmmCommand {
         self
     }
 
+    /// A virtio-blk disk on the inherited fd `fd` (a regular file, O_RDWR,
+    /// without CLOEXEC in the child).
+    pub fn disk_fd(mut self, fd: i32) -> Self {
+        self.disk_fd = Some(fd);
+        self
+    }
+
     pub fn snapshot_to(mut self, dir: impl Into<PathBuf>) -> Self {
         self.snapshot_to = Some(dir.into());
         self
@@ -300,6 +310,9 @@ impl VmmCommand {
         if let Some(net) = &self.net {
             push("--net-fd", net.tap_fd.to_string().into());
             push("--net-mac", net.mac_text().into());
+        }
+        if let Some(fd) = self.disk_fd {
+            push("--disk-fd", fd.to_string().into());
         }
         if self.balloon {
             args.push("--balloon".into());

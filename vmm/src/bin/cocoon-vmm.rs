@@ -8,6 +8,7 @@ use cocoon_vmm::cli::Args;
 use cocoon_vmm::devices::console_cap::CappedSink;
 use cocoon_vmm::jail::{self, Jail};
 use cocoon_vmm::seccomp;
+use cocoon_vmm::virtio::block::DiskFile;
 use cocoon_vmm::virtio::net::Tap;
 use cocoon_vmm::vm::{Boot, KernelBoot, NetConfig, Vm, VmConfig, VmEvent, VsockConfig};
 
@@ -152,6 +153,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }),
         _ => None,
     };
+    let disk = args.disk_fd.map(DiskFile::from_inherited_fd).transpose()?;
     // Before guest memory exists, so that all of it is charged there.
     if let Some(cgroup) = &args.cgroup {
         jail::cgroup::join(cgroup)?;
@@ -202,6 +204,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }),
         balloon: args.balloon,
         net,
+        disk,
     };
     let mut vm = Vm::new(config, boot)?;
     // Everything opened by host path is open now; every thread starts after

@@ -2,7 +2,7 @@
 //! kind of device does on top (entropy, Unix sockets, files, freeing memory).
 
 use crate::virtio::{
-    VIRTIO_ID_BALLOON, VIRTIO_ID_FS, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK,
+    VIRTIO_ID_BALLOON, VIRTIO_ID_BLOCK, VIRTIO_ID_FS, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK,
 };
 
 use super::{runtime, Rules, KVM_IRQ_LINE};
@@ -28,6 +28,7 @@ pub(super) fn rules(device_type: u32) -> Rules {
         VIRTIO_ID_FS => fs(&mut rules),
         VIRTIO_ID_BALLOON => balloon(&mut rules),
         VIRTIO_ID_NET => net(&mut rules),
+        VIRTIO_ID_BLOCK => block(&mut rules),
         _ => {}
     }
     rules
@@ -35,6 +36,12 @@ pub(super) fn rules(device_type: u32) -> Rules {
 
 // Entropy for the guest: getrandom, already in the runtime set.
 fn rng(_rules: &mut Rules) {}
+
+// The disk: positional vectored reads and writes of its file, straight
+// between the file and guest memory.
+fn block(rules: &mut Rules) {
+    rules.allow(&[libc::SYS_preadv, libc::SYS_pwritev]);
+}
 
 fn vsock(rules: &mut Rules) {
     rules

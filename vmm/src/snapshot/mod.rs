@@ -114,6 +114,9 @@ pub struct Snapshot {
     pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
     /// The virtio device types in attachment order (so MMIO window and IRQ).
     pub devices: Vec<u32>,
+    /// The size of the disk, if the VM has one, in sectors: the guest read
+    /// it at boot, so a restored VM's disk must have it too.
+    pub disk_sectors: Option<u64>,
     pub vm: VmState,
     pub vcpu_states: Vec<VcpuState>,
     pub transports: Vec<TransportState>,

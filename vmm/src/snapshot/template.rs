@@ -19,10 +19,17 @@ pub struct Template {
     /// The CPUID every vCPU got (vCPU 0's): a restore on a host that would
     /// give another is refused.
     pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// The size of the VM's disk, if it has one, in sectors.
+    pub disk_sectors: Option<u64>,
 }
 
 impl Template {
-    pub fn new(kvm: &Kvm, dir: &Path, vcpus: u8) -> Result<Self, SnapshotError> {
+    pub fn new(
+        kvm: &Kvm,
+        dir: &Path,
+        vcpus: u8,
+        disk_sectors: Option<u64>,
+    ) -> Result<Self, SnapshotError> {
         let msr_indices = kvm
             .get_msr_index_list()
             .map_err(|source| SnapshotError::Vm {
@@ -36,6 +43,7 @@ impl Template {
             pause: Arc::new(VcpuPause::new(msr_indices)),
             vmm: vmm_identity()?,
             cpuid: vcpu0_cpuid(kvm, vcpus)?,
+            disk_sectors,
         })
     }
 

@@ -5,6 +5,7 @@
 //! the device as needing reset) instead of panicking.
 
 pub mod balloon;
+pub mod block;
 pub mod config;
 mod device;
 mod epoll_worker;
@@ -42,6 +43,8 @@ pub const VIRTIO_ID_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 pub const VIRTIO_ID_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 /// Virtio device type of the file system device.
 pub const VIRTIO_ID_FS: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
+/// Virtio device type of the block device.
+pub const VIRTIO_ID_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 /// Virtio device type of the memory balloon device.
 pub const VIRTIO_ID_BALLOON: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
 

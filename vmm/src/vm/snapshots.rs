@@ -17,6 +17,7 @@ use crate::snapshot::{
     memory_file, vcpu0_cpuid, Snapshot, SnapshotError, SnapshotInput, VmState, FORMAT,
 };
 use crate::vcpu::{setup, Vcpu};
+use crate::virtio::block::DiskFile;
 
 // How long the vCPUs of a template boot get to pause. Generous: under
 // emulation a kick takes a while to land.
@@ -50,6 +51,13 @@ impl Vm {
             return Err(mismatch(format!(
                 "it has {} vCPUs and {} MiB of memory, this VM {} and {}",
                 saved.vcpus, saved.memory_mib, config.vcpus, config.memory_mib
+            )));
+        }
+        let disk_sectors = config.disk.as_ref().map(DiskFile::sectors);
+        if disk_sectors != saved.disk_sectors {
+            return Err(mismatch(format!(
+                "its disk has {:?} sectors, this VM's {disk_sectors:?}",
+                saved.disk_sectors
             )));
         }
         if saved.vcpu_states.len() != usize::from(saved.vcpus) {
@@ -142,6 +150,7 @@ impl Vm {
             vcpus: u8::try_from(vcpu_states.len()).unwrap_or(u8::MAX),
             cpuid: template.cpuid.clone(),
             devices: transports.iter().map(|state| state.device_type).collect(),
+            disk_sectors: template.disk_sectors,
             vm,
             vcpu_states,
             transports,

@@ -2,7 +2,7 @@
 //! reference in the same (host) machine, reported as ratios.
 //!
 //! Run inside tests/kvm-host (it needs real KVM):
-//!   cocoon-bench [--vmm PATH] [--runs N] [--launch-only | --ctr-only | --pods-only | --http-only] [--http-mib N]
+//!   cocoon-bench [--vmm PATH] [--runs N] [--launch-only | --ctr-only | --pods-only | --http-only | --rootfs-only] [--http-mib N]
 //!
 //! - cocoon-vmm against QEMU microvm: launch → guest /init, and the VMM's
 //!   memory outside guest RAM (`vmm_launch.rs`); a restore from a template
@@ -12,7 +12,9 @@
 //!   from templates and booted (`ctr_run.rs`);
 //! - Kubernetes pods through one private CRI node (`cocoon_tests::cri`),
 //!   handler cocoon against runc: pod start (`pod_start.rs`), an idle pod's
-//!   memory (`pod_memory.rs`), HTTP download from a pod (`pod_http.rs`).
+//!   memory (`pod_memory.rs`), HTTP download from a pod (`pod_http.rs`);
+//! - file work in a container's root file system, Cocoon against runc
+//!   (`rootfs_io.rs`).
 //!
 //! Ends with a table of every figure (`summary.rs`).
 
@@ -22,6 +24,7 @@ mod memory;
 mod pod_http;
 mod pod_memory;
 mod pod_start;
+mod rootfs_io;
 mod summary;
 mod vmm_launch;
 mod vmm_restore;
@@ -58,6 +61,11 @@ fn main() {
     let mut summary = Summary::new();
     let pods_only = flag("--pods-only") || flag("--http-only");
     let ctr_only = flag("--ctr-only");
+    if flag("--rootfs-only") {
+        rootfs_io::measure(&LocalRuntime::new(&vmm), runs.min(3), &mut summary);
+        summary.print();
+        return;
+    }
     if !pods_only && !ctr_only {
         vmm_launch::measure(&vmm, runs, &mut summary);
     }
@@ -68,6 +76,7 @@ fn main() {
         let runtime = LocalRuntime::new(&vmm);
         if !pods_only {
             ctr_run::measure(&runtime, runs.min(5), &mut summary);
+            rootfs_io::measure(&runtime, runs.min(3), &mut summary);
         }
         let cri = Cri::start_from(
             Version::V1_6,

@@ -1,0 +1,209 @@
+//! The file behind the disk: inherited from the VMM's parent (`--disk-fd`),
+//! checked when the VMM starts, before the jail ([`DiskFile::from_inherited_fd`]),
+//! and read and written straight from and into guest memory, one `preadv` or
+//! `pwritev` per request.
+//!
+//! The disk's size is the file's when the VMM starts; the guest can never
+//! grow it (every request is checked against it, `request.rs`).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+
+use vm_memory::{GuestAddress, GuestMemory as _};
+
+use super::request::SECTOR_SIZE;
+use crate::virtio::GuestMemory;
+
+/// Why `--disk-fd` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("--disk-fd {0}: 0, 1 and 2 are the VMM's standard streams, not a disk file")]
+    StandardStream(RawFd),
+    #[error("--disk-fd {fd} is not an open file descriptor (was it inherited without CLOEXEC?): {source}")]
+    NotOpen { fd: RawFd, source: io::Error },
+    #[error("--disk-fd {fd}: {step}: {source}")]
+    Syscall {
+        fd: RawFd,
+        step: &'static str,
+        source: io::Error,
+    },
+    #[error("--disk-fd {0} is not a regular file")]
+    NotAFile(RawFd),
+    #[error("--disk-fd {0} is not open for reading and writing (O_RDWR)")]
+    NotReadWrite(RawFd),
+    #[error("--disk-fd {fd}: the file's {size} bytes are not a non-zero whole number of {SECTOR_SIZE}-byte sectors")]
+    Size { fd: RawFd, size: u64 },
+}
+
+/// The disk's backing file and its size in sectors.
+#[derive(Debug)]
+pub struct DiskFile {
+    file: File,
+    sectors: u64,
+}
+
+impl DiskFile {
+    /// Takes over `fd`, which must be an open regular file, readable and
+    /// writable, of a non-zero whole number of sectors, that nothing else in
+    /// this process owns (it is inherited across exec); makes it CLOEXEC.
+    pub fn from_inherited_fd(fd: RawFd) -> Result<Self, DiskError> {
+        if (0..=2).contains(&fd) {
+            return Err(DiskError::StandardStream(fd));
+        }
+        // SAFETY: F_GETFD only reads the flags of `fd`, if it is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(DiskError::NotOpen {
+                fd,
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `fd` is open (checked above) and owned by nothing else in
+        // this process: it was inherited and named to us on the command line
+        // (the standard streams, which std uses, are refused above). From here
+        // the File is its only owner and closes it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let syscall = |step| move |source| DiskError::Syscall { fd, step, source };
+        // SAFETY: F_SETFD sets the close-on-exec flag of `fd`, which we own.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return Err(syscall("F_SETFD")(io::Error::last_os_error()));
+        }
+        // SAFETY: F_GETFL only reads the status flags of `fd`.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(syscall("F_GETFL")(io::Error::last_os_error()));
+        }
+        if flags & libc::O_ACCMODE != libc::O_RDWR {
+            return Err(DiskError::NotReadWrite(fd));
+        }
+        let metadata = file.metadata().map_err(syscall("fstat"))?;
+        if !metadata.file_type().is_file() {
+            return Err(DiskError::NotAFile(fd));
+        }
+        Self::new(file, fd, metadata.len())
+    }
+
+    /// A disk on an open file (tests and fuzzing: a temporary file).
+    pub fn from_file(file: File) -> Result<Self, DiskError> {
+        let fd = file.as_raw_fd();
+        let size = file
+            .metadata()
+            .map_err(|source| DiskError::Syscall {
+                fd,
+                step: "fstat",
+                source,
+            })?
+            .len();
+        Self::new(file, fd, size)
+    }
+
+    fn new(file: File, fd: RawFd, size: u64) -> Result<Self, DiskError> {
+        if size == 0 || !size.is_multiple_of(SECTOR_SIZE) {
+            return Err(DiskError::Size { fd, size });
+        }
+        Ok(DiskFile {
+            file,
+            sectors: size / SECTOR_SIZE,
+        })
+    }
+
+    /// The disk's size in sectors.
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    /// Reads the disk from `sector` into the guest buffers `data`, which
+    /// [`super::request::parse`] checked (in guest memory, on the disk).
+    pub fn read(
+        &self,
+        mem: &GuestMemory,
+        sector: u64,
+        data: &[(GuestAddress, u32)],
+    ) -> io::Result<()> {
+        self.transfer(mem, sector, data, Direction::Read)
+    }
+
+    /// Writes the guest buffers `data` to the disk at `sector`.
+    pub fn write(
+        &self,
+        mem: &GuestMemory,
+        sector: u64,
+        data: &[(GuestAddress, u32)],
+    ) -> io::Result<()> {
+        self.transfer(mem, sector, data, Direction::Write)
+    }
+
+    fn transfer(
+        &self,
+        mem: &GuestMemory,
+        sector: u64,
+        data: &[(GuestAddress, u32)],
+        direction: Direction,
+    ) -> io::Result<()> {
+        let mut slices = Vec::with_capacity(data.len());
+        for &(addr, len) in data.iter().filter(|(_, len)| *len > 0) {
+            let slice = mem
+                .get_slice(addr, len as usize)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            slices.push(slice);
+        }
+        let mut iovecs: Vec<libc::iovec> = slices
+            .iter()
+            .map(|slice| libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            })
+            .collect();
+        let mut offset = sector * SECTOR_SIZE;
+        let mut start = 0;
+        while start < iovecs.len() {
+            let pending = &iovecs[start..];
+            let count = pending.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+            let offset_arg = libc::off_t::try_from(offset)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let fd = self.file.as_raw_fd();
+            // SAFETY: every iovec points into guest memory that `slices`
+            // borrows for this whole call (get_slice checked that each range
+            // lies in one mapped region), and the kernel reads or writes only
+            // within them; `count` iovecs follow `pending`'s start.
+            let done = unsafe {
+                match direction {
+                    Direction::Read => libc::preadv(fd, pending.as_ptr(), count, offset_arg),
+                    Direction::Write => libc::pwritev(fd, pending.as_ptr(), count, offset_arg),
+                }
+            };
+            if done < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            if done == 0 {
+                // The file shrank under us (someone else truncated it).
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            let mut done = done as usize;
+            offset += done as u64;
+            // Skip the iovecs done, and shorten the one done in part.
+            while start < iovecs.len() && done >= iovecs[start].iov_len {
+                done -= iovecs[start].iov_len;
+                start += 1;
+            }
+            if done > 0 {
+                let partial = &mut iovecs[start];
+                // SAFETY: `done` is less than this iovec's length, so the new
+                // base stays inside the same guest buffer.
+                partial.iov_base = unsafe { partial.iov_base.cast::<u8>().add(done).cast() };
+                partial.iov_len -= done;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
