@@ -79,6 +79,7 @@ impl Containers {
         id: &str,
         spec_json: &[u8],
         rootfs: &str,
+        writable_layer_on_scratch_disk: bool,
         stdio: &Stdio,
     ) -> Result<u32> {
         check_id("container id", id)?;
@@ -103,6 +104,26 @@ impl Containers {
                 )));
             }
         }
+        let rootfs = if writable_layer_on_scratch_disk {
+            crate::writable_layer::stack(id, &rootfs)?
+        } else {
+            rootfs
+        };
+        let result = self.create_on(id, spec_json, rootfs, &bundle, stdio).await;
+        if result.is_err() {
+            crate::writable_layer::remove(id);
+        }
+        result
+    }
+
+    async fn create_on(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        rootfs: PathBuf,
+        bundle: &Path,
+        stdio: &Stdio,
+    ) -> Result<u32> {
         let pod_sandbox_pid =
             spec::pod_sandbox_id(spec_json, id).and_then(|sandbox| self.pid(&sandbox, "").ok());
         let placement = Placement {
@@ -114,17 +135,17 @@ impl Containers {
         let spec = spec::translate_spec(spec_json, &placement)?;
         crate::pod_tmpfs::prepare(spec_json)?;
         crate::sysctl::set_network(&spec.pod_network_sysctls)?;
-        std::fs::create_dir_all(&bundle)
+        std::fs::create_dir_all(bundle)
             .map_err(|e| AgentError::internal("creating the bundle", e))?;
         let result = async {
             std::fs::write(bundle.join("config.json"), spec.json)
                 .map_err(|e| AgentError::internal("writing config.json", e))?;
             let job = |console_socket| Job::Create {
                 container_id: id.into(),
-                bundle: bundle.clone(),
+                bundle: bundle.to_path_buf(),
                 console_socket,
             };
-            self.spawn_process(id, "", &bundle, stdio, job).await
+            self.spawn_process(id, "", bundle, stdio, job).await
         }
         .await;
         match result {
@@ -132,7 +153,7 @@ impl Containers {
                 self.lock().insert(
                     id.into(),
                     Container {
-                        bundle,
+                        bundle: bundle.to_path_buf(),
                         rootfs,
                         processes: HashMap::from([(String::new(), process)]),
                     },
@@ -140,7 +161,7 @@ impl Containers {
                 Ok(pid as u32)
             }
             Err(error) => {
-                self.clean_up(id, &bundle).await;
+                self.clean_up(id, bundle).await;
                 Err(error)
             }
         }
@@ -532,6 +553,7 @@ impl Containers {
             tracing::warn!("{error}");
         }
         let _ = std::fs::remove_dir_all(bundle);
+        crate::writable_layer::remove(id);
     }
 
     /// Every container id, for shutdown.

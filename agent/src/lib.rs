@@ -21,5 +21,6 @@ pub mod spec;
 pub mod stdio;
 pub mod sysctl;
 pub mod template;
+pub mod writable_layer;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

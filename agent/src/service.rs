@@ -74,6 +74,7 @@ impl agent_ttrpc::Agent for AgentService {
                 &request.container_id,
                 &request.oci_spec_json,
                 &request.rootfs,
+                request.writable_layer_on_scratch_disk,
                 &stdio,
             )
             .await;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use cocoon_protocol::client::AgentCalls;
+use cocoon_protocol::client::{AgentCalls, GuestRootfs};
 use containerd_shim::protos::api::{CreateTaskRequest, Mount};
 use tokio::sync::watch;
 
@@ -21,8 +21,9 @@ pub trait Guest: Send + Sync {
     fn agent(&self) -> &dyn AgentCalls;
 
     /// Mounts container `id`'s root file system where the guest sees it
-    /// (`mounts`, else the directory `root`); returns the guest path.
-    async fn mount_rootfs(&self, id: &str, mounts: &[Mount], root: &Path) -> Result<String>;
+    /// (`mounts`, else the directory `root`): read-only, the image alone,
+    /// when the guest stacks the writable layer on its scratch disk.
+    async fn mount_rootfs(&self, id: &str, mounts: &[Mount], root: &Path) -> Result<GuestRootfs>;
 
     /// Mounts container `id`'s volumes (its spec's bind mounts) where the
     /// guest sees them ([`crate::volumes::guest_volume`]).

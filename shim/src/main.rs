@@ -21,6 +21,7 @@ mod rootfs;
 mod runtime_info;
 mod runtime_options;
 mod sandbox;
+mod scratch_disk;
 mod service;
 mod share;
 mod task;

@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cocoon_protocol::client::{host_identity, Agent, AgentCalls};
+use cocoon_protocol::client::{host_identity, Agent, AgentCalls, GuestRootfs};
 use cocoon_vmm_command::{NetDevice, SandboxVm, VmmCommand};
 use containerd_shim::protos::api::Mount;
 use nix::sys::signal::{kill, Signal};
@@ -31,10 +31,11 @@ use crate::guest::{vm_exited, Guest};
 use crate::hooks::{self, HookError, Hooks};
 use crate::io::{self, Relay, StdioPaths};
 use crate::network::{self, NetworkError};
+use crate::scratch_disk::{ScratchDisk, ScratchDiskError, VMM_DISK_FD};
 use crate::share::{Share, ShareError};
 use crate::template::{self, TemplateShape};
 use crate::vm_shape::VmShape;
-use crate::vmm_process::{self, pass_tap, WatchedVmm, VMM_TAP_FD};
+use crate::vmm_process::{self, pass_fds, WatchedVmm, VMM_TAP_FD};
 use crate::volumes::HostVolume;
 
 /// How long the guest gets to stop by itself before the VMM is killed.
@@ -80,6 +81,8 @@ pub enum SandboxError {
     Network(#[from] NetworkError),
     #[error(transparent)]
     Hook(#[from] HookError),
+    #[error(transparent)]
+    ScratchDisk(#[from] ScratchDiskError),
 }
 
 /// Where the sandbox's network namespace comes from.
@@ -110,6 +113,8 @@ pub struct Sandbox {
     vmm_exit: watch::Receiver<Option<i32>>,
     /// The sandbox's network namespace, told to every container's hooks.
     netns: Option<PathBuf>,
+    /// Whether the VM has a scratch disk for its containers' writable layers.
+    scratch_disk: bool,
 }
 
 pub fn state_dir(config: &Config, namespace: &str, id: &str) -> PathBuf {
@@ -241,8 +246,16 @@ impl Sandbox {
         } = prepared;
         let vsock = dir.join("vsock.sock");
         let console = dir.join("console.log");
-        let template =
-            template::for_sandbox(config, TemplateShape::new(shape, network.is_some())).await;
+        let disk_bytes = (config.scratch_disk_gib > 0).then_some(config.scratch_disk_gib << 30);
+        let template = template::for_sandbox(
+            config,
+            TemplateShape::new(shape, network.is_some(), disk_bytes),
+        )
+        .await;
+        let disk = match disk_bytes {
+            Some(bytes) => Some(ScratchDisk::formatted(&config.scratch_dir, bytes).await?),
+            None => None,
+        };
         let vm = SandboxVm {
             kernel: &config.kernel,
             initramfs: &config.initramfs,
@@ -259,13 +272,22 @@ impl Sandbox {
                 tap_fd: VMM_TAP_FD,
                 mac: attached.mac,
             }),
+            disk_fd: disk.as_ref().map(|_| VMM_DISK_FD),
         };
-        let tap = network.as_ref().map(|attached| attached.tap.as_raw_fd());
+        let fds: Vec<(RawFd, RawFd)> = network
+            .as_ref()
+            .map(|attached| (attached.tap.as_raw_fd(), VMM_TAP_FD))
+            .into_iter()
+            .chain(
+                disk.as_ref()
+                    .map(|disk| (disk.file.as_raw_fd(), VMM_DISK_FD)),
+            )
+            .collect();
         let launched = std::time::Instant::now();
         let restored = match &template {
             Some(template) => {
                 let command = VmmCommand::sandbox(&vm).restore_from(&template.dir);
-                match start_vm(config, &dir, &command, tap, &vmm_log).await {
+                match start_vm(config, &dir, &command, &fds, &vmm_log).await {
                     Ok(started) => Some(started),
                     Err(error) => {
                         tracing::warn!(
@@ -286,9 +308,10 @@ impl Sandbox {
             agent,
         } = match restored {
             Some(started) => started,
-            None => start_vm(config, &dir, &VmmCommand::sandbox(&vm), tap, &vmm_log).await?,
+            None => start_vm(config, &dir, &VmmCommand::sandbox(&vm), &fds, &vmm_log).await?,
         };
-        // The VMM has the tap now; ours would only keep it alive.
+        // The VMM has the tap and the disk now; ours would only keep them alive.
+        drop(disk);
         let network_request = network.map(|attached| attached.request);
         tracing::info!(
             "cocoon-vmm {vmm_pid}: agent ready {:?} after launch ({})",
@@ -307,6 +330,7 @@ impl Sandbox {
             agent,
             vmm_exit,
             netns,
+            scratch_disk: disk_bytes.is_some(),
         };
         let mounted = sandbox
             .agent
@@ -371,9 +395,20 @@ impl Guest for Sandbox {
         &self.agent
     }
 
-    async fn mount_rootfs(&self, id: &str, mounts: &[Mount], root: &Path) -> ShimResult<String> {
-        self.share.mount_rootfs(id, mounts, root).await?;
-        Ok(Share::guest_rootfs(id))
+    async fn mount_rootfs(
+        &self,
+        id: &str,
+        mounts: &[Mount],
+        root: &Path,
+    ) -> ShimResult<GuestRootfs> {
+        let image_only = self
+            .share
+            .mount_rootfs(id, mounts, root, self.scratch_disk)
+            .await?;
+        Ok(GuestRootfs {
+            path: Share::guest_rootfs(id),
+            writable_layer_on_scratch_disk: image_only,
+        })
     }
 
     fn mount_volumes(&self, id: &str, volumes: &[HostVolume]) -> ShimResult<()> {
@@ -428,7 +463,7 @@ async fn start_vm(
     config: &Config,
     dir: &Path,
     command: &VmmCommand,
-    tap: Option<RawFd>,
+    fds: &[(RawFd, RawFd)],
     vmm_log: &std::fs::File,
 ) -> Result<StartedVm, SandboxError> {
     let vsock = dir.join("vsock.sock");
@@ -442,8 +477,8 @@ async fn start_vm(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(vmm_log.try_clone().map_err(state)?);
-    if let Some(tap) = tap {
-        pass_tap(&mut process, tap);
+    if !fds.is_empty() {
+        pass_fds(&mut process, fds.to_vec());
     }
     let WatchedVmm { pid, exit } =
         vmm_process::spawn(&mut process)

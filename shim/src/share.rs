@@ -142,20 +142,34 @@ impl Share {
     /// made: so the file system is mounted and hardened in the private
     /// `staging/` first, then bound into place, and every copy of it (the
     /// read-only view's, the VMM's) carries the flags from its start.
+    ///
+    /// With `image_only_if_layered`, a root file system that is an overlay
+    /// with an upper directory (containerd's overlayfs snapshotter) is
+    /// mounted as its layers alone, read-only, for the guest to stack its
+    /// own writable layer on; returns whether it was.
     pub async fn mount_rootfs(
         &self,
         id: &str,
         mounts: &[Mount],
         root: &Path,
-    ) -> Result<(), RootfsError> {
+        image_only_if_layered: bool,
+    ) -> Result<bool, RootfsError> {
         check_id(id)?;
         let target_path = self.host_only.join(id).join("rootfs");
         let target = make_dirs_beneath(&self.host_only, &[id, "rootfs"])
             .map_err(|e| failed(&target_path, "creating the mount point", e))?;
         let staged = Staged::point(&self.staging, id, PointKind::Directory)?;
-        rootfs::mount_rootfs(mounts, root, &by_fd(&staged.root)).await?;
-        let staged = staged.settle(false)?;
-        bind_into_place(&staged, &target, &target_path)
+        let image = image_only_if_layered
+            .then(|| rootfs::image_layers(mounts))
+            .flatten();
+        let image_only = image.is_some();
+        match image {
+            Some(image) => rootfs::mount_rootfs(&[image], root, &by_fd(&staged.root)).await?,
+            None => rootfs::mount_rootfs(mounts, root, &by_fd(&staged.root)).await?,
+        }
+        let staged = staged.settle(image_only)?;
+        bind_into_place(&staged, &target, &target_path)?;
+        Ok(image_only)
     }
 
     /// Mounts a host path (a directory or a file) at
@@ -502,7 +516,7 @@ mod tests {
             .build()
             .unwrap();
         runtime
-            .block_on(share.mount_rootfs("web", &[], rootfs.path()))
+            .block_on(share.mount_rootfs("web", &[], rootfs.path(), true))
             .unwrap();
         let seen = exposed.join("web/rootfs/hello");
         assert_eq!(std::fs::read_to_string(&seen).unwrap(), "from the image");

@@ -27,8 +27,9 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::network::tap;
 use crate::sandbox::create_private_dir;
+use crate::scratch_disk::{ScratchDisk, ScratchDiskError, VMM_DISK_FD};
 use crate::vm_shape::VmShape;
-use crate::vmm_process::{self, pass_tap, WatchedVmm, VMM_TAP_FD};
+use crate::vmm_process::{self, pass_fds, WatchedVmm, VMM_TAP_FD};
 
 /// The file in a template naming its key.
 const KEY_FILE: &str = "key";
@@ -45,6 +46,8 @@ pub enum TemplateError {
     },
     #[error("a tap for the template boot: {0}")]
     Tap(#[from] crate::network::NetworkError),
+    #[error("a disk for the template boot: {0}")]
+    Disk(#[from] ScratchDiskError),
     #[error("the template boot failed: {reason}\n--- guest console (last lines) ---\n{console}")]
     Boot { reason: String, console: String },
 }
@@ -63,14 +66,17 @@ pub struct TemplateShape {
     pub memory_mib: u64,
     /// A network device (a pod network).
     pub network: bool,
+    /// A scratch disk of this many bytes.
+    pub disk_bytes: Option<u64>,
 }
 
 impl TemplateShape {
-    pub fn new(shape: &VmShape, network: bool) -> Self {
+    pub fn new(shape: &VmShape, network: bool, disk_bytes: Option<u64>) -> Self {
         Self {
             vcpus: shape.vcpus,
             memory_mib: shape.memory_mib.into(),
             network,
+            disk_bytes,
         }
     }
 }
@@ -147,11 +153,15 @@ fn key_text(config: &Config, shape: TemplateShape) -> Result<String, TemplateErr
     }
     let _ = write!(
         key,
-        "vcpus {}\nmemory_mib {}\nguest_debug {}\ndevices rng vsock fs{} balloon\n",
+        "vcpus {}\nmemory_mib {}\nguest_debug {}\ndevices rng vsock fs{}{} balloon\n",
         shape.vcpus,
         shape.memory_mib,
         config.guest_debug,
-        if shape.network { " net" } else { "" }
+        if shape.network { " net" } else { "" },
+        match shape.disk_bytes {
+            Some(bytes) => format!(" blk:{bytes}"),
+            None => String::new(),
+        }
     );
     Ok(key)
 }
@@ -246,6 +256,12 @@ async fn boot_and_save(
     } else {
         None
     };
+    // The guest only reads the disk's size before the snapshot point; each
+    // sandbox brings its own formatted disk of that size.
+    let disk = match shape.disk_bytes {
+        Some(bytes) => Some(ScratchDisk::zeroed(&config.scratch_dir, bytes)?),
+        None => None,
+    };
     let mut command = VmmCommand::sandbox(&SandboxVm {
         kernel: &config.kernel,
         initramfs: &config.initramfs,
@@ -262,6 +278,7 @@ async fn boot_and_save(
             tap_fd: VMM_TAP_FD,
             mac: cocoon_protocol::TEMPLATE_MAC,
         }),
+        disk_fd: disk.as_ref().map(|_| VMM_DISK_FD),
     })
     .snapshot_to(&snapshot)
     .command(&config.vmm);
@@ -269,14 +286,24 @@ async fn boot_and_save(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(vmm_log);
-    if let Some(tap) = &tap {
-        pass_tap(&mut command, tap.as_raw_fd());
+    let fds: Vec<_> = tap
+        .as_ref()
+        .map(|tap| (tap.as_raw_fd(), VMM_TAP_FD))
+        .into_iter()
+        .chain(
+            disk.as_ref()
+                .map(|disk| (disk.file.as_raw_fd(), VMM_DISK_FD)),
+        )
+        .collect();
+    if !fds.is_empty() {
+        pass_fds(&mut command, fds);
     }
     let WatchedVmm { pid, mut exit } = vmm_process::spawn(&mut command)
         .await
         .map_err(io_error(&config.vmm))?;
-    // The VMM has the tap now.
+    // The VMM has the tap and the disk now.
     drop(tap);
+    drop(disk);
     // The boot, and the save (the touched guest memory written out).
     let limit = Duration::from_secs(config.boot_timeout_seconds * 3);
     let waited = tokio::time::timeout(limit, exit.wait_for(Option::is_some))
@@ -357,6 +384,7 @@ mod tests {
         vcpus: 1,
         memory_mib: 256,
         network: false,
+        disk_bytes: Some(10 << 30),
     };
 
     #[test]

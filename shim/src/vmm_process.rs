@@ -44,22 +44,34 @@ pub async fn spawn(command: &mut Command) -> std::io::Result<WatchedVmm> {
     Ok(WatchedVmm { pid, exit })
 }
 
-/// Has the VMM inherit the tap at `tap` as [`VMM_TAP_FD`], the one
-/// descriptor besides stdio it inherits (everything the shim opens is
-/// close-on-exec).
-pub fn pass_tap(command: &mut std::process::Command, tap: RawFd) {
+/// Has the VMM inherit each `(fd, number)` of `fds` as descriptor
+/// `number` (the tap as [`VMM_TAP_FD`], the disk as
+/// [`crate::scratch_disk::VMM_DISK_FD`]): the only descriptors besides stdio
+/// it inherits (everything the shim opens is close-on-exec).
+pub fn pass_fds(command: &mut std::process::Command, fds: Vec<(RawFd, RawFd)>) {
     use std::os::unix::process::CommandExt;
+    // Above every target, so that no dup2 below overwrites a source.
+    const FIRST_SPARE: RawFd = 64;
     // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe calls (dup2, fcntl) on descriptors it owns.
+    // makes async-signal-safe calls (fcntl, dup2) on descriptors it owns;
+    // it allocates nothing (the Vec was made before the fork).
     unsafe {
         command.pre_exec(move || {
-            if tap == VMM_TAP_FD {
-                // dup2 onto itself would keep close-on-exec.
-                if libc::fcntl(tap, libc::F_SETFD, 0) < 0 {
+            let mut spares = [0 as RawFd; 4];
+            if fds.len() > spares.len() {
+                return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            for (spare, &(fd, _)) in spares.iter_mut().zip(&fds) {
+                *spare = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, FIRST_SPARE);
+                if *spare < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(tap, VMM_TAP_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
+            }
+            // dup2 clears close-on-exec on the target; the spares close at exec.
+            for (spare, &(_, number)) in spares.iter().zip(&fds) {
+                if libc::dup2(*spare, number) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cocoon_protocol::client::{Agent, AgentCalls};
+use cocoon_protocol::client::{Agent, AgentCalls, GuestRootfs};
 use cocoon_vmm_command::{NetDevice, SandboxVm, VmmCommand};
 
 use crate::{build_output, guest_probe, release_dir, tail};
@@ -78,6 +78,7 @@ impl Sandbox {
             jail: &jail,
             cgroup: None,
             net,
+            disk_fd: None,
         });
         for arg in kernel_args {
             command = command.kernel_arg(*arg);
@@ -161,9 +162,9 @@ impl Sandbox {
 
     /// Lays out a busybox root file system for container `name` in the share
     /// and returns its path as the guest sees it.
-    pub fn busybox_rootfs(&self, name: &str) -> String {
+    pub fn busybox_rootfs(&self, name: &str) -> GuestRootfs {
         busybox_rootfs(&self.share.join(name).join("rootfs"));
-        format!("{GUEST_SHARE}/{name}/rootfs")
+        GuestRootfs::writable(format!("{GUEST_SHARE}/{name}/rootfs"))
     }
 }
 

@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use cocoon_protocol::api::agent::{IdentityRequest, SetupNetworkRequest, Stdio};
-use cocoon_protocol::client::{host_identity, Agent, AgentCalls, CallError};
+use cocoon_protocol::client::{host_identity, Agent, AgentCalls, CallError, GuestRootfs};
 use cocoon_protocol::stream::{StreamHeader, StreamKind};
 use cocoon_tests::oci;
 use cocoon_tests::require_hardware_kvm;
@@ -146,7 +146,7 @@ async fn a_template_boot_runs_nothing_before_set_identity() {
             .create_container(
                 "early",
                 spec,
-                "/run/cocoon/share/early/rootfs",
+                &GuestRootfs::writable("/run/cocoon/share/early/rootfs"),
                 Stdio::new(),
             )
             .await,

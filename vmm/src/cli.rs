@@ -279,6 +279,7 @@ mod tests {
             jail: Path::new("/state/jail"),
             cgroup: None,
             net: None,
+            disk_fd: None,
         }));
         assert_eq!(args.cmdline, cocoon_protocol::GUEST_DEBUG_ARG);
         assert_eq!(args.shares[0].0, cocoon_protocol::SHARE_TAG);

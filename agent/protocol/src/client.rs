@@ -6,6 +6,26 @@ mod calls;
 
 pub use calls::{AgentCalls, CallError, CallResult};
 
+/// A container's root file system as the guest finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestRootfs {
+    /// Its absolute guest path, in the share.
+    pub path: String,
+    /// Whether `path` is the image alone, read-only, to stack a writable
+    /// layer on the scratch disk over (else the container writes in it).
+    pub writable_layer_on_scratch_disk: bool,
+}
+
+impl GuestRootfs {
+    /// A root file system the container writes in, at `path`.
+    pub fn writable(path: impl Into<String>) -> Self {
+        GuestRootfs {
+            path: path.into(),
+            writable_layer_on_scratch_disk: false,
+        }
+    }
+}
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 

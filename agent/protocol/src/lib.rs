@@ -55,6 +55,10 @@ pub const POD_EMPTY_DIRS: &str = "empty-dir";
 /// The kernel argument that makes the agent log verbosely on the console.
 pub const GUEST_DEBUG_ARG: &str = "cocoon.debug";
 
+/// The serial of the sandbox's scratch disk (virtio-blk GET_ID), by which
+/// the agent finds it among the guest's block devices.
+pub const SCRATCH_DISK_SERIAL: &str = "cocoon-scratch";
+
 /// The kernel argument of a template boot: the VM will be snapshotted once
 /// the agent is ready, and sandboxes restored from the snapshot share it. The
 /// agent then reports [`SNAPSHOT_POINT_PORT`] and, after a restore, runs

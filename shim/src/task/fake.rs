@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use cocoon_protocol::api::agent::{
     HealthResponse, ProcessExit, ProcessInfo, SetupNetworkRequest, StatsResponse, Stdio,
 };
-use cocoon_protocol::client::{AgentCalls, CallError, CallResult};
+use cocoon_protocol::client::{AgentCalls, CallError, CallResult, GuestRootfs};
 use containerd_shim::protos::api::{CreateTaskRequest, Mount};
 use containerd_shim::protos::protobuf::MessageDyn;
 use tokio::sync::watch;
@@ -133,7 +133,13 @@ impl AgentCalls for FakeGuest {
         Ok(())
     }
 
-    async fn create_container(&self, id: &str, _: Vec<u8>, _: &str, _: Stdio) -> CallResult<u32> {
+    async fn create_container(
+        &self,
+        id: &str,
+        _: Vec<u8>,
+        _: &GuestRootfs,
+        _: Stdio,
+    ) -> CallResult<u32> {
         self.record(format!("create {id}"));
         if self.refuse_create.lock().unwrap().contains(id) {
             return Err(CallError::Refused {
@@ -237,9 +243,11 @@ impl Guest for FakeGuest {
         self
     }
 
-    async fn mount_rootfs(&self, id: &str, _: &[Mount], _: &Path) -> Result<String> {
+    async fn mount_rootfs(&self, id: &str, _: &[Mount], _: &Path) -> Result<GuestRootfs> {
         self.record(format!("mount-rootfs {id}"));
-        Ok(format!("/run/cocoon/share/{id}/rootfs"))
+        Ok(GuestRootfs::writable(format!(
+            "/run/cocoon/share/{id}/rootfs"
+        )))
     }
 
     fn mount_volumes(&self, id: &str, volumes: &[HostVolume]) -> Result<()> {

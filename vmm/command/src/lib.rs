@@ -102,6 +102,8 @@ pub struct SandboxVm<'a> {
     pub cgroup: Option<&'a Path>,
     /// The pod's network interface, if the sandbox has a network.
     pub net: Option<NetDevice>,
+    /// The inherited fd of the sandbox's scratch disk, if it has one.
+    pub disk_fd: Option<i32>,
 }
 
 impl VmmCommand {
@@ -156,8 +158,12 @@ impl VmmCommand {
             Some(cgroup) => command.cgroup(cgroup),
             None => command,
         };
-        match vm.net {
+        let command = match vm.net {
             Some(net) => command.net(net),
+            None => command,
+        };
+        match vm.disk_fd {
+            Some(fd) => command.disk_fd(fd),
             None => command,
         }
     }
@@ -368,6 +374,7 @@ mod tests {
             jail: Path::new("/state/jail"),
             cgroup: Some(Path::new("/sys/fs/cgroup/pod")),
             net: None,
+            disk_fd: None,
         })
         .args();
         let line: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();

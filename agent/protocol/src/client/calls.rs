@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::Agent;
+use super::{Agent, GuestRootfs};
 use crate::api::agent::{
     ContainerRequest, CreateContainerRequest, ExecProcessRequest, HealthRequest, HealthResponse,
     MountRequest, ProcessExit, ProcessInfo, ProcessRequest, RemoveContainerRequest,
@@ -66,7 +66,7 @@ pub trait AgentCalls: Send + Sync {
         &self,
         id: &str,
         oci_spec_json: Vec<u8>,
-        rootfs: &str,
+        rootfs: &GuestRootfs,
         stdio: Stdio,
     ) -> CallResult<u32>;
     /// Starts the init process of a created container; returns its pid.
@@ -144,13 +144,14 @@ impl AgentCalls for Agent {
         &self,
         id: &str,
         oci_spec_json: Vec<u8>,
-        rootfs: &str,
+        rootfs: &GuestRootfs,
         stdio: Stdio,
     ) -> CallResult<u32> {
         let mut request = CreateContainerRequest::new();
         request.container_id = id.into();
         request.oci_spec_json = oci_spec_json;
-        request.rootfs = rootfs.into();
+        request.rootfs = rootfs.path.clone();
+        request.writable_layer_on_scratch_disk = rootfs.writable_layer_on_scratch_disk;
         request.stdio = Some(stdio).into();
         Ok(self
             .rpc

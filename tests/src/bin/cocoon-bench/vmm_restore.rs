@@ -140,6 +140,7 @@ impl VmDir {
             jail: &self.jail,
             cgroup: None,
             net: None,
+            disk_fd: None,
         })
     }
 

@@ -1,0 +1,258 @@
+//! A sandbox's scratch disk: a sparse file of `scratch_disk_gib` in
+//! `scratch_dir`, ext4 without a journal, given to cocoon-vmm as a
+//! virtio-blk disk (`--disk-fd`). The agent keeps each container's writable
+//! layer on it (an overlay over the image shared read-only), so that what a
+//! container writes never crosses to the host file by file.
+//!
+//! The file is unlinked as soon as it is made (O_TMPFILE where the file
+//! system has it): it lives exactly as long as the VMM holding it, and
+//! nothing is left after a crash. Each disk starts as a copy of a blank
+//! image that `mke2fs` formatted once per size (`.blank-<bytes>.ext4` in
+//! `scratch_dir`), copied extent by extent, so only the file system's few
+//! written blocks take space.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::unistd::Whence;
+
+use crate::sandbox::create_private_dir;
+
+/// The descriptor number the VMM finds its disk under.
+pub const VMM_DISK_FD: i32 = 4;
+/// Serialises the making of blank images between shims.
+const LOCK_FILE: &str = ".lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScratchDiskError {
+    #[error("the scratch disk in {path} (scratch_dir): {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("formatting the scratch disk image {path} failed: {message}")]
+    Format { path: String, message: String },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ScratchDiskError + '_ {
+    move |source| ScratchDiskError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// An open scratch disk, not linked anywhere.
+#[derive(Debug)]
+pub struct ScratchDisk {
+    pub file: File,
+}
+
+impl ScratchDisk {
+    /// A fresh, formatted disk of `bytes` in `dir`.
+    pub async fn formatted(dir: &Path, bytes: u64) -> Result<Self, ScratchDiskError> {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let blank = blank_image(&dir, bytes)?;
+            let disk = Self::zeroed(&dir, bytes)?;
+            copy_extents(&blank, &disk.file, &dir)?;
+            Ok(disk)
+        })
+        .await
+        .map_err(|e| ScratchDiskError::Io {
+            path: String::new(),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    /// A disk of `bytes` of zeros in `dir` (a template boot's: the guest
+    /// only sees its size).
+    pub fn zeroed(dir: &Path, bytes: u64) -> Result<Self, ScratchDiskError> {
+        create_private_dir(dir).map_err(io_error(dir))?;
+        let file = anonymous_file(dir)?;
+        file.set_len(bytes).map_err(io_error(dir))?;
+        Ok(ScratchDisk { file })
+    }
+}
+
+/// A new file in `dir` that no path names.
+fn anonymous_file(dir: &Path) -> Result<File, ScratchDiskError> {
+    let tmpfile = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir);
+    match tmpfile {
+        Ok(file) => Ok(file),
+        // A file system without O_TMPFILE (overlayfs before Linux 6.6):
+        // a named file, unlinked at once.
+        Err(error)
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            let path = unique_path(dir, "disk");
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_error(&path))?;
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+            Ok(file)
+        }
+        Err(error) => Err(io_error(dir)(error)),
+    }
+}
+
+fn unique_path(dir: &Path, what: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    dir.join(format!(".{what}-{}-{nanos}", std::process::id()))
+}
+
+/// The blank file system image of `bytes`, made now if there is none.
+fn blank_image(dir: &Path, bytes: u64) -> Result<File, ScratchDiskError> {
+    create_private_dir(dir).map_err(io_error(dir))?;
+    let path = dir.join(format!(".blank-{bytes}.ext4"));
+    if let Ok(image) = File::open(&path) {
+        return Ok(image);
+    }
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = File::create(&lock_path).map_err(io_error(&lock_path))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io_error(&lock_path)(e.into()))?;
+    if let Ok(image) = File::open(&path) {
+        return Ok(image);
+    }
+    let work = unique_path(dir, "blank");
+    let made = format_image(&work, bytes)
+        .and_then(|()| std::fs::rename(&work, &path).map_err(io_error(&path)));
+    let _ = std::fs::remove_file(&work);
+    made?;
+    File::open(&path).map_err(io_error(&path))
+}
+
+/// Formats a new sparse file at `path`: ext4, no journal (a crash loses
+/// the sandbox anyway), no reserved blocks, inode tables left for the
+/// kernel not to initialise (the agent mounts with `noinit_itable`).
+fn format_image(path: &Path, bytes: u64) -> Result<(), ScratchDiskError> {
+    let file = File::create(path).map_err(io_error(path))?;
+    file.set_len(bytes).map_err(io_error(path))?;
+    drop(file);
+    let output = Command::new("mke2fs")
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-O",
+            "^has_journal",
+            "-m",
+            "0",
+            "-b",
+            "4096",
+        ])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .args(["-L", "cocoon-scratch"])
+        .arg(path)
+        .output()
+        .map_err(|e| ScratchDiskError::Format {
+            path: path.display().to_string(),
+            message: format!("running mke2fs (e2fsprogs): {e}"),
+        })?;
+    if !output.status.success() {
+        return Err(ScratchDiskError::Format {
+            path: path.display().to_string(),
+            message: format!(
+                "mke2fs {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Copies the data extents of `blank` to the same offsets in `disk`
+/// (holes stay holes).
+fn copy_extents(blank: &File, disk: &File, dir: &Path) -> Result<(), ScratchDiskError> {
+    let failed = io_error(dir);
+    let size = blank.metadata().map_err(io_error(dir))?.len();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    while offset < size {
+        let data = match seek(blank, offset, Whence::SeekData) {
+            Ok(data) => data,
+            // No data after `offset`.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(e) => return Err(failed(e)),
+        };
+        let hole = seek(blank, data, Whence::SeekHole).map_err(io_error(dir))?;
+        let mut at = data;
+        while at < hole {
+            let len = buffer.len().min((hole - at) as usize);
+            blank
+                .read_exact_at(&mut buffer[..len], at)
+                .map_err(io_error(dir))?;
+            disk.write_all_at(&buffer[..len], at)
+                .map_err(io_error(dir))?;
+            at += len as u64;
+        }
+        offset = hole;
+    }
+    Ok(())
+}
+
+fn seek(file: &File, offset: u64, whence: Whence) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let offset = i64::try_from(offset)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let at = nix::unistd::lseek(file.as_raw_fd(), offset, whence)?;
+    Ok(at as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_disk_is_a_formatted_sparse_copy_of_the_blank_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = 256 << 20;
+        let disk = ScratchDisk::formatted(dir.path(), bytes).await.unwrap();
+        let meta = disk.file.metadata().unwrap();
+        assert_eq!(meta.len(), bytes);
+        // Unlinked: nothing in the directory but the blank image and lock.
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".blank-268435456.ext4", ".lock"]);
+        // Sparse: a few MiB at most are allocated.
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 < 16 << 20,
+            "{} bytes",
+            meta.blocks() * 512
+        );
+        // An ext4 superblock: magic 0xef53 at 1024 + 56.
+        let mut magic = [0u8; 2];
+        disk.file.read_exact_at(&mut magic, 1024 + 56).unwrap();
+        assert_eq!(u16::from_le_bytes(magic), 0xef53);
+        // The second disk reuses the image and is its own file.
+        let again = ScratchDisk::formatted(dir.path(), bytes).await.unwrap();
+        again.file.write_all_at(b"x", 0).unwrap();
+        let mut first = [0u8; 1];
+        disk.file.read_exact_at(&mut first, 0).unwrap();
+        assert_eq!(first, [0]);
+    }
+}

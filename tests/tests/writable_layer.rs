@@ -1,0 +1,146 @@
+//! A container's writable layer on its sandbox's scratch disk
+//! (docs/architecture.md, "Writable layers"): on containerd's overlayfs
+//! snapshotter the guest gets the image read-only and keeps what the
+//! container writes on the VM's own disk. What the container wrote is there
+//! for its next process; the image layers and containerd's upper directory
+//! are never written; the disk file is nowhere on the host's file system
+//! and goes with the VM; the next container starts from the image again.
+
+use std::path::{Path, PathBuf};
+
+use cocoon_tests::containerd::{ok, Containerd, Extra, RUNTIME};
+use cocoon_tests::{build_output, release_dir, require_hardware_kvm};
+
+const SNAPSHOTTER: &str = "overlayfs";
+
+fn containerd(scratch: &Path) -> Containerd {
+    let containerd = Containerd::start_with(
+        &release_dir(),
+        &build_output("vmlinux"),
+        &build_output("initramfs.img"),
+        |_| Extra {
+            tmpfs: true,
+            cocoon_config: format!("scratch_dir = {scratch:?}\n"),
+            ..Extra::default()
+        },
+    );
+    containerd.import_busybox();
+    containerd
+}
+
+/// The overlay directories containerd's snapshot of container `id` has:
+/// (upperdir, lowerdirs).
+fn snapshot_dirs(containerd: &Containerd, id: &str) -> (PathBuf, Vec<PathBuf>) {
+    let mount = ok(
+        containerd.ctr(&[
+            "snapshots",
+            "--snapshotter",
+            SNAPSHOTTER,
+            "mounts",
+            "/mnt",
+            id,
+        ]),
+        "ctr snapshots mounts",
+    );
+    let option = |name: &str| {
+        mount
+            .split([' ', ','])
+            .find_map(|word| word.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {mount}"))
+            .to_string()
+    };
+    let upper = PathBuf::from(option("upperdir="));
+    let lowers = option("lowerdir=").split(':').map(PathBuf::from).collect();
+    (upper, lowers)
+}
+
+/// What is in `dir` (names, sorted).
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+#[ignore = "needs KVM: run inside tests/kvm-host (make kvm-test)"]
+fn what_a_container_writes_stays_on_its_vms_disk() {
+    require_hardware_kvm();
+    let scratch = tempfile::tempdir().expect("temporary directory");
+    let containerd = containerd(scratch.path());
+    ok(
+        containerd.run_on_snapshotter(SNAPSHOTTER, RUNTIME, &["-d"], "layer", &["sleep", "600"]),
+        "ctr run -d",
+    );
+    containerd.wait_for_status("layer", "RUNNING");
+
+    let wrote = containerd.exec(
+        "layer",
+        "write",
+        "echo hello > /hello && mkdir -p /var/big && \
+         dd if=/dev/zero of=/var/big/file bs=1M count=32 2>/dev/null && \
+         rm /bin/true && sync && echo written",
+    );
+    assert!(wrote.contains("written"), "{wrote}\n{}", containerd.log());
+    let read = containerd.exec(
+        "layer",
+        "read",
+        "cat /hello; wc -c < /var/big/file; [ -e /bin/true ] && echo kept || echo removed; \
+         awk '$2 == \"/\" { print $3 }' /proc/mounts",
+    );
+    let lines: Vec<&str> = read.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        ["hello", "33554432", "removed", "overlay"],
+        "a second process sees what the first wrote, on an overlay root:\n{read}"
+    );
+
+    // Not on the host: containerd's upper directory is as empty as the
+    // container found it, and the image layers keep what it removed.
+    let (upper, lowers) = snapshot_dirs(&containerd, "layer");
+    assert_eq!(names(&upper), Vec::<String>::new(), "{}", upper.display());
+    assert!(
+        lowers.iter().any(|lower| lower.join("bin/true").exists()),
+        "an image layer lost /bin/true: {lowers:?}"
+    );
+    // The disk is an unlinked file: only the blank image is in scratch_dir.
+    let blank_only = |what: &str| {
+        let names = names(scratch.path());
+        assert!(
+            names
+                .iter()
+                .all(|name| name.starts_with(".blank-") || name == ".lock"),
+            "{what}: {names:?}"
+        );
+    };
+    blank_only("while the sandbox runs");
+
+    containerd.kill_and_delete("layer");
+    blank_only("after the sandbox");
+    // The next container of the image starts from the image.
+    let again = ok(
+        containerd.run_on_snapshotter(
+            SNAPSHOTTER,
+            RUNTIME,
+            &["--rm"],
+            "layer",
+            &[
+                "sh",
+                "-c",
+                "[ -e /hello ] && echo old || echo fresh; [ -e /bin/true ] && echo true",
+            ],
+        ),
+        "ctr run --rm",
+    );
+    assert_eq!(
+        again.split_whitespace().collect::<Vec<_>>(),
+        ["fresh", "true"]
+    );
+    containerd.assert_nothing_left();
+}
