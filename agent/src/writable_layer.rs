@@ -115,7 +115,9 @@ fn mount_scratch_disk() -> Result<()> {
         SCRATCH,
         Some("ext4"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
-        None::<&str>,
+        // The blank image's inode tables were never zeroed (lazy_itable_init):
+        // zeroing them now would write a GiB-scale stream to a sparse file.
+        Some("noinit_itable"),
     )
     .map_err(|e| {
         AgentError::FailedPrecondition(format!(
