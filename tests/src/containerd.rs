@@ -280,6 +280,19 @@ impl Containerd {
         id: &str,
         args: &[&str],
     ) -> Output {
+        self.run_image(snapshotter, BUSYBOX, runtime, flags, id, args)
+    }
+
+    /// [`Containerd::run_on_snapshotter`] of another image.
+    pub fn run_image(
+        &self,
+        snapshotter: &str,
+        image: &str,
+        runtime: &str,
+        flags: &[&str],
+        id: &str,
+        args: &[&str],
+    ) -> Output {
         let mut command = vec!["run"];
         command.extend_from_slice(flags);
         command.extend_from_slice(&[
@@ -287,7 +300,7 @@ impl Containerd {
             runtime,
             "--snapshotter",
             snapshotter,
-            BUSYBOX,
+            image,
             id,
         ]);
         command.extend_from_slice(args);
@@ -384,13 +397,20 @@ impl Containerd {
 
     /// Builds the busybox image offline and imports it as [`BUSYBOX`].
     pub fn import_busybox(&self) {
-        let archive = self.dir.path().join("busybox.tar");
+        self.import_image(BUSYBOX, &[]);
+    }
+
+    /// Builds image `name` offline (`tests/images/oci-image.sh` with
+    /// `options`: busybox and what they add) and imports it.
+    pub fn import_image(&self, name: &str, options: &[&str]) {
+        let archive = self.dir.path().join("image.tar");
         let built = Command::new(repo_root().join("tests/images/oci-image.sh"))
+            .args(options)
             .arg(&archive)
-            .arg(BUSYBOX)
+            .arg(name)
             .status()
             .expect("oci-image.sh runs");
-        assert!(built.success(), "building the busybox image failed");
+        assert!(built.success(), "building the image {name} failed");
         let imported = self.ctr(&["image", "import", archive.to_str().expect("utf-8 path")]);
         assert!(
             imported.status.success(),

@@ -20,7 +20,7 @@ fn containerd(scratch: &Path) -> Containerd {
         &build_output("initramfs.img"),
         |_| Extra {
             tmpfs: true,
-            cocoon_config: format!("scratch_dir = {scratch:?}\n"),
+            cocoon_config: format!("scratch_disk_gib = 10\nscratch_dir = {scratch:?}\n"),
             ..Extra::default()
         },
     );

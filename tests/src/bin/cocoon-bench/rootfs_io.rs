@@ -1,9 +1,10 @@
 //! File work inside a container's root file system, Cocoon (from a
-//! template) against runc, interleaved in one containerd on the overlayfs
-//! snapshotter (containerd's default, on a tmpfs: the host VM's root is an
-//! overlay itself): 1000 small-file creates, stats and removes, a 256 MiB
+//! template) against runc and against Cocoon writing through the share (the
+//! state before the scratch disk), interleaved, on containerd's overlayfs
+//! snapshotter (its default, on a tmpfs: the host VM's root is an overlay
+//! itself): 1000 small-file creates, stats and removes, a 256 MiB
 //! sequential write (fsync'd) and read, and `tar -x` of a 20 MiB tree of
-//! small files. The container times its own phases (busybox `date +%s%N`
+//! small files. The container times its own phases (GNU `date +%s%N`
 //! around each), so start-up is not in any figure. Reported as throughput,
 //! so the ratio cocoon/runc reads as "fraction of runc's speed".
 
@@ -13,6 +14,8 @@ use crate::summary::Summary;
 use crate::LocalRuntime;
 
 const RUNC: &str = "io.containerd.runc.v2";
+/// busybox with GNU date as `date-ns`: busybox's date has no `%N`.
+const IMAGE: &str = "docker.io/cocoon/rootfs-bench:latest";
 const SMALL_FILES: u32 = 1000;
 const BIG_MIB: u32 = 256;
 /// The tar tree: TREE_FILES files of TREE_FILE_KIB, 20 MiB in all.
@@ -25,14 +28,15 @@ const TREE_FILE_KIB: u32 = 16;
 fn script() -> String {
     format!(
         r#"set -e
-t() {{ date +%s%N; }}
+t() {{ date-ns +%s%N; }}
 phase() {{ now=$(t); echo "phase $1 $((now - start))"; }}
 mkdir /bench /bench/small /bench/tree /bench/out
 cd /bench/small
+start=$(t); i=0; while [ $i -lt {SMALL_FILES} ]; do i=$((i + 1)); done; phase loop
 start=$(t); i=0; while [ $i -lt {SMALL_FILES} ]; do echo x > f$i; i=$((i + 1)); done; phase create
 start=$(t); i=0; while [ $i -lt {SMALL_FILES} ]; do [ -f f$i ]; i=$((i + 1)); done; phase stat
 cd /bench
-start=$(t); rm -r /bench/small; phase remove
+start=$(t); rm -r /bench/small || rm -r /bench/small; phase remove
 start=$(t); dd if=/dev/zero of=/bench/big bs=1M count={BIG_MIB} conv=fsync 2>/dev/null; phase write
 start=$(t); dd if=/bench/big of=/dev/null bs=1M 2>/dev/null; phase read
 rm /bench/big
@@ -51,12 +55,26 @@ start=$(t); tar -xf /bench/tree.tar -C /bench/out; phase untar
 /// One run's phase times, in seconds.
 #[derive(Default, Clone, Copy)]
 struct Phases {
+    /// The shell loop alone, no file work: what the machine's speed for
+    /// the guest's own work is, next to runc's.
+    loop_only: f64,
     create: f64,
     stat: f64,
     remove: f64,
     write: f64,
     read: f64,
     untar: f64,
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loop {:.2} s, create {:.2} s, stat {:.2} s, remove {:.2} s, write {:.2} s, read {:.2} s, untar {:.2} s",
+            self.loop_only,
+            self.create, self.stat, self.remove, self.write, self.read, self.untar
+        )
+    }
 }
 
 impl Phases {
@@ -72,6 +90,7 @@ impl Phases {
             };
             let seconds = nanos.parse::<f64>().expect("nanoseconds") / 1e9;
             let slot = match name {
+                "loop" => &mut phases.loop_only,
                 "create" => &mut phases.create,
                 "stat" => &mut phases.stat,
                 "remove" => &mut phases.remove,
@@ -92,47 +111,73 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-pub fn measure(runtime: &LocalRuntime, runs: usize, summary: &mut Summary) {
-    let templates = tempfile::tempdir().expect("temporary directory");
+fn containerd(runtime: &LocalRuntime, cocoon_config: String) -> Containerd {
     let containerd =
         Containerd::start_with(&runtime.bin, &runtime.kernel, &runtime.initramfs, |_| {
             Extra {
                 version: Version::V1_6,
                 tmpfs: true,
-                cocoon_config: format!("template_dir = {:?}\n", templates.path().join("templates")),
+                cocoon_config,
                 ..Extra::default()
             }
         });
-    containerd.import_busybox();
+    containerd.import_image(IMAGE, &["--host-tool", "/bin/date:/usr/bin/date-ns"]);
+    containerd
+}
+
+pub fn measure(runtime: &LocalRuntime, runs: usize, summary: &mut Summary) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = |name: &str, more: &str| {
+        format!(
+            "template_dir = {:?}\nscratch_dir = {:?}\n{more}",
+            dir.path().join(name).join("templates"),
+            dir.path().join(name).join("scratch"),
+        )
+    };
+    // Writable layers on the scratch disk (the default), and through the
+    // share as before it (scratch_disk_gib = 0); runc through the first.
+    let layered = containerd(runtime, config("layered", "scratch_disk_gib = 10\n"));
+    let shared = containerd(runtime, config("shared", "scratch_disk_gib = 0\n"));
     let script = script();
-    let run = |runtime: &str, id: &str| {
-        let out = containerd.run_on_snapshotter(
+    let run = |containerd: &Containerd, runtime: &str, id: &str| {
+        let out = containerd.run_image(
             "overlayfs",
+            IMAGE,
             runtime,
             &["--rm"],
             id,
             &["sh", "-c", &script],
         );
-        Phases::parse(&ok(out, &format!("the rootfs workload on {runtime}")))
+        let phases = Phases::parse(&ok(out, &format!("the rootfs workload on {runtime}")));
+        println!("  {id}: {phases}");
+        phases
     };
     let mut cocoon = Vec::new();
+    let mut through_share = Vec::new();
     let mut runc = Vec::new();
     for i in 0..runs {
-        cocoon.push(run(RUNTIME, &format!("rootfs-cocoon{i}")));
-        runc.push(run(RUNC, &format!("rootfs-runc{i}")));
+        cocoon.push(run(&layered, RUNTIME, &format!("rootfs-cocoon{i}")));
+        through_share.push(run(&shared, RUNTIME, &format!("rootfs-share{i}")));
+        runc.push(run(&layered, RUNC, &format!("rootfs-runc{i}")));
     }
 
-    println!("file work in the container's root file system (overlayfs snapshotter), median of {runs} interleaved:");
+    println!(
+        "file work in the container's root file system (overlayfs snapshotter), median of {runs} interleaved \
+         (cocoon: writable layer on the scratch disk; through the share: scratch_disk_gib = 0, as before):"
+    );
     let mut report = |what: &str,
                       unit: &str,
                       amount: f64,
                       target: &str,
                       phase: fn(&Phases) -> f64| {
-        let cocoon_rate = amount / median(cocoon.iter().map(phase).collect());
-        let runc_rate = amount / median(runc.iter().map(phase).collect());
+        let rate = |runs: &[Phases]| amount / median(runs.iter().map(phase).collect());
+        let (cocoon_rate, share_rate, runc_rate) =
+            (rate(&cocoon), rate(&through_share), rate(&runc));
         println!(
-            "  {what:<36} cocoon {cocoon_rate:10.1} {unit}  runc {runc_rate:10.1} {unit}  ratio {:.2} (target {target})",
-            cocoon_rate / runc_rate
+            "  {what:<34} cocoon {cocoon_rate:9.1}  through the share {share_rate:9.1}  runc {runc_rate:9.1} {unit}  \
+             ratio {:.2} (target {target}; was {:.2})",
+            cocoon_rate / runc_rate,
+            share_rate / runc_rate,
         );
         summary.compare(
             &format!("rootfs: {what} (vs runc)"),
@@ -141,10 +186,24 @@ pub fn measure(runtime: &LocalRuntime, runs: usize, summary: &mut Summary) {
             unit,
             target,
         );
+        summary.compare(
+            &format!("rootfs: {what}, through the share (vs runc)"),
+            share_rate,
+            runc_rate,
+            unit,
+            "-",
+        );
     };
     let files = f64::from(SMALL_FILES);
     let big = f64::from(BIG_MIB);
     let tree = f64::from(TREE_FILES * TREE_FILE_KIB) / 1024.0;
+    report(
+        "1000 shell loop turns, no file work",
+        "turns/s",
+        files,
+        "-",
+        |p| p.loop_only,
+    );
     report(
         "1000 small-file creates",
         "files/s",
