@@ -21,7 +21,7 @@ use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
 /// Guest RAM as the VM, the boot code and every device see it.
 pub type GuestMemory = GuestMemoryMmap<()>;
 
-const HUGE_PAGE: usize = 2 << 20;
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -43,8 +43,9 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
     }
 }
 
-/// Maps `size` bytes (a multiple of the page size) at a 2 MiB-aligned address.
-fn map_aligned(size: usize) -> Result<*mut u8, MemoryError> {
+/// Maps `size` bytes (a multiple of the page size) of anonymous memory at a
+/// 2 MiB-aligned address, advised for huge pages.
+pub(crate) fn map_aligned(size: usize) -> Result<*mut u8, MemoryError> {
     let len = size + HUGE_PAGE;
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
