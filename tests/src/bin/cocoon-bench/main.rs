@@ -2,7 +2,7 @@
 //! reference in the same (host) machine, reported as ratios.
 //!
 //! Run inside tests/kvm-host (it needs real KVM):
-//!   cocoon-bench [--vmm PATH] [--runs N] [--launch-only | --ctr-only | --pods-only | --http-only | --rootfs-only] [--http-mib N]
+//!   cocoon-bench [--vmm PATH] [--runs N] [--launch-only | --ctr-only | --pods-only | --http-only | --rootfs-only [--rootfs-share] | --pod-memory-only] [--http-mib N]
 //!
 //! - cocoon-vmm against QEMU microvm: launch → guest /init, and the VMM's
 //!   memory outside guest RAM (`vmm_launch.rs`); a restore from a template
@@ -59,12 +59,17 @@ fn main() {
     }
 
     let mut summary = Summary::new();
-    let pods_only = flag("--pods-only") || flag("--http-only");
+    let pods_only = flag("--pods-only") || flag("--http-only") || flag("--pod-memory-only");
     let ctr_only = flag("--ctr-only");
     if flag("--rootfs-only") {
-        // Not in the whole run yet: through the share, one run of the
-        // workload alone takes over 11 minutes (docs/performance.md).
-        rootfs_io::measure(&LocalRuntime::new(&vmm), runs.min(3), &mut summary);
+        // --rootfs-share adds Cocoon without the scratch disk (the state
+        // before it); over 11 minutes a run under emulation.
+        rootfs_io::measure(
+            &LocalRuntime::new(&vmm),
+            runs.min(3),
+            flag("--rootfs-share"),
+            &mut summary,
+        );
         summary.print();
         return;
     }
@@ -78,6 +83,8 @@ fn main() {
         let runtime = LocalRuntime::new(&vmm);
         if !pods_only {
             ctr_run::measure(&runtime, runs.min(5), &mut summary);
+            // Without the share variant: one run of it takes 11 minutes.
+            rootfs_io::measure(&runtime, runs.min(3), false, &mut summary);
         }
         let cri = Cri::start_from(
             Version::V1_6,
@@ -85,6 +92,11 @@ fn main() {
             &runtime.kernel,
             &runtime.initramfs,
         );
+        if flag("--pod-memory-only") {
+            pod_memory::measure(&cri, &mut summary);
+            summary.print();
+            return;
+        }
         if !flag("--http-only") {
             pod_start::measure(&cri, runs.min(pod_start::MAX_RUNS), &mut summary);
             pod_memory::measure(&cri, &mut summary);

@@ -3,7 +3,7 @@
 //! pod's shim plus cocoon-vmm, guest pages the guest touched included, as
 //! the idle `ctr` sandbox is measured (`memory.rs`).
 
-use cocoon_tests::cri::{busybox_container, Cri, COCOON_HANDLER};
+use cocoon_tests::cri::{busybox_container, Cri, BUSYBOX, COCOON_HANDLER};
 
 use crate::memory;
 use crate::summary::Summary;
@@ -13,6 +13,8 @@ use crate::summary::Summary;
 const IDLE_PODS: usize = 3;
 
 pub fn measure(cri: &Cri, summary: &mut Summary) {
+    // Pulled already when pod starts were measured first.
+    cri.crictl_ok(&["pull", BUSYBOX]);
     let pods: Vec<String> = (0..IDLE_PODS)
         .map(|index| {
             let name = format!("idle-{index}");
