@@ -112,9 +112,11 @@ fn fs(rules: &mut Rules) {
 }
 
 fn balloon(rules: &mut Rules) {
-    // Reported free pages leave the resident set; guest RAM switches to small
-    // pages at the first report.
-    rules.allow_arg(libc::SYS_madvise, 2, &[libc::MADV_NOHUGEPAGE as u64]);
+    // Reported free pages leave the resident set; guest RAM the guest has
+    // touched (mincore tells) switches to small pages at the first report.
+    rules
+        .allow_arg(libc::SYS_madvise, 2, &[libc::MADV_NOHUGEPAGE as u64])
+        .allow(&[libc::SYS_mincore]);
 }
 
 // The ioctl number is a c_ulong with glibc but a c_int with musl.

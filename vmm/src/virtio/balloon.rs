@@ -7,10 +7,13 @@
 //! size. If the guest allocates a reported page again, it faults in a fresh
 //! zero page.
 //!
-//! The first report also means the guest has booted: from then on guest RAM
-//! gets small pages (the switch the VM hands over at construction,
-//! `memory::prefer_small_pages`), so that reports smaller than a huge page
-//! free memory too.
+//! The first report also means the guest has booted: from then on the guest
+//! RAM it has touched gets small pages (the switch the VM hands over at
+//! construction, `memory::prefer_small_pages`), so that reports smaller than
+//! a huge page free memory too. RAM it never touched keeps huge pages until
+//! a report frees part of a 2 MiB chunk there: that chunk gets small pages
+//! then, so khugepaged never collapses a chunk the guest uses in part back
+//! into a whole resident huge page.
 //!
 //! No ballooning proper: `num_pages` stays 0, so the driver never inflates,
 //! and whatever it still posts on the inflate and deflate queues is completed
@@ -232,6 +235,9 @@ struct FreeRange {
     guest: u64,
     len: u32,
     host: *mut u8,
+    /// The host mapping of the guest memory region the range lies in.
+    region_host: *mut u8,
+    region_len: usize,
 }
 
 // Everything the worker thread owns.
@@ -371,6 +377,8 @@ fn free_range(mem: &GuestMemory, addr: u64, len: u32) -> Result<FreeRange, Repor
         guest: addr,
         len,
         host,
+        region_host: region.as_ptr(),
+        region_len: region.len() as usize,
     })
 }
 
@@ -389,6 +397,7 @@ fn discard(range: &FreeRange) -> Result<(), ReportError> {
     let result =
         unsafe { libc::madvise(range.host.cast(), range.len as usize, libc::MADV_DONTNEED) };
     if result == 0 {
+        prefer_small_pages_around(range);
         Ok(())
     } else {
         Err(ReportError::Discard {
@@ -396,6 +405,41 @@ fn discard(range: &FreeRange) -> Result<(), ReportError> {
             len: range.len,
             source: io::Error::last_os_error(),
         })
+    }
+}
+
+/// Gives small pages to the 2 MiB chunks that `range` covers only in part
+/// (at most its first and last): the guest still uses the rest of them.
+fn prefer_small_pages_around(range: &FreeRange) {
+    let huge = crate::memory::HUGE_PAGE;
+    let region_start = range.region_host as usize;
+    let region_end = region_start + range.region_len;
+    let start = range.host as usize;
+    let end = start + range.len as usize;
+    let chunk_of = |at: usize| {
+        let chunk = region_start + (at - region_start) / huge * huge;
+        (chunk, (chunk + huge).min(region_end))
+    };
+    let (head, tail) = (chunk_of(start), chunk_of(end - 1));
+    let edges = if head == tail {
+        vec![head]
+    } else {
+        vec![head, tail]
+    };
+    for (chunk_start, chunk_end) in edges {
+        if start <= chunk_start && chunk_end <= end {
+            continue; // freed whole
+        }
+        // SAFETY: the chunk lies inside the range's guest memory region (a
+        // private mapping alive as long as the process: see discard);
+        // MADV_NOHUGEPAGE only changes how the kernel backs it.
+        unsafe {
+            libc::madvise(
+                chunk_start as *mut libc::c_void,
+                chunk_end - chunk_start,
+                libc::MADV_NOHUGEPAGE,
+            )
+        };
     }
 }
 

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 pub struct Memory {
     pub rss: u64,
     pub pss: u64,
-    /// `pss` and `rss` of the largest mapping alone: a VMM's guest RAM
-    /// (anonymous, or a template's memory file mapped privately).
-    pub largest_pss: u64,
-    pub largest_rss: u64,
+    /// `pss` and `rss` of a VMM's guest RAM alone (anonymous, and a
+    /// template's memory file mapped privately): see [`guest_ram`].
+    pub guest_ram_pss: u64,
+    pub guest_ram_rss: u64,
 }
 
 /// The mean per sandbox.
@@ -37,10 +37,10 @@ impl SandboxMemory {
             mib(self.total().rss)
         );
         println!(
-            "  cocoon-vmm's guest RAM mapping: Pss {:.1} MiB, Rss {:.1} MiB (the rest of the VMM: Pss {:.1} MiB)",
-            mib(self.vmm.largest_pss),
-            mib(self.vmm.largest_rss),
-            mib(self.vmm.pss - self.vmm.largest_pss)
+            "  cocoon-vmm's guest RAM: Pss {:.1} MiB, Rss {:.1} MiB (the rest of the VMM: Pss {:.1} MiB)",
+            mib(self.vmm.guest_ram_pss),
+            mib(self.vmm.guest_ram_rss),
+            mib(self.vmm.pss - self.vmm.guest_ram_pss)
         );
     }
 
@@ -54,8 +54,8 @@ impl SandboxMemory {
         Memory {
             rss: self.shim.rss + self.vmm.rss,
             pss: self.shim.pss + self.vmm.pss,
-            largest_pss: self.shim.largest_pss + self.vmm.largest_pss,
-            largest_rss: self.shim.largest_rss + self.vmm.largest_rss,
+            guest_ram_pss: self.shim.guest_ram_pss + self.vmm.guest_ram_pss,
+            guest_ram_rss: self.shim.guest_ram_rss + self.vmm.guest_ram_rss,
         }
     }
 }
@@ -92,16 +92,16 @@ pub fn idle_sandboxes(vmm_pids: &[u32]) -> SandboxMemory {
         ] {
             sum.rss += one.rss;
             sum.pss += one.pss;
-            sum.largest_pss += one.largest_pss;
-            sum.largest_rss += one.largest_rss;
+            sum.guest_ram_pss += one.guest_ram_pss;
+            sum.guest_ram_rss += one.guest_ram_rss;
         }
     }
     let count = vmm_pids.len() as u64;
     let mean = |sum: Memory| Memory {
         rss: sum.rss / count,
         pss: sum.pss / count,
-        largest_pss: sum.largest_pss / count,
-        largest_rss: sum.largest_rss / count,
+        guest_ram_pss: sum.guest_ram_pss / count,
+        guest_ram_rss: sum.guest_ram_rss / count,
     };
     SandboxMemory {
         shim: mean(shim),
@@ -114,25 +114,28 @@ fn parent_pid(pid: u32) -> u32 {
     number_after(&status, "PPid:") as u32
 }
 
-/// `Rss` and `Pss` of a process's smaps_rollup, in KiB, and of its largest
-/// mapping (from smaps).
+/// `Rss` and `Pss` of a process's smaps_rollup, in KiB, and of its guest
+/// RAM (from smaps).
 fn memory(pid: u32) -> Memory {
     let rollup =
         std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("smaps_rollup");
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
-    let (largest_rss, largest_pss) = largest_mapping(&smaps);
+    let (guest_ram_rss, guest_ram_pss) = guest_ram(&smaps);
     Memory {
         rss: number_after(&rollup, "Rss:"),
         pss: number_after(&rollup, "Pss:"),
-        largest_pss,
-        largest_rss,
+        guest_ram_pss,
+        guest_ram_rss,
     }
 }
 
-/// `Rss` and `Pss` (KiB) of the largest mapping in `smaps`.
-fn largest_mapping(smaps: &str) -> (u64, u64) {
-    let mut largest = (0, 0, 0); // size, rss, pss
-    let mut current = (0, 0, 0);
+/// `Rss` and `Pss` (KiB) of guest RAM in `smaps`: the mappings cocoon-vmm
+/// advises for huge or small pages (VmFlags `hg`, `nh`: its guest RAM, in
+/// 2 MiB chunks of either kind once the guest has booted) and those of a
+/// template's memory file.
+fn guest_ram(smaps: &str) -> (u64, u64) {
+    let (mut rss, mut pss) = (0, 0);
+    let mut current = (false, 0, 0); // guest RAM, rss, pss
     let value = |rest: &str| {
         rest.split_whitespace()
             .next()
@@ -140,21 +143,23 @@ fn largest_mapping(smaps: &str) -> (u64, u64) {
             .unwrap_or(0)
     };
     for line in smaps.lines() {
-        if let Some(rest) = line.strip_prefix("Size:") {
-            if current.0 > largest.0 {
-                largest = current;
-            }
-            current = (value(rest), 0, 0);
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: "start-end perms offset dev inode [path]".
+            current = (line.ends_with("/memory"), 0, 0);
         } else if let Some(rest) = line.strip_prefix("Rss:") {
             current.1 = value(rest);
         } else if let Some(rest) = line.strip_prefix("Pss:") {
             current.2 = value(rest);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let advised = flags.split_whitespace().any(|f| f == "hg" || f == "nh");
+            if current.0 || advised {
+                rss += current.1;
+                pss += current.2;
+            }
         }
     }
-    if current.0 > largest.0 {
-        largest = current;
-    }
-    (largest.1, largest.2)
+    (rss, pss)
 }
 
 /// The number after `name` on its line.

@@ -192,16 +192,24 @@ fn reported_range_reads_back_as_zeros() {
 }
 
 #[test]
-fn the_first_report_turns_guest_memory_to_small_pages() {
+fn reports_give_small_pages_where_the_guest_uses_part_of_a_chunk() {
     let memory = crate::memory::create_guest_memory(2 * REGION).expect("guest memory");
     let mut b = active_balloon_in(memory, FEATURES);
-    let starts: Vec<usize> = b.d.mem.iter().map(|r| r.as_ptr() as usize).collect();
-    let small = |start| crate::memory::tests::vm_flags(start).contains(&"nh".to_string());
-    assert!(!starts.iter().any(|&start| small(start)));
-    b.set_desc(0, FREE, PAGE as u32, WRITE, 0);
+    let start = b.d.mem.iter().next().expect("a region").as_ptr() as usize;
+    let chunk = |index: u64| start + (index * u64::from(HUGE)) as usize;
+    let small = |at| crate::memory::tests::vm_flags(at).contains(&"nh".to_string());
+    assert!(!small(chunk(0)));
+    // The first report: chunk 0 holds the rings (touched), chunk 1 is
+    // reported in part; chunk 2 was never touched and chunk 3 is reported
+    // whole, so both keep huge pages.
+    b.set_desc(0, FREE, PAGE as u32, WRITE, NEXT);
+    b.set_desc(1, 3 * u64::from(HUGE), HUGE, WRITE, 0);
     b.submit(REPORTING_QUEUE, 0);
     assert_eq!(b.reporting().used_elem(&b.d.mem, 0), (0, 0));
-    assert!(starts.iter().all(|&start| small(start)));
+    assert!(small(chunk(0)));
+    assert!(small(chunk(1)));
+    assert!(!small(chunk(2)));
+    assert!(!small(chunk(3)));
 }
 
 #[test]
