@@ -127,13 +127,18 @@ fn touched_chunks(host: *mut u8, len: usize) -> Vec<(usize, usize)> {
             continue;
         }
         let start = index * HUGE_PAGE;
-        let end = (start + HUGE_PAGE).min(len);
-        match runs.last_mut() {
-            Some(last) if last.1 == start => last.1 = end,
-            _ => runs.push((start, end)),
-        }
+        add_to_runs(&mut runs, start, (start + HUGE_PAGE).min(len));
     }
     runs
+}
+
+/// Appends `[start, end)` to `runs` (in ascending order), extending the last
+/// run where the two meet.
+pub(crate) fn add_to_runs<T: PartialEq>(runs: &mut Vec<(T, T)>, start: T, end: T) {
+    match runs.last_mut() {
+        Some(last) if last.1 == start => last.1 = end,
+        _ => runs.push((start, end)),
+    }
 }
 
 /// Maps `size` bytes of guest RAM. The mappings live as long as the process

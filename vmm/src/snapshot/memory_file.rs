@@ -23,7 +23,7 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestMemory as _, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
 
 use super::SnapshotError;
-use crate::memory::{map_aligned, ram_ranges, GuestMemory, MemoryError, HUGE_PAGE};
+use crate::memory::{add_to_runs, map_aligned, ram_ranges, GuestMemory, MemoryError, HUGE_PAGE};
 
 // Zero pages are found (and skipped) at this granularity.
 const PAGE: usize = 4096;
@@ -124,10 +124,7 @@ fn saved_chunks(file: &File, offset: u64, len: u64) -> Result<Vec<(u64, u64)>, S
         }
         let start = data / chunk * chunk;
         let end = (start + chunk).min(len);
-        match runs.last_mut() {
-            Some(last) if last.1 == start => last.1 = end,
-            _ => runs.push((start, end)),
-        }
+        add_to_runs(&mut runs, start, end);
         at = end;
     }
     Ok(runs)
