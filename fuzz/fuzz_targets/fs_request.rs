@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use cocoon_fuzz::confine::confine;
-use cocoon_vmm::virtio::fs::{handle_request_bytes, new_server};
+use cocoon_vmm::virtio::fs::{handle_request_bytes, new_server, Caching};
 use libfuzzer_sys::fuzz_target;
 
 /// `sizeof(struct fuse_in_header)`.
@@ -101,12 +101,17 @@ fn requests(mut data: &[u8]) -> Vec<&[u8]> {
 fuzz_target!(|data: &[u8]| {
     let harness = harness();
     let share = &harness.share;
-    populate(share).expect("create the share");
-    let server = new_server(share).expect("server");
-    for (i, request) in requests(data).into_iter().enumerate() {
-        let reply = handle_request_bytes(&server, request);
-        assert!(!reply.panicked, "request {i} panicked: {request:02x?}");
+    for caching in [Caching::Coherent, Caching::Immutable] {
+        populate(share).expect("create the share");
+        let server = new_server(share, caching).expect("server");
+        for (i, request) in requests(data).into_iter().enumerate() {
+            let reply = handle_request_bytes(&server, request);
+            assert!(
+                !reply.panicked,
+                "{caching:?}: request {i} panicked: {request:02x?}"
+            );
+        }
+        drop(server);
+        std::fs::remove_dir_all(share).expect("remove the share");
     }
-    drop(server);
-    std::fs::remove_dir_all(share).expect("remove the share");
 });

@@ -49,8 +49,8 @@ pub struct Config {
     /// Where the templates are kept (one directory per VM shape).
     pub template_dir: PathBuf,
     /// Size of a sandbox's scratch disk (GiB, a sparse file), which holds
-    /// its containers' writable layers; 0 (for now the default): no disk,
-    /// containers write in their root file systems through the share.
+    /// its containers' writable layers; 0: no disk, containers write in
+    /// their root file systems through the share.
     pub scratch_disk_gib: u64,
     /// Where scratch disks are (a directory on a disk, not a tmpfs: the
     /// files are unlinked at once, and go with their VM).
@@ -74,7 +74,7 @@ impl Default for Config {
             max_memory_mib: 0,
             templates: true,
             template_dir: "/run/cocoon/templates".into(),
-            scratch_disk_gib: 0,
+            scratch_disk_gib: 10,
             scratch_dir: "/var/lib/cocoon/scratch".into(),
         }
     }

@@ -261,7 +261,8 @@ impl Sandbox {
             initramfs: &config.initramfs,
             vcpus: shape.vcpus,
             memory_mib: shape.memory_mib.into(),
-            share: share.exposed(),
+            share: &share.exposed(),
+            images: &share.exposed_images(),
             vsock_uds: &vsock,
             console: &console,
             guest_debug: config.guest_debug,
@@ -401,14 +402,10 @@ impl Guest for Sandbox {
         mounts: &[Mount],
         root: &Path,
     ) -> ShimResult<GuestRootfs> {
-        let image_only = self
+        Ok(self
             .share
             .mount_rootfs(id, mounts, root, self.scratch_disk)
-            .await?;
-        Ok(GuestRootfs {
-            path: Share::guest_rootfs(id),
-            writable_layer_on_scratch_disk: image_only,
-        })
+            .await?)
     }
 
     fn mount_volumes(&self, id: &str, volumes: &[HostVolume]) -> ShimResult<()> {

@@ -1,12 +1,20 @@
-//! A sandbox's share: the directory cocoon-vmm serves to the guest over
-//! virtio-fs, and the host-only directory behind it where the shim mounts.
+//! A sandbox's shares: the directories cocoon-vmm serves to the guest over
+//! virtio-fs, and the host-only directory behind them where the shim mounts.
 //!
 //! - `mounts/` is a tmpfs of its own: capped (`share_size_mib`), 0700,
 //!   nosuid, nodev, noexec, and a shared mount, so that what the shim mounts
 //!   under it after the VMM started propagates into the VMM's mount
 //!   namespace. Container root file systems are mounted at
-//!   `mounts/<id>/rootfs`, nosuid and nodev.
-//! - `share/` is a read-only bind of `mounts/`: what the VMM serves.
+//!   `mounts/containers/<id>/rootfs`, volumes at
+//!   `mounts/containers/<id>/volumes/<n>`, nosuid and nodev. A root file
+//!   system whose writable layer goes on the guest's scratch disk is its
+//!   image layers alone, read-only, at `mounts/images/<id>@<n>`.
+//! - `share/` is a read-only bind of `mounts/`. The VMM serves
+//!   `share/containers` under [`SHARE_TAG`] and `share/images` under
+//!   [`IMAGES_TAG`], which the guest caches as immutable: nothing changes
+//!   an image while its container runs, and a name there is never used
+//!   twice (`<n>` counts up), so an entry the guest keeps cached may be
+//!   gone but is never wrong.
 //!
 //! The guest can write inside the container file systems mounted there,
 //! never the directories around them: it cannot plant a symlink where the
@@ -18,8 +26,12 @@
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use cocoon_protocol::GUEST_SHARE_DIR;
+use cocoon_protocol::client::GuestRootfs;
+use cocoon_protocol::{GUEST_IMAGES_DIR, GUEST_SHARE_DIR};
+#[cfg(doc)]
+use cocoon_protocol::{IMAGES_TAG, SHARE_TAG};
 use containerd_shim::protos::api::Mount;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -32,6 +44,10 @@ use crate::volumes::HostVolume;
 const HOST_ONLY_DIR: &str = "mounts";
 /// The read-only view of it that the VMM serves.
 const EXPOSED_DIR: &str = "share";
+/// Under both: the containers' root file systems and volumes.
+const CONTAINERS_DIR: &str = "containers";
+/// Under both: image layers, each mounted once under a name never reused.
+const IMAGES_DIR: &str = "images";
 /// A private mount where root file systems are made ready before they go
 /// into the shared tree.
 const STAGING_DIR: &str = "staging";
@@ -51,6 +67,9 @@ pub struct Share {
     exposed: PathBuf,
     staging: PathBuf,
 }
+
+/// The `<n>` of the next image mount's name (one shim serves one sandbox).
+static IMAGE_MOUNTS: AtomicU64 = AtomicU64::new(0);
 
 impl Share {
     /// Mounts the capped host-only tmpfs and its read-only view in `dir`.
@@ -77,6 +96,12 @@ impl Share {
             Some(size.as_str()),
         )
         .map_err(|e| fail("mounting its tmpfs", e.into()))?;
+        for name in [CONTAINERS_DIR, IMAGES_DIR] {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(share.host_only.join(name))
+                .map_err(|e| fail("creating the directory", e))?;
+        }
         // Shared, so that mounts made here later reach the VMM's namespace
         // (a slave of this peer group) and the read-only view below.
         mount(
@@ -125,18 +150,33 @@ impl Share {
         }
     }
 
-    /// The directory the VMM serves to the guest.
-    pub fn exposed(&self) -> &Path {
-        &self.exposed
+    /// The directory the VMM serves to the guest under [`SHARE_TAG`].
+    pub fn exposed(&self) -> PathBuf {
+        self.exposed.join(CONTAINERS_DIR)
     }
 
-    /// Where the guest sees container `id`'s root file system.
+    /// The directory the VMM serves to the guest under [`IMAGES_TAG`].
+    pub fn exposed_images(&self) -> PathBuf {
+        self.exposed.join(IMAGES_DIR)
+    }
+
+    fn containers(&self) -> PathBuf {
+        self.host_only.join(CONTAINERS_DIR)
+    }
+
+    fn images(&self) -> PathBuf {
+        self.host_only.join(IMAGES_DIR)
+    }
+
+    /// Where the guest sees container `id`'s root file system, when the
+    /// container writes in it.
     pub fn guest_rootfs(id: &str) -> String {
         format!("{GUEST_SHARE_DIR}/{id}/rootfs")
     }
 
     /// Mounts container `id`'s root file system (`mounts`, else the
-    /// directory `root`) at `mounts/<id>/rootfs`, nosuid and nodev.
+    /// directory `root`) at `mounts/containers/<id>/rootfs`, nosuid and
+    /// nodev, and says where the guest finds it.
     ///
     /// Per-mount flags do not propagate, and a bind mount ignores them when
     /// made: so the file system is mounted and hardened in the private
@@ -145,43 +185,53 @@ impl Share {
     ///
     /// With `image_only_if_layered`, a root file system that is an overlay
     /// with an upper directory (containerd's overlayfs snapshotter) is
-    /// mounted as its layers alone, read-only, for the guest to stack its
-    /// own writable layer on; returns whether it was.
+    /// mounted as its layers alone, read-only, at `mounts/images/<id>@<n>`
+    /// instead, for the guest to stack its own writable layer on.
     pub async fn mount_rootfs(
         &self,
         id: &str,
         mounts: &[Mount],
         root: &Path,
         image_only_if_layered: bool,
-    ) -> Result<bool, RootfsError> {
+    ) -> Result<GuestRootfs, RootfsError> {
         check_id(id)?;
-        let target_path = self.host_only.join(id).join("rootfs");
-        let target = make_dirs_beneath(&self.host_only, &[id, "rootfs"])
-            .map_err(|e| failed(&target_path, "creating the mount point", e))?;
-        let staged = Staged::point(&self.staging, id, PointKind::Directory)?;
         let image = image_only_if_layered
             .then(|| rootfs::image_layers(mounts))
             .flatten();
-        let image_only = image.is_some();
-        match image {
-            Some(image) => rootfs::mount_rootfs(&[image], root, &by_fd(&staged.root)).await?,
-            None => rootfs::mount_rootfs(mounts, root, &by_fd(&staged.root)).await?,
-        }
-        let staged = staged.settle(image_only)?;
-        bind_into_place(&staged, &target, &target_path)?;
-        Ok(image_only)
+        let Some(image) = image else {
+            let target_path = self.containers().join(id).join("rootfs");
+            let target = make_dirs_beneath(&self.containers(), &[id, "rootfs"])
+                .map_err(|e| failed(&target_path, "creating the mount point", e))?;
+            let staged = Staged::point(&self.staging, id, PointKind::Directory)?;
+            rootfs::mount_rootfs(mounts, root, &by_fd(&staged.root)).await?;
+            bind_into_place(&staged.settle(false)?, &target, &target_path)?;
+            return Ok(GuestRootfs::writable(Self::guest_rootfs(id)));
+        };
+        let name = format!("{id}@{}", IMAGE_MOUNTS.fetch_add(1, Ordering::Relaxed));
+        let target_path = self.images().join(&name);
+        let images = make_dirs_beneath(&self.images(), &[])
+            .map_err(|e| failed(&target_path, "opening the images directory", e))?;
+        let target = make_point_beneath(&images, &name, PointKind::Directory)
+            .map_err(|e| failed(&target_path, "creating the mount point", e))?;
+        let staged = Staged::point(&self.staging, id, PointKind::Directory)?;
+        rootfs::mount_rootfs(&[image], root, &by_fd(&staged.root)).await?;
+        bind_into_place(&staged.settle(true)?, &target, &target_path)?;
+        Ok(GuestRootfs {
+            path: format!("{GUEST_IMAGES_DIR}/{name}"),
+            writable_layer_on_scratch_disk: true,
+        })
     }
 
     /// Mounts a host path (a directory or a file) at
-    /// `mounts/<id>/volumes/<index>`, where the guest sees it as
+    /// `mounts/containers/<id>/volumes/<index>`, where the guest sees it as
     /// [`crate::volumes::guest_volume`]: nosuid and nodev always, read-only
     /// if the volume says.
     pub fn mount_volume(&self, id: &str, volume: &HostVolume) -> Result<(), RootfsError> {
         check_id(id)?;
         let kind = PointKind::of_source(&volume.source)?;
         let name = volume.index.to_string();
-        let target_path = self.host_only.join(id).join("volumes").join(&name);
-        let volumes = make_dirs_beneath(&self.host_only, &[id, "volumes"])
+        let target_path = self.containers().join(id).join("volumes").join(&name);
+        let volumes = make_dirs_beneath(&self.containers(), &[id, "volumes"])
             .map_err(|e| failed(&target_path, "creating the volumes directory", e))?;
         let target = make_point_beneath(&volumes, &name, kind)
             .map_err(|e| failed(&target_path, "creating the mount point", e))?;
@@ -209,29 +259,34 @@ impl Share {
         bind_into_place(&staged, &target, &target_path)
     }
 
-    /// Unmounts everything of container `id` (its root file system and
-    /// volumes) and removes its directory.
+    /// Unmounts everything of container `id` (its root file system or
+    /// image layers, and its volumes) and removes their directories.
     pub fn unmount_container(&self, id: &str) {
         if check_id(id).is_err() {
             return;
         }
-        let dir = self.host_only.join(id);
+        let dir = self.containers().join(id);
         let mut points = vec![dir.join("rootfs")];
         if let Ok(volumes) = std::fs::read_dir(dir.join("volumes")) {
             points.extend(volumes.flatten().map(|entry| entry.path()));
         }
         for point in points {
-            // Stacked mounts (several layers of the same target) come off one by one.
-            while umount2(&point, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).is_ok() {}
+            unmount_all_at(&point);
         }
-        if crate::sandbox::has_mounts_under(&dir) {
-            tracing::error!(
-                "{} still has mounts under it; leaving it in place",
-                dir.display()
-            );
+        remove_unless_mounted(&dir);
+        let Ok(images) = std::fs::read_dir(self.images()) else {
             return;
+        };
+        for entry in images.flatten() {
+            let name = entry.file_name();
+            let of_id = (name.to_str())
+                .and_then(|name| name.rsplit_once('@'))
+                .is_some_and(|(owner, _)| owner == id);
+            if of_id {
+                unmount_all_at(&entry.path());
+                remove_unless_mounted(&entry.path());
+            }
         }
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// Unmounts the share of `dir` (the view, then everything under the
@@ -261,6 +316,24 @@ fn check_id(id: &str) -> Result<(), RootfsError> {
     } else {
         Err(RootfsError::BadId(id.into()))
     }
+}
+
+/// Unmounts every mount stacked at `point` (several layers of the same
+/// target come off one by one), never following a symlink.
+fn unmount_all_at(point: &Path) {
+    while umount2(point, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).is_ok() {}
+}
+
+/// Removes the directory `path`, unless something is still mounted there.
+fn remove_unless_mounted(path: &Path) {
+    if crate::sandbox::has_mounts_under(path) {
+        tracing::error!(
+            "{} still has mounts under it; leaving it in place",
+            path.display()
+        );
+        return;
+    }
+    let _ = std::fs::remove_dir_all(path);
 }
 
 fn failed(path: &Path, step: &str, error: nix::Error) -> RootfsError {
@@ -504,7 +577,7 @@ mod tests {
     fn the_guest_sees_the_shims_mounts_read_only_around_them() {
         let dir = tempfile::tempdir().unwrap();
         let share = Share::create(dir.path(), 4).unwrap();
-        let exposed = share.exposed().to_path_buf();
+        let exposed = share.exposed();
         // The view is read-only; the host-only side is the shim's.
         let refused = std::fs::write(exposed.join("planted"), "x").unwrap_err();
         assert_eq!(refused.raw_os_error(), Some(libc::EROFS));
@@ -515,9 +588,10 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        runtime
+        let guest = runtime
             .block_on(share.mount_rootfs("web", &[], rootfs.path(), true))
             .unwrap();
+        assert_eq!(guest, GuestRootfs::writable(Share::guest_rootfs("web")));
         let seen = exposed.join("web/rootfs/hello");
         assert_eq!(std::fs::read_to_string(&seen).unwrap(), "from the image");
         // Writable inside the container's file system, nosuid and nodev.
@@ -570,8 +644,57 @@ mod tests {
             .unwrap_err();
         assert!(error.to_string().contains("only directories"), "{error}");
 
+        // An overlay with an upper directory, when the guest keeps the
+        // writable layer: its layers alone, read-only, on the images share,
+        // under a name the next mount does not reuse.
+        let layers = tempfile::tempdir().unwrap();
+        for layer in ["lower", "upper", "work"] {
+            std::fs::create_dir(layers.path().join(layer)).unwrap();
+        }
+        std::fs::write(layers.path().join("lower/image"), "lower").unwrap();
+        std::fs::write(layers.path().join("upper/written"), "upper").unwrap();
+        let option = |name: &str| format!("{name}={}", layers.path().join(name).display());
+        let overlay = Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![option("lowerdir"), option("upperdir"), option("workdir")],
+            ..Default::default()
+        };
+        let mount_image = || {
+            runtime
+                .block_on(share.mount_rootfs(
+                    "web",
+                    std::slice::from_ref(&overlay),
+                    rootfs.path(),
+                    true,
+                ))
+                .unwrap()
+        };
+        let (first, second) = (mount_image(), mount_image());
+        assert!(first.writable_layer_on_scratch_disk);
+        assert_ne!(first.path, second.path);
+        let name = first
+            .path
+            .strip_prefix(&format!("{GUEST_IMAGES_DIR}/"))
+            .unwrap();
+        let image = share.exposed_images().join(name);
+        assert_eq!(
+            std::fs::read_to_string(image.join("image")).unwrap(),
+            "lower"
+        );
+        assert_eq!(
+            std::fs::read_to_string(image.join("written")).unwrap(),
+            "upper"
+        );
+        let refused = std::fs::write(image.join("new"), "x").unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EROFS));
+
         share.unmount_container("web");
         assert!(!exposed.join("web").exists());
+        assert_eq!(
+            std::fs::read_dir(share.exposed_images()).unwrap().count(),
+            0
+        );
         assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "10.0.0.1 web\n");
         Share::unmount_all(dir.path());
         assert!(!crate::sandbox::has_mounts_under(dir.path()));

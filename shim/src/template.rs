@@ -243,8 +243,9 @@ async fn boot_and_save(
     work: &Path,
 ) -> Result<PathBuf, TemplateError> {
     let _ = std::fs::remove_dir_all(work);
-    let [jail, share, snapshot] = ["jail", "share", "snapshot"].map(|name| work.join(name));
-    for dir in [&jail, &share, &snapshot] {
+    let [jail, share, images, snapshot] =
+        ["jail", "share", "images", "snapshot"].map(|name| work.join(name));
+    for dir in [&jail, &share, &images, &snapshot] {
         create_private_dir(dir).map_err(io_error(dir))?;
     }
     let console = work.join("console.log");
@@ -268,6 +269,7 @@ async fn boot_and_save(
         vcpus: shape.vcpus,
         memory_mib: shape.memory_mib,
         share: &share,
+        images: &images,
         vsock_uds: &work.join("vsock.sock"),
         console: &console,
         guest_debug: config.guest_debug,

@@ -61,6 +61,8 @@ impl Sandbox {
         let dir = tempfile::tempdir().expect("temporary directory");
         let share = dir.path().join("share");
         std::fs::create_dir(&share).expect("share directory");
+        let images = dir.path().join("images");
+        std::fs::create_dir(&images).expect("image share directory");
         let vsock = dir.path().join("vsock.sock");
         let console = dir.path().join("console.log");
         let jail = dir.path().join("jail");
@@ -71,6 +73,7 @@ impl Sandbox {
             vcpus: 1,
             memory_mib: memory_mib.into(),
             share: &share,
+            images: &images,
             vsock_uds: &vsock,
             console: &console,
             guest_debug: std::env::var_os("COCOON_TEST_GUEST_DEBUG").is_some(),

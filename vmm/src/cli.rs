@@ -31,6 +31,12 @@ pub struct Args {
     /// (guest: mount -t virtiofs TAG /mnt). Repeatable.
     #[arg(long = "share", value_name = "TAG=DIR", value_parser = parse_share)]
     pub shares: Vec<(String, PathBuf)>,
+    /// Share a host directory that nothing changes while the VM runs
+    /// (container image layers): the guest keeps its data, listings, entries
+    /// and attributes cached, and opens files without asking. Repeatable;
+    /// these devices come after those of --share.
+    #[arg(long = "immutable-share", value_name = "TAG=DIR", value_parser = parse_share)]
+    pub immutable_shares: Vec<(String, PathBuf)>,
     /// Unix socket of the hybrid vsock device: connect and write
     /// "CONNECT <port>\n" to reach a guest port; guest connections to host
     /// port P go to "<PATH>_P".
@@ -146,6 +152,7 @@ mod tests {
             .console(Console::File("/state/console.log".into()))
             .share("one", "/srv/one")
             .share("two", "/srv/two=with-equals")
+            .immutable_share("images", "/srv/images")
             .vsock("/state/vsock.sock")
             .vsock_cid(7)
             .shutdown_timeout_seconds(9)
@@ -174,6 +181,10 @@ mod tests {
                 ("one".to_string(), PathBuf::from("/srv/one")),
                 ("two".to_string(), PathBuf::from("/srv/two=with-equals")),
             ]
+        );
+        assert_eq!(
+            args.immutable_shares,
+            vec![("images".to_string(), PathBuf::from("/srv/images"))]
         );
         assert_eq!(
             args.vsock_uds.as_deref(),
@@ -254,7 +265,8 @@ mod tests {
         assert_eq!(args.cmdline, "");
         assert_eq!((args.vcpus, args.memory_mib), (1, 128));
         assert_eq!(args.console, "-");
-        assert!(args.shares.is_empty() && args.vsock_uds.is_none() && !args.balloon);
+        assert!(args.shares.is_empty() && args.immutable_shares.is_empty());
+        assert!(args.vsock_uds.is_none() && !args.balloon);
         assert!(args.net_fd.is_none() && args.net_mac.is_none());
         for (console, expected) in [(Console::Stdout, "-"), (Console::Discard, "none")] {
             assert_eq!(
@@ -272,6 +284,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 256,
             share: Path::new("/state/share"),
+            images: Path::new("/state/images"),
             vsock_uds: Path::new("/state/vsock.sock"),
             console: Path::new("/state/console.log"),
             guest_debug: true,
@@ -283,6 +296,7 @@ mod tests {
         }));
         assert_eq!(args.cmdline, cocoon_protocol::GUEST_DEBUG_ARG);
         assert_eq!(args.shares[0].0, cocoon_protocol::SHARE_TAG);
+        assert_eq!(args.immutable_shares[0].0, cocoon_protocol::IMAGES_TAG);
         assert!(args.balloon);
     }
 }

@@ -34,7 +34,7 @@ use crate::snapshot;
 use crate::vcpu::{setup, Buses, Vcpu, VcpuStart};
 use crate::virtio::balloon::Balloon;
 use crate::virtio::block::{Block, DiskFile};
-use crate::virtio::fs::Fs;
+use crate::virtio::fs::{Caching, Fs};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::net::{Net, Tap};
 use crate::virtio::rng::Rng;
@@ -60,14 +60,35 @@ pub struct KernelBoot {
     pub save_to: Option<PathBuf>,
 }
 
+/// A host directory shared with the guest over virtio-fs.
+#[derive(Clone, Debug)]
+pub struct SharedDir {
+    /// What the guest mounts: `mount -t virtiofs TAG DIR`.
+    pub tag: String,
+    pub dir: PathBuf,
+    /// How much of it the guest may cache.
+    pub caching: Caching,
+}
+
+impl SharedDir {
+    pub fn new(tag: impl Into<String>, dir: impl Into<PathBuf>, caching: Caching) -> Self {
+        SharedDir {
+            tag: tag.into(),
+            dir: dir.into(),
+            caching,
+        }
+    }
+}
+
 /// What a VM is made of, however it starts.
 pub struct VmConfig {
     pub vcpus: u8,
     pub memory_mib: u64,
     /// Where the guest console goes; `None` keeps only the tail in memory.
     pub console: Option<Box<dyn std::io::Write + Send>>,
-    /// Host directories shared with the guest over virtio-fs, by tag.
-    pub shares: Vec<(String, PathBuf)>,
+    /// Host directories shared with the guest over virtio-fs, one device
+    /// each, in this order.
+    pub shares: Vec<SharedDir>,
     /// virtio-vsock: the guest's CID and the host Unix socket for it.
     pub vsock: Option<VsockConfig>,
     /// virtio-balloon with free page reporting: memory the guest frees is
@@ -510,12 +531,13 @@ fn attach_virtio_devices(
             })?;
         virtio.attach(Box::new(device), &mut mmio)?;
     }
-    for (tag, dir) in &config.shares {
-        let fs = Fs::new(tag, dir).map_err(|source| VmError::Share {
-            tag: tag.clone(),
-            dir: dir.display().to_string(),
-            source,
-        })?;
+    for share in &config.shares {
+        let fs =
+            Fs::new(&share.tag, &share.dir, share.caching).map_err(|source| VmError::Share {
+                tag: share.tag.clone(),
+                dir: share.dir.display().to_string(),
+                source,
+            })?;
         virtio.attach(Box::new(fs), &mut mmio)?;
     }
     if let Some(net) = config.net.take() {

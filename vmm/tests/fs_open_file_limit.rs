@@ -5,7 +5,7 @@
 
 use std::mem::size_of;
 
-use cocoon_vmm::virtio::fs::{handle_request_bytes, new_server, FsServer};
+use cocoon_vmm::virtio::fs::{handle_request_bytes, new_server, Caching, FsServer};
 use fuse_backend_rs::abi::fuse_abi::{
     EntryOut, ForgetIn, InHeader, InitIn, Opcode, OutHeader, KERNEL_MINOR_VERSION, KERNEL_VERSION,
     ROOT_ID,
@@ -73,7 +73,7 @@ fn at_the_limit_lookups_fail_with_emfile_and_the_server_recovers() {
     for i in 0..FILES {
         std::fs::write(dir.path().join(format!("f{i}")), b"x").unwrap();
     }
-    let server = new_server(dir.path()).unwrap();
+    let server = new_server(dir.path(), Caching::Coherent).unwrap();
     let init = InitIn {
         major: KERNEL_VERSION,
         minor: KERNEL_MINOR_VERSION,

@@ -40,6 +40,14 @@ pub const SHARE_TAG: &str = "cocoon";
 /// Where the agent mounts the share [`SHARE_TAG`] in the guest.
 pub const GUEST_SHARE_DIR: &str = "/run/cocoon/share";
 
+/// The virtio-fs tag of a sandbox's image share: the image layers of
+/// containers whose writable layer is on the scratch disk, which nothing
+/// changes while they run and the guest so caches as immutable.
+pub const IMAGES_TAG: &str = "cocoon-images";
+
+/// Where the agent mounts the image share [`IMAGES_TAG`] in the guest.
+pub const GUEST_IMAGES_DIR: &str = "/run/cocoon/images";
+
 /// Where the pod's guest-local file systems live: a bind mount whose source
 /// is `<GUEST_POD_DIR>/<name>` gets a tmpfs the agent makes on first use and
 /// every container of the pod shares (`/dev/shm`, memory-backed emptyDir

@@ -54,6 +54,9 @@ pub struct VmmCommand {
     pub console: Option<Console>,
     /// virtio-fs shares: (tag, host directory).
     pub shares: Vec<(String, PathBuf)>,
+    /// virtio-fs shares of what nothing changes while the VM runs, which the
+    /// guest caches without revalidating: (tag, host directory).
+    pub immutable_shares: Vec<(String, PathBuf)>,
     /// The hybrid vsock device's Unix socket.
     pub vsock_uds: Option<PathBuf>,
     pub vsock_cid: Option<u64>,
@@ -90,6 +93,9 @@ pub struct SandboxVm<'a> {
     /// The host side of the share the agent mounts at
     /// [`cocoon_protocol::GUEST_SHARE_DIR`].
     pub share: &'a Path,
+    /// The host side of the immutable share of image layers the agent
+    /// mounts at [`cocoon_protocol::GUEST_IMAGES_DIR`].
+    pub images: &'a Path,
     pub vsock_uds: &'a Path,
     pub console: &'a Path,
     /// Verbose guest kernel and agent logs on the console.
@@ -117,6 +123,7 @@ impl VmmCommand {
             memory_mib: None,
             console: None,
             shares: Vec::new(),
+            immutable_shares: Vec::new(),
             vsock_uds: None,
             vsock_cid: None,
             shutdown_timeout_seconds: None,
@@ -132,7 +139,8 @@ impl VmmCommand {
     }
 
     /// A sandbox VM as the shim starts it: the agent's initramfs, the share
-    /// under [`cocoon_protocol::SHARE_TAG`], the agent's vsock socket, the
+    /// under [`cocoon_protocol::SHARE_TAG`] and the image layers under
+    /// [`cocoon_protocol::IMAGES_TAG`], the agent's vsock socket, the
     /// console in a file and free page reporting.
     pub fn sandbox(vm: &SandboxVm) -> Self {
         let command = VmmCommand::new(vm.kernel)
@@ -140,6 +148,7 @@ impl VmmCommand {
             .vcpus(vm.vcpus)
             .memory_mib(vm.memory_mib)
             .share(cocoon_protocol::SHARE_TAG, vm.share)
+            .immutable_share(cocoon_protocol::IMAGES_TAG, vm.images)
             .vsock(vm.vsock_uds)
             .console(Console::File(vm.console.to_path_buf()))
             .console_limit_bytes(vm.console_limit_bytes)
@@ -196,6 +205,12 @@ impl VmmCommand {
 
     pub fn share(mut self, tag: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
         self.shares.push((tag.into(), dir.into()));
+        self
+    }
+
+    /// A share the guest caches as immutable (`--immutable-share`).
+    pub fn immutable_share(mut self, tag: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        self.immutable_shares.push((tag.into(), dir.into()));
         self
     }
 
@@ -290,10 +305,15 @@ impl VmmCommand {
             Some(Console::Discard) => push("--console", "none".into()),
             Some(Console::File(path)) => push("--console", path.into()),
         }
-        for (tag, dir) in &self.shares {
-            let mut share = OsString::from(format!("{tag}="));
-            share.push(dir);
-            push("--share", share);
+        for (flag, shares) in [
+            ("--share", &self.shares),
+            ("--immutable-share", &self.immutable_shares),
+        ] {
+            for (tag, dir) in shares {
+                let mut share = OsString::from(format!("{tag}="));
+                share.push(dir);
+                push(flag, share);
+            }
         }
         if let Some(uds) = &self.vsock_uds {
             push("--vsock-uds", uds.into());
@@ -367,6 +387,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 300,
             share: Path::new("/state/share"),
+            images: Path::new("/state/images"),
             vsock_uds: Path::new("/state/vsock.sock"),
             console: Path::new("/state/console.log"),
             guest_debug: false,
@@ -384,9 +405,10 @@ mod tests {
             format!(
                 "--kernel /k --initrd /i --cmdline quiet --vcpus 2 --memory-mib 300 \
                  --console /state/console.log --share {}=/state/share \
-                 --vsock-uds /state/vsock.sock --console-limit 1024 --jail /state/jail \
+                 --immutable-share {}=/state/images --vsock-uds /state/vsock.sock --console-limit 1024 --jail /state/jail \
                  --cgroup /sys/fs/cgroup/pod --balloon",
-                cocoon_protocol::SHARE_TAG
+                cocoon_protocol::SHARE_TAG,
+                cocoon_protocol::IMAGES_TAG
             )
         );
     }

@@ -9,8 +9,9 @@ use cocoon_vmm::devices::console_cap::CappedSink;
 use cocoon_vmm::jail::{self, Jail};
 use cocoon_vmm::seccomp;
 use cocoon_vmm::virtio::block::DiskFile;
+use cocoon_vmm::virtio::fs::Caching;
 use cocoon_vmm::virtio::net::Tap;
-use cocoon_vmm::vm::{Boot, KernelBoot, NetConfig, Vm, VmConfig, VmEvent, VsockConfig};
+use cocoon_vmm::vm::{Boot, KernelBoot, NetConfig, SharedDir, Vm, VmConfig, VmEvent, VsockConfig};
 
 /// Kernel arguments every Cocoon guest needs: the console on COM1, a restart
 /// through the i8042 (which ends the VM), and an immediate restart on panic
@@ -158,25 +159,26 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(cgroup) = &args.cgroup {
         jail::cgroup::join(cgroup)?;
     }
+    let mut shares: Vec<SharedDir> = (args.shares.into_iter())
+        .map(|(tag, dir)| SharedDir::new(tag, dir, Caching::Coherent))
+        .chain(
+            (args.immutable_shares.into_iter())
+                .map(|(tag, dir)| SharedDir::new(tag, dir, Caching::Immutable)),
+        )
+        .collect();
     // Still single-threaded here (no thread may start before Jail::enter).
     let jail = match &args.jail {
         Some(dir) => {
-            let dirs: Vec<_> = args.shares.iter().map(|(_, dir)| dir.clone()).collect();
+            let dirs: Vec<_> = shares.iter().map(|share| share.dir.clone()).collect();
             let jail = Jail::prepare(dir, &dirs)
                 .with_context(|| format!("cannot prepare the jail in {}", dir.display()))?;
+            // The file server opens each share through its bind in the jail.
+            for (share, bound) in shares.iter_mut().zip(jail.shares()) {
+                share.dir = bound.clone();
+            }
             Some(jail)
         }
         None => None,
-    };
-    // The file server opens each share through its bind in the jail.
-    let shares = match &jail {
-        Some(jail) => args
-            .shares
-            .iter()
-            .map(|(tag, _)| tag.clone())
-            .zip(jail.shares().iter().cloned())
-            .collect(),
-        None => args.shares,
     };
     let cmdline = [BASE_CMDLINE, args.cmdline.trim()]
         .join(" ")

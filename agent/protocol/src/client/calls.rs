@@ -53,10 +53,20 @@ pub trait AgentCalls: Send + Sync {
         options: &[String],
     ) -> CallResult<()>;
     /// Mounts the sandbox share ([`crate::SHARE_TAG`], virtio-fs) at
-    /// [`crate::GUEST_SHARE_DIR`], where container root file systems are.
+    /// [`crate::GUEST_SHARE_DIR`], where container root file systems are,
+    /// and the image share ([`crate::IMAGES_TAG`]) at
+    /// [`crate::GUEST_IMAGES_DIR`], read-only.
     async fn mount_share(&self) -> CallResult<()> {
         self.mount(crate::SHARE_TAG, "virtiofs", crate::GUEST_SHARE_DIR, &[])
-            .await
+            .await?;
+        let read_only = ["ro".to_string()];
+        self.mount(
+            crate::IMAGES_TAG,
+            "virtiofs",
+            crate::GUEST_IMAGES_DIR,
+            &read_only,
+        )
+        .await
     }
     /// Creates container `id` from its OCI spec; returns its init's pid.
     /// Configures the guest's interfaces, routes, neighbours, hostname and

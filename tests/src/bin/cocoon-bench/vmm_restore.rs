@@ -96,9 +96,10 @@ pub fn measure(vmm: &Path, kernel: &Path, initramfs: &Path, runs: usize, summary
     );
 }
 
-/// One VM's files: share, jail, vsock socket, console, stderr.
+/// One VM's files: shares, jail, vsock socket, console, stderr.
 struct VmDir {
     share: PathBuf,
+    images: PathBuf,
     jail: PathBuf,
     vsock: PathBuf,
     console: PathBuf,
@@ -110,12 +111,13 @@ impl VmDir {
         let dir = scratch.join(name);
         let vm = VmDir {
             share: dir.join("share"),
+            images: dir.join("images"),
             jail: dir.join("jail"),
             vsock: dir.join("vsock.sock"),
             console: dir.join("console.log"),
             stderr: dir.join("stderr.log"),
         };
-        for path in [&vm.share, &vm.jail] {
+        for path in [&vm.share, &vm.images, &vm.jail] {
             std::fs::create_dir_all(path).expect("VM directory");
         }
         vm
@@ -133,6 +135,7 @@ impl VmDir {
             vcpus: VCPUS,
             memory_mib: MEMORY_MIB,
             share: &self.share,
+            images: &self.images,
             vsock_uds: &self.vsock,
             console: &self.console,
             guest_debug,

@@ -9,7 +9,7 @@ use tracing::info;
 
 use super::config_space::ConfigSpace;
 use super::error::FsError;
-use super::passthrough::{self, FsServer};
+use super::passthrough::{self, Caching, FsServer};
 use super::worker;
 use crate::virtio::config::read_config_bytes;
 use crate::virtio::device::{Activation, Device, DeviceState};
@@ -43,19 +43,20 @@ pub struct Fs {
 
 impl Fs {
     /// Shares host directory `root` with the guest under `tag`
-    /// (`mount -t virtiofs TAG /mnt` in the guest).
+    /// (`mount -t virtiofs TAG /mnt` in the guest), to be cached in the
+    /// guest as `caching` says.
     ///
     /// Validates the tag and that `root` is an existing directory, and sets up
     /// the passthrough file system with its root already imported, so every
     /// error surfaces while the VM is built. Several shares are several devices.
-    pub fn new(tag: &str, root: impl Into<PathBuf>) -> Result<Self, FsError> {
+    pub fn new(tag: &str, root: impl Into<PathBuf>, caching: Caching) -> Result<Self, FsError> {
         let config = ConfigSpace::new(tag, NUM_REQUEST_QUEUES).map_err(|source| FsError::Tag {
             tag: tag.to_owned(),
             source,
         })?;
         let root = root.into();
-        let vfs = passthrough::open(&root)?;
-        info!(tag, root = %root.display(), "virtio-fs: sharing directory");
+        let vfs = passthrough::open(&root, caching)?;
+        info!(tag, root = %root.display(), ?caching, "virtio-fs: sharing directory");
         Ok(Self {
             state: DeviceState::default(),
             tag: tag.to_owned(),

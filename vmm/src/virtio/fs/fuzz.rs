@@ -8,7 +8,7 @@
 //!
 //! ```ignore
 //! let dir = tempfile::tempdir()?;
-//! let server = cocoon_vmm::virtio::fs::new_server(dir.path())?;
+//! let server = cocoon_vmm::virtio::fs::new_server(dir.path(), Caching::Coherent)?;
 //! fuzz_target!(|data: &[u8]| {
 //!     let reply = cocoon_vmm::virtio::fs::handle_request_bytes(&server, data);
 //!     assert!(!reply.panicked);

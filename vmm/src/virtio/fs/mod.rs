@@ -9,7 +9,8 @@
 //! Wiring it into a VM is the same as for virtio-rng: one device per share,
 //!
 //! ```ignore
-//! virtio.attach(Box::new(Fs::new("cocoon-rootfs", "/run/cocoon/<id>/shared")?), &mut mmio)?;
+//! let share = Fs::new("cocoon-rootfs", "/run/cocoon/<id>/shared", Caching::Coherent)?;
+//! virtio.attach(Box::new(share), &mut mmio)?;
 //! ```
 //!
 //! and in the guest `mount -t virtiofs cocoon-rootfs /mnt`.
@@ -38,7 +39,7 @@ pub use config_space::{validate_tag, TagError, CONFIG_SPACE_SIZE, TAG_LEN};
 pub use device::{Fs, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE};
 pub use error::FsError;
 pub use fuzz::{handle_request_bytes, FuzzReply};
-pub use passthrough::{new_server, FsServer};
+pub use passthrough::{new_server, Caching, FsServer};
 
 #[cfg(test)]
 mod tests;

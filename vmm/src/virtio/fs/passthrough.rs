@@ -29,24 +29,44 @@ pub type Passthrough = PassthroughFs<()>;
 /// (for a reset) while the worker threads share the server.
 pub type FsServer = Server<Arc<Vfs>>;
 
-/// How long the guest may cache directory entries and attributes without asking.
-/// The guest is the only writer of its containers' files, but the host side
-/// (the shim, kubelet refreshing ConfigMap/Secret volumes) can change volumes
-/// under the share; 5 s bounds how stale the guest's view of those gets while
-/// still sparing metadata-heavy workloads (package installs, builds) most
-/// LOOKUP/GETATTR round trips.
-pub const CACHE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much of a share the guest may cache without asking the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caching {
+    /// For what the host may change while the VM runs (volumes, and a root
+    /// file system the container writes in through the share): the guest
+    /// revalidates file data at each open (close-to-open consistency) and
+    /// entries and attributes after [`COHERENT_TIMEOUT`].
+    Coherent,
+    /// For what nobody changes while the VM runs (a container's image
+    /// layers): the guest keeps file data, directory listings, entries and
+    /// attributes for as long as it likes, and opens and closes files
+    /// without a round trip (no OPEN, FLUSH or RELEASE).
+    Immutable,
+}
+
+/// How long the guest may cache directory entries and attributes of a
+/// [`Caching::Coherent`] share without asking. The guest is the only writer
+/// of its containers' files, but the host side (the shim, kubelet refreshing
+/// ConfigMap/Secret volumes) can change volumes under the share; 5 s bounds
+/// how stale the guest's view of those gets while still sparing
+/// metadata-heavy workloads (package installs, builds) most LOOKUP/GETATTR
+/// round trips.
+pub const COHERENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same for a [`Caching::Immutable`] share: a day, as good as forever
+/// for data that never changes (the guest still drops entries under memory
+/// pressure and looks them up again).
+pub const IMMUTABLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A ready-to-serve FUSE server for `root`, as the device uses it. Fuzz targets
 /// build theirs here too.
-pub fn new_server(root: impl AsRef<Path>) -> Result<FsServer, FsError> {
-    Ok(Server::new(open(root.as_ref())?))
+pub fn new_server(root: impl AsRef<Path>, caching: Caching) -> Result<FsServer, FsError> {
+    Ok(Server::new(open(root.as_ref(), caching)?))
 }
 
 /// Validates `root`, creates the PassthroughFs for it, imports the root inode
 /// and mounts it as the root of a fresh Vfs, so that a missing or unusable
 /// share fails the VM build instead of the guest's mount.
-pub(super) fn open(root: &Path) -> Result<Arc<Vfs>, FsError> {
+pub(super) fn open(root: &Path, caching: Caching) -> Result<Arc<Vfs>, FsError> {
     let canonical = std::fs::canonicalize(root).map_err(|source| FsError::Root {
         path: root.to_owned(),
         source,
@@ -65,9 +85,9 @@ pub(super) fn open(root: &Path) -> Result<Arc<Vfs>, FsError> {
         path: canonical.clone(),
         source,
     };
-    let fs = Passthrough::new(config(root_dir)).map_err(failed)?;
+    let fs = Passthrough::new(config(root_dir, caching)).map_err(failed)?;
     with_umask_preserved(|| fs.import()).map_err(failed)?;
-    let vfs = Vfs::new(vfs_options());
+    let vfs = Vfs::new(vfs_options(caching));
     vfs.mount(Box::new(fs), "/")
         .map_err(|e| failed(io::Error::other(e.to_string())))?;
     raise_nofile_limit();
@@ -76,16 +96,22 @@ pub(super) fn open(root: &Path) -> Result<Arc<Vfs>, FsError> {
 }
 
 /// The PassthroughFs settings, and why.
-pub(super) fn config(root_dir: String) -> Config {
+pub(super) fn config(root_dir: String, caching: Caching) -> Config {
+    let (cache_policy, timeout) = match caching {
+        // Auto = close-to-open consistency: the guest caches file data while
+        // a file is open and revalidates on open. Always would skip that and
+        // never see host-side changes to volumes; Never would forfeit the
+        // page cache for the rootfs and make every read a round trip.
+        Caching::Coherent => (CachePolicy::Auto, COHERENT_TIMEOUT),
+        // Always = KEEP_CACHE on every open and CACHE_DIR on every opendir:
+        // what the guest read once stays in its page cache.
+        Caching::Immutable => (CachePolicy::Always, IMMUTABLE_TIMEOUT),
+    };
     Config {
         root_dir,
-        // Auto = close-to-open consistency: the guest caches file data while a
-        // file is open and revalidates on open. Always would skip that and never
-        // see host-side changes to volumes; Never would forfeit the page cache
-        // for the rootfs and make every read a round trip.
-        cache_policy: CachePolicy::Auto,
-        entry_timeout: CACHE_TIMEOUT,
-        attr_timeout: CACHE_TIMEOUT,
+        cache_policy,
+        entry_timeout: timeout,
+        attr_timeout: timeout,
         // Writeback caching needs exclusive access and read access to every file
         // (the guest may read a file it opened write-only); neither holds for
         // volumes, and data loss on a VM crash would be silent.
@@ -96,9 +122,9 @@ pub(super) fn config(root_dir: String) -> Config {
         // We import in `open` (so a bad root fails early) and the Vfs does the
         // INIT negotiation; PassthroughFs re-imports on DESTROY by itself.
         do_import: false,
-        // no_open only works with CachePolicy::Always; opendir keeps a directory
-        // stream per handle so readdir offsets stay stable.
-        no_open: false,
+        // Under a Vfs these two are what the Vfs negotiates (vfs_options);
+        // PassthroughFs only checks that no_open comes with CachePolicy::Always.
+        no_open: caching == Caching::Immutable,
         no_opendir: false,
         // The guest kernel clears setuid/setgid bits and security.capability
         // itself without it; with it, the server would have to on every write.
@@ -118,9 +144,20 @@ pub(super) fn config(root_dir: String) -> Config {
 }
 
 /// What the Vfs may grant at INIT (only what the guest also offers is granted).
-pub(super) fn vfs_options() -> VfsOptions {
+pub(super) fn vfs_options(caching: Caching) -> VfsOptions {
+    // Files of an immutable share need no OPEN: the guest then reads with
+    // handle 0, PassthroughFs opens the inode for each READ (once per range,
+    // the page cache keeps the rest), and FLUSH and RELEASE go away too.
+    // ATOMIC_O_TRUNC, which needs OPEN, is withdrawn by the Vfs then.
+    let no_open = caching == Caching::Immutable;
+    let zero_message_open = if no_open {
+        FsOptions::ZERO_MESSAGE_OPEN
+    } else {
+        FsOptions::empty()
+    };
     VfsOptions {
-        out_opts: FsOptions::ASYNC_READ
+        out_opts: zero_message_open
+            | FsOptions::ASYNC_READ
             | FsOptions::PARALLEL_DIROPS
             | FsOptions::BIG_WRITES
             | FsOptions::ASYNC_DIO
@@ -134,11 +171,12 @@ pub(super) fn vfs_options() -> VfsOptions {
             | FsOptions::DO_READDIRPLUS
             | FsOptions::READDIRPLUS_AUTO,
         // Not granted, whatever the guest offers: WRITEBACK_CACHE (see
-        // config), ZERO_MESSAGE_OPEN[DIR] and HANDLE_KILLPRIV_V2 (off in
-        // config), PERFILE_DAX (no DAX window), EXPLICIT_INVAL_DATA (we cannot
-        // send invalidations: no notification queue), HAS_IOCTL_DIR
+        // config), ZERO_MESSAGE_OPENDIR (a directory stream per handle keeps
+        // readdir offsets stable) and HANDLE_KILLPRIV_V2 (off in config),
+        // PERFILE_DAX (no DAX window), EXPLICIT_INVAL_DATA (we cannot send
+        // invalidations: no notification queue), HAS_IOCTL_DIR
         // (PassthroughFs has no ioctls).
-        no_open: false,
+        no_open,
         no_opendir: false,
         no_writeback: true,
         killpriv_v2: false,

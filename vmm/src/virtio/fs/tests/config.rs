@@ -8,7 +8,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::guest::{Guest, TAG};
 use crate::virtio::fs::{
-    validate_tag, Fs, FsError, TagError, CONFIG_SPACE_SIZE, NUM_QUEUES, QUEUE_SIZE, TAG_LEN,
+    validate_tag, Caching, Fs, FsError, TagError, CONFIG_SPACE_SIZE, NUM_QUEUES, QUEUE_SIZE,
+    TAG_LEN,
 };
 use crate::virtio::interrupt::VirtioInterrupt;
 use crate::virtio::test_driver::guest_memory;
@@ -23,7 +24,7 @@ fn share() -> tempfile::TempDir {
 #[test]
 fn identity_and_features() {
     let dir = share();
-    let fs = Fs::new("id", dir.path()).expect("Fs::new");
+    let fs = Fs::new("id", dir.path(), Caching::Coherent).expect("Fs::new");
     assert_eq!(fs.device_type(), VIRTIO_ID_FS);
     assert_eq!(fs.device_type(), 26);
     assert_eq!(fs.queue_max_sizes(), &[QUEUE_SIZE; NUM_QUEUES]);
@@ -39,7 +40,7 @@ fn identity_and_features() {
 #[test]
 fn config_space_holds_tag_and_queue_count() {
     let dir = share();
-    let fs = Fs::new("rootfs-0", dir.path()).expect("Fs::new");
+    let fs = Fs::new("rootfs-0", dir.path(), Caching::Coherent).expect("Fs::new");
     let mut config = [0xffu8; CONFIG_SPACE_SIZE];
     fs.read_config(0, &mut config);
     assert_eq!(&config[..8], b"rootfs-0");
@@ -87,7 +88,7 @@ fn config_space_through_the_transport() {
 fn full_length_tag_has_no_terminator() {
     let dir = share();
     let tag = "a".repeat(TAG_LEN);
-    let fs = Fs::new(&tag, dir.path()).expect("36-byte tag");
+    let fs = Fs::new(&tag, dir.path(), Caching::Coherent).expect("36-byte tag");
     let mut config = [0u8; CONFIG_SPACE_SIZE];
     fs.read_config(0, &mut config);
     assert_eq!(&config[..TAG_LEN], tag.as_bytes());
@@ -114,33 +115,33 @@ fn tag_validation() {
 fn construction_errors() {
     let dir = share();
     assert!(matches!(
-        Fs::new("", dir.path()),
+        Fs::new("", dir.path(), Caching::Coherent),
         Err(FsError::Tag {
             source: TagError::Empty,
             ..
         })
     ));
     assert!(matches!(
-        Fs::new(&"t".repeat(37), dir.path()),
+        Fs::new(&"t".repeat(37), dir.path(), Caching::Coherent),
         Err(FsError::Tag {
             source: TagError::TooLong(37),
             ..
         })
     ));
     assert!(matches!(
-        Fs::new("t", dir.path().join("missing")),
+        Fs::new("t", dir.path().join("missing"), Caching::Coherent),
         Err(FsError::Root { .. })
     ));
     let file = dir.path().join("file");
     std::fs::write(&file, b"").expect("file");
     assert!(matches!(
-        Fs::new("t", &file),
+        Fs::new("t", &file, Caching::Coherent),
         Err(FsError::NotADirectory(_))
     ));
     // A symlink to a directory is resolved, not refused.
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(dir.path(), &link).expect("symlink");
-    Fs::new("t", &link).expect("share through a symlink");
+    Fs::new("t", &link, Caching::Coherent).expect("share through a symlink");
 }
 
 #[test]
@@ -153,7 +154,7 @@ fn umask_of_the_vmm_is_left_alone() {
         // SAFETY: only sets this (now private) thread's mask.
         unsafe { libc::umask(0o027) };
         let dir = share();
-        let _fs = Fs::new("t", dir.path()).expect("Fs::new");
+        let _fs = Fs::new("t", dir.path(), Caching::Coherent).expect("Fs::new");
         // SAFETY: as above; reads the mask by swapping it.
         unsafe { libc::umask(0o022) }
     });
@@ -163,7 +164,7 @@ fn umask_of_the_vmm_is_left_alone() {
 #[test]
 fn activate_checks_queues() {
     let dir = share();
-    let mut fs = Fs::new("t", dir.path()).expect("Fs::new");
+    let mut fs = Fs::new("t", dir.path(), Caching::Coherent).expect("Fs::new");
     let irq = || {
         Arc::new(VirtioInterrupt::new(
             EventFd::new(EFD_NONBLOCK).expect("eventfd"),

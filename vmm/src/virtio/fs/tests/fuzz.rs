@@ -13,7 +13,7 @@ use vm_memory::ByteValued;
 
 use super::guest::{cstr, read_obj};
 use crate::virtio::fs::fuzz::FUZZ_REPLY_CAPACITY;
-use crate::virtio::fs::{handle_request_bytes, new_server};
+use crate::virtio::fs::{handle_request_bytes, new_server, Caching};
 
 fn request(opcode: u32, nodeid: u64, unique: u64, args: &[u8]) -> Vec<u8> {
     let header = InHeader {
@@ -32,7 +32,7 @@ fn request(opcode: u32, nodeid: u64, unique: u64, args: &[u8]) -> Vec<u8> {
 fn serves_init_and_lookup() {
     let dir = tempfile::tempdir().expect("share");
     std::fs::write(dir.path().join("f"), b"x").expect("host file");
-    let server = new_server(dir.path()).expect("server");
+    let server = new_server(dir.path(), Caching::Coherent).expect("server");
     let init = InitIn {
         major: KERNEL_VERSION,
         minor: KERNEL_MINOR_VERSION,
@@ -93,7 +93,7 @@ fn garbage_requests() {
     let dir = tempfile::tempdir().expect("share");
     std::fs::create_dir(dir.path().join("d")).expect("dir");
     std::fs::write(dir.path().join("f"), b"content").expect("host file");
-    let server = new_server(dir.path()).expect("server");
+    let server = new_server(dir.path(), Caching::Coherent).expect("server");
     let mut rng = Rng(0x0123_4567_89ab_cdef);
     for i in 0..3000u64 {
         let body_len = rng.below(300) as usize;
@@ -175,7 +175,7 @@ fn panic_in_the_file_system_is_contained() {
 #[test]
 fn empty_and_oversized_inputs() {
     let dir = tempfile::tempdir().expect("share");
-    let server = new_server(dir.path()).expect("server");
+    let server = new_server(dir.path(), Caching::Coherent).expect("server");
     let reply = handle_request_bytes(&server, &[]);
     let header: OutHeader = read_obj(&reply.bytes, 0);
     assert_eq!(header.error, -libc::EINVAL);

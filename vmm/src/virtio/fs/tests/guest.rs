@@ -11,7 +11,7 @@ use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
-use crate::virtio::fs::Fs;
+use crate::virtio::fs::{Caching, Fs};
 use crate::virtio::test_driver::{Driver, SplitRing};
 use crate::virtio::VIRTIO_F_VERSION_1;
 
@@ -112,14 +112,19 @@ pub(super) struct Guest {
 impl Guest {
     /// A device sharing a fresh temp directory, driven up to DRIVER_OK.
     pub(super) fn new() -> Self {
+        Self::cached(Caching::Coherent)
+    }
+
+    /// Like [`new`](Self::new), for a share cached as `caching` says.
+    pub(super) fn cached(caching: Caching) -> Self {
         let tmp = tempfile::tempdir().expect("temp share");
         let root = tmp.path().to_owned();
-        Self::with_share(tmp, root, VIRTIO_F_VERSION_1)
+        Self::with_share(tmp, root, VIRTIO_F_VERSION_1, caching)
     }
 
     /// A device sharing `root` (somewhere inside `tmp`, which the guest keeps alive).
-    pub(super) fn with_share(tmp: TempDir, root: PathBuf, features: u64) -> Self {
-        let fs = Fs::new(TAG, &root).expect("Fs::new");
+    pub(super) fn with_share(tmp: TempDir, root: PathBuf, features: u64, caching: Caching) -> Self {
+        let fs = Fs::new(TAG, &root, caching).expect("Fs::new");
         let mut guest = Self {
             d: Driver::new(Box::new(fs)),
             root,

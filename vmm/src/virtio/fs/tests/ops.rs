@@ -6,12 +6,15 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{
-    InitOut, SetattrIn, KERNEL_MINOR_VERSION, KERNEL_VERSION, ROOT_ID,
+    FlushIn, InitOut, Opcode, OpenIn, SetattrIn, KERNEL_MINOR_VERSION, KERNEL_VERSION, ROOT_ID,
 };
 use fuse_backend_rs::api::filesystem::{FsOptions, SetattrValid};
+use vm_memory::ByteValued;
 
 use super::fuse_ops::offered_init_flags;
 use super::guest::Guest;
+use crate::virtio::fs::passthrough::{COHERENT_TIMEOUT, IMMUTABLE_TIMEOUT};
+use crate::virtio::fs::Caching;
 use crate::virtio::interrupt::INT_USED_RING;
 use crate::virtio::test_driver::TIMEOUT;
 use crate::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
@@ -55,7 +58,12 @@ fn init_with_event_idx() {
     let tmp = tempfile::tempdir().expect("share");
     fs::write(tmp.path().join("f"), b"x").expect("host file");
     let root = tmp.path().to_owned();
-    let mut g = Guest::with_share(tmp, root, VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
+    let mut g = Guest::with_share(
+        tmp,
+        root,
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+        Caching::Coherent,
+    );
     check_init(&g.init());
     // Several round trips: each one needs avail_event republished.
     for _ in 0..20 {
@@ -71,6 +79,8 @@ fn lookup_open_read_existing_file() {
     g.init();
 
     let entry = g.entry(ROOT_ID, "hello.bin");
+    assert_eq!(entry.entry_valid, COHERENT_TIMEOUT.as_secs());
+    assert_eq!(entry.attr_valid, COHERENT_TIMEOUT.as_secs());
     assert_ne!(entry.nodeid, 0);
     assert_ne!(entry.nodeid, ROOT_ID);
     assert_eq!(entry.attr.size, content.len() as u64);
@@ -231,7 +241,7 @@ fn lookup_cannot_leave_the_share() {
     let root = tmp.path().join("share");
     fs::create_dir(&root).expect("share");
     fs::write(root.join("inside"), b"x").expect("inside");
-    let mut g = Guest::with_share(tmp, root, VIRTIO_F_VERSION_1);
+    let mut g = Guest::with_share(tmp, root, VIRTIO_F_VERSION_1, Caching::Coherent);
     g.init();
 
     // ".." of the root is the root itself, however often it is taken.
@@ -302,4 +312,38 @@ fn shares_are_independent_devices() {
     b.init();
     assert_eq!(a.lookup(ROOT_ID, "only-in-a").errno(), 0);
     assert_eq!(b.lookup(ROOT_ID, "only-in-a").errno(), libc::ENOENT);
+}
+
+#[test]
+fn files_of_an_immutable_share_are_read_without_open_or_close() {
+    let mut g = Guest::cached(Caching::Immutable);
+    fs::write(
+        g.root.as_path().join("passwd"),
+        b"root:x:0:0::/root:/bin/sh\n",
+    )
+    .expect("host file");
+    let flags = FsOptions::from_bits_truncate(u64::from(g.init().flags));
+    assert!(flags.contains(FsOptions::ZERO_MESSAGE_OPEN), "{flags:?}");
+    // It needs OPEN (O_TRUNC comes with it), which the guest no longer sends.
+    assert!(!flags.contains(FsOptions::ATOMIC_O_TRUNC), "{flags:?}");
+
+    let entry = g.entry(ROOT_ID, "passwd");
+    assert_eq!(entry.entry_valid, IMMUTABLE_TIMEOUT.as_secs());
+    assert_eq!(entry.attr_valid, IMMUTABLE_TIMEOUT.as_secs());
+    // OPEN answers ENOSYS once, and Linux stops sending OPEN, FLUSH and
+    // RELEASE on this connection (and keeps each file's page cache).
+    let open = OpenIn {
+        flags: libc::O_RDONLY as u32,
+        fuse_flags: 0,
+    };
+    let opened = g.call(Opcode::Open, entry.nodeid, &[open.as_slice()], 32);
+    assert_eq!(opened.errno(), libc::ENOSYS);
+    let read = g.read(entry.nodeid, 0, 0, 4096);
+    assert_eq!(read.payload(), b"root:x:0:0::/root:/bin/sh\n");
+    let flush = FlushIn {
+        fh: 0,
+        ..Default::default()
+    };
+    let flushed = g.call(Opcode::Flush, entry.nodeid, &[flush.as_slice()], 0);
+    assert_eq!(flushed.errno(), libc::ENOSYS);
 }
