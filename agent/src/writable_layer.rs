@@ -108,6 +108,7 @@ fn mount_scratch_disk() -> Result<()> {
     }
     let device = find_disk()?;
     drop_cached_blocks(&device)?;
+    read_ahead_more(&device);
     std::fs::create_dir_all(SCRATCH)
         .map_err(|e| AgentError::internal("creating the scratch mount point", e))?;
     mount(
@@ -142,6 +143,21 @@ fn find_disk() -> Result<PathBuf> {
     Err(AgentError::FailedPrecondition(
         "this VM has no scratch disk for writable layers".into(),
     ))
+}
+
+/// Every request to the disk is a VM exit: reading ahead 1 MiB (the most
+/// one request carries, SEG_MAX pages) instead of the default 128 KiB cuts
+/// a sequential read's exits eightfold.
+fn read_ahead_more(device: &Path) {
+    let Some(name) = device.file_name() else {
+        return;
+    };
+    let setting = Path::new("/sys/block")
+        .join(name)
+        .join("queue/read_ahead_kb");
+    if let Err(e) = std::fs::write(&setting, "1024") {
+        tracing::warn!("setting {}: {e}", setting.display());
+    }
 }
 
 /// BLKFLSBUF: drops the device's clean cached blocks, which may be from

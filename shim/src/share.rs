@@ -653,11 +653,11 @@ mod tests {
         }
         std::fs::write(layers.path().join("lower/image"), "lower").unwrap();
         std::fs::write(layers.path().join("upper/written"), "upper").unwrap();
-        let option = |name: &str| format!("{name}={}", layers.path().join(name).display());
+        let option = |layer: &str| format!("{layer}dir={}", layers.path().join(layer).display());
         let overlay = Mount {
             type_: "overlay".into(),
             source: "overlay".into(),
-            options: vec![option("lowerdir"), option("upperdir"), option("workdir")],
+            options: vec![option("lower"), option("upper"), option("work")],
             ..Default::default()
         };
         let mount_image = || {
