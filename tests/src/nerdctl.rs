@@ -4,14 +4,15 @@
 //! (`--data-root`, the CNI configuration in `--cni-netconfpath`, its TOML)
 //! in the containerd's directory, never the system's; CNI plugins from
 //! Debian's containernetworking-plugins (`/usr/lib/cni`). Containers run
-//! with `--runtime io.containerd.cocoon.v1` on the native snapshotter.
+//! with `--runtime io.containerd.cocoon.v1` on the native snapshotter, or
+//! on overlayfs ([`Nerdctl::on_overlayfs`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::containerd::{text, Containerd, Version, RUNTIME};
-use crate::repo_root;
+use crate::containerd::{text, Containerd, Extra, Version, RUNTIME};
+use crate::{build_output, release_dir, repo_root};
 
 /// The image the tests run, built offline and `nerdctl load`ed.
 pub const IMAGE: &str = "docker.io/cocoon/busybox:latest";
@@ -28,6 +29,7 @@ pub struct Nerdctl {
     bin: PathBuf,
     data_root: PathBuf,
     netconf: PathBuf,
+    snapshotter: &'static str,
     /// Whether nerdctl's bridge was there before: if not, it goes with us
     /// (the next test's nerdctl would find its subnet taken).
     bridge_was_there: bool,
@@ -36,8 +38,30 @@ pub struct Nerdctl {
 impl Nerdctl {
     /// A private containerd `version` and nerdctl's directories beside it.
     pub fn start(version: Version) -> Self {
+        Self::with(Containerd::start_version(version), "native")
+    }
+
+    /// nerdctl on Debian's containerd, its root on a tmpfs of its own, on
+    /// the overlayfs snapshotter (containerd's default, where the guest
+    /// keeps a container's writable layer on its scratch disk), with the
+    /// busybox image loaded.
+    pub fn on_overlayfs() -> Self {
+        let containerd = Containerd::start_with(
+            &release_dir(),
+            &build_output("vmlinux"),
+            &build_output("initramfs.img"),
+            |_| Extra {
+                tmpfs: true,
+                ..Extra::default()
+            },
+        );
+        let nerdctl = Self::with(containerd, "overlayfs");
+        nerdctl.load_busybox();
+        nerdctl
+    }
+
+    fn with(containerd: Containerd, snapshotter: &'static str) -> Self {
         let bin = nerdctl_bin();
-        let containerd = Containerd::start_version(version);
         let data_root = containerd.dir().join("nerdctl");
         let netconf = containerd.dir().join("cni");
         for dir in [&data_root, &netconf] {
@@ -48,6 +72,7 @@ impl Nerdctl {
             bin,
             data_root,
             netconf,
+            snapshotter,
             bridge_was_there: Path::new("/sys/class/net").join(BRIDGE).exists(),
         }
     }
@@ -70,7 +95,7 @@ impl Nerdctl {
             format!("--data-root={}", self.data_root.display()),
             format!("--cni-path={CNI_PATH}"),
             format!("--cni-netconfpath={}", self.netconf.display()),
-            "--snapshotter=native".into(),
+            format!("--snapshotter={}", self.snapshotter),
             "--cgroup-manager=cgroupfs".into(),
         ]
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use cocoon_protocol::SHARE_TAG;
+use cocoon_protocol::{IMAGES_TAG, SHARE_TAG};
 use cocoon_tests::containerd::{ok, text, Containerd, RUNTIME};
 use cocoon_tests::require_hardware_kvm;
 use cocoon_tests::sandbox::busybox_rootfs;
@@ -24,9 +24,13 @@ use cocoon_tests::sandbox::busybox_rootfs;
 /// capability.
 const ATTACKER: &str = "--privileged";
 
-/// A script run by the attacker, with the guest's share mounted at /share.
+/// A script run by the attacker, with the guest's share mounted at /share
+/// and the image share at /images (writable, as far as the guest goes).
 fn with_share(script: &str) -> String {
-    format!("mkdir -p /share && mount -t virtiofs {SHARE_TAG} /share && {{ {script}; }}")
+    format!(
+        "mkdir -p /share /images && mount -t virtiofs {SHARE_TAG} /share && \
+         mount -t virtiofs {IMAGES_TAG} /images && {{ {script}; }}"
+    )
 }
 
 /// A host tmpfs (the "host mount point" an attacker aims at) with a canary
@@ -142,10 +146,18 @@ fn a_symlink_planted_in_the_share_before_create_reaches_no_host_mount() {
     let planted = containerd.exec(
         "pod",
         "plant",
-        &with_share(&format!("ln -s {aim} /share/app; echo planted=$?")),
+        &with_share(&format!(
+            "ln -s {aim} /share/app; echo planted=$?; \
+             ln -s {aim} /images/app@1; echo images-planted=$?"
+        )),
     );
     eprintln!("the attacker saw:\n{planted}");
-    assert!(planted.contains("planted=1"), "{planted}");
+    let refused = |what: &str| {
+        planted
+            .lines()
+            .any(|line| line.trim() == format!("{what}=1"))
+    };
+    assert!(refused("planted") && refused("images-planted"), "{planted}");
 
     // A second container of the pod, as CRI creates one.
     let rootfs = containerd.dir().join("app-rootfs");
@@ -255,7 +267,7 @@ fn a_guest_made_setuid_file_or_device_node_gives_the_host_nothing() {
 
     // Through the share, where the host sees the container's files.
     let state = state_dir(&containerd, "suid");
-    let file = state.join("mounts/suid/rootfs/suid");
+    let file = state.join("mounts/containers/suid/rootfs/suid");
     let mode = std::fs::metadata(&file)
         .expect("the guest's file")
         .permissions()

@@ -5,10 +5,13 @@
 //! for its next process; the image layers and containerd's upper directory
 //! are never written; the disk file is nowhere on the host's file system
 //! and goes with the VM; the next container starts from the image again.
+//! `nerdctl commit` takes the image the container started from, not what it
+//! wrote (docs/architecture.md says so).
 
 use std::path::{Path, PathBuf};
 
-use cocoon_tests::containerd::{ok, Containerd, Extra, RUNTIME};
+use cocoon_tests::containerd::{ok, text, Containerd, Extra, RUNTIME};
+use cocoon_tests::nerdctl::{Nerdctl, IMAGE};
 use cocoon_tests::{build_output, release_dir, require_hardware_kvm};
 
 const SNAPSHOTTER: &str = "overlayfs";
@@ -161,4 +164,59 @@ fn what_a_container_writes_stays_on_its_vms_disk() {
         ["fresh", "true"]
     );
     containerd.assert_nothing_left();
+}
+
+#[test]
+#[ignore = "needs KVM: run inside tests/kvm-host (make kvm-test)"]
+fn nerdctl_commit_takes_the_image_without_what_the_container_wrote() {
+    require_hardware_kvm();
+    let nerdctl = Nerdctl::on_overlayfs();
+    nerdctl.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "writer",
+        "--runtime",
+        RUNTIME,
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo kept > /written && echo written; exec sleep 600",
+    ]);
+    let logs = nerdctl.wait_for(
+        &["logs", "writer"],
+        "written",
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(logs, "written\n");
+    let read = nerdctl.output(&["exec", "writer", "cat", "/written"]);
+    assert_eq!(text(&read.stdout), "kept\n", "{}", text(&read.stderr));
+
+    nerdctl.ok(&["commit", "writer", "cocoon/committed:latest"]);
+    let out = nerdctl.output(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--network",
+        "none",
+        "cocoon/committed:latest",
+        "sh",
+        "-c",
+        "cat /written 2>/dev/null || echo not-committed",
+    ]);
+    assert_eq!(
+        text(&out.stdout),
+        "not-committed\n",
+        "{}",
+        text(&out.stderr)
+    );
+    // The container itself still has it after the commit paused it.
+    let read = nerdctl.output(&["exec", "writer", "cat", "/written"]);
+    assert_eq!(text(&read.stdout), "kept\n", "{}", text(&read.stderr));
+    nerdctl.ok(&["rm", "-f", "writer"]);
+    nerdctl.ok(&["rmi", "cocoon/committed:latest"]);
+    nerdctl.assert_nothing_left();
 }
