@@ -127,6 +127,16 @@ impl Containerd {
         })
     }
 
+    /// [`Containerd::start_with`] the checkout's runtime and guest.
+    pub fn start_with_extra(extra: impl FnOnce(&Path) -> Extra) -> Self {
+        Self::start_with(
+            &release_dir(),
+            &build_output("vmlinux"),
+            &build_output("initramfs.img"),
+            extra,
+        )
+    }
+
     /// [`Containerd::start_from`] with more: `extra` gets the containerd's
     /// own directory (to put files for its config there) before it starts.
     pub fn start_with(

@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::containerd::{text, Containerd, Extra, Version, RUNTIME};
-use crate::{build_output, release_dir, repo_root};
+use crate::repo_root;
 
 /// The image the tests run, built offline and `nerdctl load`ed.
 pub const IMAGE: &str = "docker.io/cocoon/busybox:latest";
@@ -46,15 +46,10 @@ impl Nerdctl {
     /// keeps a container's writable layer on its scratch disk), with the
     /// busybox image loaded.
     pub fn on_overlayfs() -> Self {
-        let containerd = Containerd::start_with(
-            &release_dir(),
-            &build_output("vmlinux"),
-            &build_output("initramfs.img"),
-            |_| Extra {
-                tmpfs: true,
-                ..Extra::default()
-            },
-        );
+        let containerd = Containerd::start_with_extra(|_| Extra {
+            tmpfs: true,
+            ..Extra::default()
+        });
         let nerdctl = Self::with(containerd, "overlayfs");
         nerdctl.load_busybox();
         nerdctl

@@ -12,21 +12,16 @@ use std::path::{Path, PathBuf};
 
 use cocoon_tests::containerd::{ok, text, Containerd, Extra, RUNTIME};
 use cocoon_tests::nerdctl::{Nerdctl, IMAGE};
-use cocoon_tests::{build_output, release_dir, require_hardware_kvm};
+use cocoon_tests::require_hardware_kvm;
 
 const SNAPSHOTTER: &str = "overlayfs";
 
 fn containerd(scratch: &Path) -> Containerd {
-    let containerd = Containerd::start_with(
-        &release_dir(),
-        &build_output("vmlinux"),
-        &build_output("initramfs.img"),
-        |_| Extra {
-            tmpfs: true,
-            cocoon_config: format!("scratch_disk_gib = 10\nscratch_dir = {scratch:?}\n"),
-            ..Extra::default()
-        },
-    );
+    let containerd = Containerd::start_with_extra(|_| Extra {
+        tmpfs: true,
+        cocoon_config: format!("scratch_dir = {scratch:?}\n"),
+        ..Extra::default()
+    });
     containerd.import_busybox();
     containerd
 }
