@@ -866,9 +866,9 @@ fn cri_config(version: Version, dir: &Path, registry: &str, bridge: &str, subnet
         )
         .expect("hosts.toml");
     }
-    // The same settings in both formats: the pause image, the native
-    // snapshotter (the one the other tests use: the host VM's root is an
-    // overlay, and the cocoon shim is tested with it), runtimes `runc`
+    // The same settings in both formats: the pause image, the overlayfs
+    // snapshotter (a kubelet's default; containerd is on a tmpfs of its
+    // own, where overlayfs works), runtimes `runc`
     // (default) and `cocoon`, CNI, the registry hosts, a loopback stream
     // server, no SELinux or AppArmor.
     match version {
@@ -888,7 +888,7 @@ fn cri_config(version: Version, dir: &Path, registry: &str, bridge: &str, subnet
                  \x20 disable_apparmor = true\n\
                  {cri}.containerd]\n\
                  \x20 default_runtime_name = \"runc\"\n\
-                 \x20 snapshotter = \"native\"\n\
+                 \x20 snapshotter = \"overlayfs\"\n\
                  {cri}.containerd.runtimes.runc]\n\
                  \x20 runtime_type = \"io.containerd.runc.v2\"\n\
                  {cri}.containerd.runtimes.cocoon]\n\
@@ -906,17 +906,16 @@ fn cri_config(version: Version, dir: &Path, registry: &str, bridge: &str, subnet
         // registry) and runtime (runtimes, CNI) are plugins of their own; the
         // gRPC service keeps the stream server. 2.x's CRI pulls through the
         // transfer service, which unpacks only into the snapshotters of its
-        // `unpack_config` (by default overlayfs alone: "no unpack platforms
-        // defined" for native).
+        // `unpack_config`.
         Version::V2 => {
             let images = r#"[plugins."io.containerd.cri.v1.images""#;
             let runtime = r#"[plugins."io.containerd.cri.v1.runtime""#;
             format!(
                 "[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n\
                  \x20 platform = \"linux/amd64\"\n\
-                 \x20 snapshotter = \"native\"\n\
+                 \x20 snapshotter = \"overlayfs\"\n\
                  {images}]\n\
-                 \x20 snapshotter = \"native\"\n\
+                 \x20 snapshotter = \"overlayfs\"\n\
                  {images}.pinned_images]\n\
                  \x20 sandbox = \"{PAUSE}\"\n\
                  {images}.registry]\n\

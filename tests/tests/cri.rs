@@ -200,7 +200,9 @@ fn pods_share_volumes_serve_http_and_leave_nothing(version: Version) {
         "reader",
         &busybox_container(
             "reader",
-            "exec sleep 600",
+            // 8 MiB in its root file system, which containerd would count
+            // in the writable layer under runc.
+            "dd if=/dev/zero of=/written bs=1M count=8 2>/dev/null; exec sleep 600",
             serde_json::json!([
                 { "container_path": "/shared", "host_path": shared },
                 { "container_path": "/config", "host_path": config, "readonly": true }
@@ -294,6 +296,17 @@ fn pods_share_volumes_serve_http_and_leave_nothing(version: Version) {
     assert!(
         memory > 0,
         "crictl stats gives the container's memory: {stats}"
+    );
+    // The writable layer is on the VM's scratch disk: the file is there for
+    // the container, and containerd (which has collected the snapshot's
+    // usage several times since, every 10 s) counts none of it, as
+    // docs/architecture.md says.
+    let written = cri.crictl_ok(&["exec", &reader, "sh", "-c", "wc -c < /written"]);
+    assert_eq!(written.trim(), "8388608");
+    let layer = &stats["stats"][0]["writableLayer"]["usedBytes"]["value"];
+    assert!(
+        !layer.is_null() && stat(layer) < 1 << 20,
+        "crictl stats' writable layer holds nothing the guest wrote: {stats}"
     );
 
     for pod in [&web, &client] {
