@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cocoon_fuzz::confine::confine;
-use cocoon_vmm::virtio::fs::Fs;
+use cocoon_vmm::virtio::fs::{Caching, Fs};
 use cocoon_vmm::virtio::test_driver::{Driver, SplitRing, MEM_SIZE};
 use cocoon_vmm::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use libfuzzer_sys::fuzz_target;
@@ -254,8 +254,8 @@ struct Guest {
 }
 
 impl Guest {
-    fn new(share: &Path, features: u64) -> Self {
-        let fs = Fs::new("cocoon-fuzz", share).expect("Fs::new");
+    fn new(share: &Path, features: u64, caching: Caching) -> Self {
+        let fs = Fs::new("cocoon-fuzz", share, caching).expect("Fs::new");
         let mut driver = Driver::new(Box::new(fs));
         let rings = [
             SplitRing::new(HIPRIO_RING, RING_SIZE),
@@ -321,12 +321,19 @@ impl Guest {
 fuzz_target!(|data: &[u8]| {
     let harness = harness();
     populate(harness);
-    let (features, data) = match data.split_first() {
-        Some((&f, rest)) if f & 1 != 0 => (VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX, rest),
-        Some((_, rest)) => (VIRTIO_F_VERSION_1, rest),
-        None => (VIRTIO_F_VERSION_1, data),
+    // The first byte: bit 0 EVENT_IDX, bit 1 the immutable share's caching.
+    let (first, data) = data.split_first().map_or((0, data), |(&f, rest)| (f, rest));
+    let features = if first & 1 != 0 {
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
+    } else {
+        VIRTIO_F_VERSION_1
     };
-    let mut guest = Guest::new(&harness.share, features);
+    let caching = if first & 2 != 0 {
+        Caching::Immutable
+    } else {
+        Caching::Coherent
+    };
+    let mut guest = Guest::new(&harness.share, features, caching);
     for chain in chains(data) {
         guest.post(&chain);
     }
