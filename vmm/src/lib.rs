@@ -10,6 +10,7 @@ pub mod boot;
 pub mod bus;
 pub mod cli;
 pub mod devices;
+pub mod inherited_fd;
 pub mod jail;
 pub mod layout;
 pub mod memory;

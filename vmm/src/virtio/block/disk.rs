@@ -8,20 +8,19 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 use vm_memory::{GuestAddress, GuestMemory as _};
 
 use super::request::SECTOR_SIZE;
+use crate::inherited_fd::{self, InheritedFdError};
 use crate::virtio::GuestMemory;
 
 /// Why `--disk-fd` cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("--disk-fd {0}: 0, 1 and 2 are the VMM's standard streams, not a disk file")]
-    StandardStream(RawFd),
-    #[error("--disk-fd {fd} is not an open file descriptor (was it inherited without CLOEXEC?): {source}")]
-    NotOpen { fd: RawFd, source: io::Error },
+    #[error(transparent)]
+    Inherited(#[from] InheritedFdError),
     #[error("--disk-fd {fd}: {step}: {source}")]
     Syscall {
         fd: RawFd,
@@ -44,30 +43,11 @@ pub struct DiskFile {
 }
 
 impl DiskFile {
-    /// Takes over `fd`, which must be an open regular file, readable and
-    /// writable, of a non-zero whole number of sectors, that nothing else in
-    /// this process owns (it is inherited across exec); makes it CLOEXEC.
+    /// Takes over `fd` ([`inherited_fd::take`]), which must be a regular
+    /// file, readable and writable, of a non-zero whole number of sectors.
     pub fn from_inherited_fd(fd: RawFd) -> Result<Self, DiskError> {
-        if (0..=2).contains(&fd) {
-            return Err(DiskError::StandardStream(fd));
-        }
-        // SAFETY: F_GETFD only reads the flags of `fd`, if it is open.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            return Err(DiskError::NotOpen {
-                fd,
-                source: io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: `fd` is open (checked above) and owned by nothing else in
-        // this process: it was inherited and named to us on the command line
-        // (the standard streams, which std uses, are refused above). From here
-        // the File is its only owner and closes it.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = File::from(inherited_fd::take("--disk-fd", fd)?);
         let syscall = |step| move |source| DiskError::Syscall { fd, step, source };
-        // SAFETY: F_SETFD sets the close-on-exec flag of `fd`, which we own.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-            return Err(syscall("F_SETFD")(io::Error::last_os_error()));
-        }
         // SAFETY: F_GETFL only reads the status flags of `fd`.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
         if flags < 0 {

@@ -260,6 +260,8 @@ fn an_unusable_fd_is_refused_with_a_reason() {
     assert!(error.to_string().contains("1000 bytes"), "{error}");
     assert!(matches!(
         DiskFile::from_inherited_fd(1),
-        Err(DiskError::StandardStream(1))
+        Err(DiskError::Inherited(
+            crate::inherited_fd::InheritedFdError::StandardStream { fd: 1, .. }
+        ))
     ));
 }

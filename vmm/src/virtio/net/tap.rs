@@ -13,18 +13,17 @@
 //! ([`Tap::from_socket`]): it keeps frame boundaries the same way.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::chain::TxFrame;
 use super::header::HEADER_SIZE;
+use crate::inherited_fd::{self, InheritedFdError};
 
 /// Why `--net-fd` cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
-    #[error("--net-fd {0}: 0, 1 and 2 are the VMM's standard streams, not a tap")]
-    StandardStream(RawFd),
-    #[error("--net-fd {fd} is not an open file descriptor (was it inherited without CLOEXEC?): {source}")]
-    NotOpen { fd: RawFd, source: io::Error },
+    #[error(transparent)]
+    Inherited(#[from] InheritedFdError),
     #[error("--net-fd {fd}: {step}: {source}")]
     Syscall {
         fd: RawFd,
@@ -59,26 +58,11 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Takes over `fd`, which must be an open tap made with IFF_TAP |
-    /// IFF_NO_PI | IFF_VNET_HDR that nothing else in this process owns (it
-    /// is inherited across exec); sets its header size, no offloads yet,
-    /// non-blocking, close-on-exec.
+    /// Takes over `fd` ([`inherited_fd::take`]), which must be a tap made
+    /// with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR; sets its header size, no
+    /// offloads yet, non-blocking.
     pub fn from_inherited_fd(fd: RawFd) -> Result<Self, TapError> {
-        if (0..=2).contains(&fd) {
-            return Err(TapError::StandardStream(fd));
-        }
-        // SAFETY: F_GETFD only reads the flags of `fd`, if it is open.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            return Err(TapError::NotOpen {
-                fd,
-                source: io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: `fd` is open (checked above) and owned by nothing else in
-        // this process: it was inherited and named to us on the command line
-        // (the standard streams, which std uses, are refused above). From here
-        // the OwnedFd is its only owner and closes it.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let owned = inherited_fd::take("--net-fd", fd)?;
         let syscall = |step| move |source| TapError::Syscall { fd, step, source };
         // SAFETY: an all-zero stat is a valid value of the plain C struct.
         let mut stat: libc::stat = unsafe { std::mem::zeroed() };
@@ -125,7 +109,7 @@ impl Tap {
         }
         // Nothing the guest has not negotiated: plain frames until activation.
         tap.set_offload(0).map_err(syscall("TUNSETOFFLOAD"))?;
-        set_flags(fd).map_err(syscall("fcntl"))?;
+        set_non_blocking(fd).map_err(syscall("fcntl"))?;
         Ok(tap)
     }
 
@@ -133,7 +117,7 @@ impl Tap {
     /// keep their boundaries; the tun ioctls are skipped.
     #[cfg(any(test, feature = "fuzzing"))]
     pub fn from_socket(socket: OwnedFd) -> io::Result<Self> {
-        set_flags(socket.as_raw_fd())?;
+        set_non_blocking(socket.as_raw_fd())?;
         Ok(Self {
             fd: socket,
             is_tap: false,
@@ -217,17 +201,12 @@ impl AsRawFd for Tap {
     }
 }
 
-// Non-blocking (the worker's epoll says when to read) and close-on-exec (the
-// VMM runs nothing, but a tap must never leak into another program).
-fn set_flags(fd: RawFd) -> io::Result<()> {
+// The worker's epoll says when to read.
+fn set_non_blocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on an fd we own, with integer arguments only.
     unsafe {
         let status = libc::fcntl(fd, libc::F_GETFL);
         if status < 0 || libc::fcntl(fd, libc::F_SETFL, status | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
             return Err(io::Error::last_os_error());
         }
     }
