@@ -140,7 +140,25 @@ fn blank_image(dir: &Path, bytes: u64) -> Result<File, ScratchDiskError> {
         .and_then(|()| std::fs::rename(&work, &path).map_err(io_error(&path)));
     let _ = std::fs::remove_file(&work);
     made?;
+    remove_older_formats(dir);
     File::open(&path).map_err(io_error(&path))
+}
+
+/// Removes the blank images an older `format_image` made: no shim of this
+/// version copies them again (a running older shim that still wants one
+/// makes it anew). Disks copied from them are unaffected.
+fn remove_older_formats(dir: &Path) {
+    let current = format!("-v{FORMAT}.ext4");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".blank-") && name.ends_with(".ext4") && !name.ends_with(&current) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Formats a new sparse file at `path`: ext4, no reserved blocks, inode
@@ -236,6 +254,8 @@ mod tests {
     #[tokio::test]
     async fn a_disk_is_a_formatted_sparse_copy_of_the_blank_image() {
         let dir = tempfile::tempdir().unwrap();
+        // A blank an older shim made (without a journal) is not used, and goes.
+        std::fs::write(dir.path().join(".blank-268435456.ext4"), b"old").unwrap();
         let bytes = 256 << 20;
         let disk = ScratchDisk::formatted(dir.path(), bytes).await.unwrap();
         let meta = disk.file.metadata().unwrap();
