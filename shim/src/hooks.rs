@@ -17,17 +17,15 @@
 //! Hooks are host code the spec names: the same trust as runc gives them
 //! (the spec comes from containerd's client). See docs/security/hooks.md.
 
-use std::io::{Read, Seek, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use containerd_shim::monitor::{monitor_subscribe, monitor_unsubscribe, Subject, Topic};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+use crate::host_program;
 
 /// The annotation nerdctl's hook takes the network namespace from.
 pub const NETNS_ANNOTATION: &str = "nerdctl/network-namespace";
@@ -226,12 +224,6 @@ async fn run(stage: &'static str, hook: &Hook, state: &[u8]) -> Result<(), HookE
         path: hook.path.clone(),
         reason,
     };
-    // Its stdout and stderr, in a file of no name: a pipe would hold the
-    // read up while anything the hook left behind keeps it open.
-    let mut output = tempfile().map_err(|e| failed(format!("an output file: {e}")))?;
-    let output_err = output
-        .try_clone()
-        .map_err(|e| failed(format!("an output file: {e}")))?;
     let mut command = Command::new(&hook.path);
     if let Some((arg0, args)) = hook.args.split_first() {
         command.arg0(arg0).args(args);
@@ -239,85 +231,18 @@ async fn run(stage: &'static str, hook: &Hook, state: &[u8]) -> Result<(), HookE
     command
         .env_clear()
         .envs(hook.env.iter().filter_map(|pair| pair.split_once('=')))
-        .current_dir("/")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::from(
-            output
-                .try_clone()
-                .map_err(|e| failed(format!("an output file: {e}")))?,
-        ))
-        .stderr(Stdio::from(output_err));
-    // Subscribed before the spawn: the shim's reaper (waitpid(-1)) may
-    // collect the hook before our own wait does; then its exit comes here.
-    let mut exits = monitor_subscribe(Topic::Pid)
-        .await
-        .map_err(|e| failed(format!("watching it: {e}")))?;
-    let spawned = command.spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(error) => {
-            let _ = monitor_unsubscribe(exits.id).await;
-            return Err(failed(format!("starting it: {error}")));
-        }
-    };
-    let pid = child.id() as i32;
-    if let Some(mut stdin) = child.stdin.take() {
-        let state = state.to_vec();
-        // A hook that never reads its stdin must not hold us up.
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(&state);
-        });
-    }
-    let mut waited = tokio::task::spawn_blocking(move || child.wait());
-    let mut waiting = true;
+        .current_dir("/");
     let limit = hook.timeout.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
-    let deadline = tokio::time::sleep(limit);
-    tokio::pin!(deadline);
-    let status: Result<i32, String> = loop {
-        tokio::select! {
-            done = &mut waited, if waiting => match done {
-                Ok(Ok(status)) => break Ok(status.into_raw()),
-                // Reaped by the shim's reaper: the monitor has it.
-                _ => waiting = false,
-            },
-            event = exits.rx.recv() => match event {
-                Some(event) if matches!(event.subject, Subject::Pid(p) if p == pid) => {
-                    break Ok(event.exit_code << 8);
-                }
-                Some(_) => {}
-                None => break Err("lost track of it".into()),
-            },
-            () = &mut deadline => {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                break Err(format!("still running after {limit:?}; killed"));
-            }
-        }
-    };
-    let _ = monitor_unsubscribe(exits.id).await;
-    let status = std::process::ExitStatus::from_raw(status.map_err(&failed)?);
-    if status.success() {
+    let finished = host_program::run(command, state.to_vec(), limit, OUTPUT_QUOTED)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if finished.status.success() {
         return Ok(());
     }
-    let mut said = String::new();
-    let _ = output.rewind();
-    let _ = output.read_to_string(&mut said);
-    let said = said.trim();
-    let start = said
-        .char_indices()
-        .map(|(at, _)| at)
-        .find(|&at| said.len() - at <= OUTPUT_QUOTED)
-        .unwrap_or(said.len());
-    Err(failed(format!("{status}: {}", &said[start..])))
-}
-
-/// An unnamed file in /tmp (O_TMPFILE), gone when closed.
-fn tempfile() -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .open(std::env::temp_dir())
+    Err(failed(format!(
+        "{}: {}",
+        finished.status, finished.output_tail
+    )))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod exits;
 mod guest;
 mod hooks;
 mod host_namespaces;
+mod host_program;
 mod io;
 mod launch;
 mod log_driver;

@@ -15,9 +15,11 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use nix::unistd::Whence;
 
+use crate::host_program;
 use crate::sandbox::create_private_dir;
 
 /// The descriptor number the VMM finds its disk under.
@@ -27,6 +29,10 @@ const LOCK_FILE: &str = ".lock";
 /// The blank image's format, in its name: a shim never copies a blank that
 /// an older `format_image` made. Count it up whenever that changes.
 const FORMAT: u32 = 2;
+/// How long mke2fs may take (a sparse image: well under a second).
+const MKE2FS_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much of a failed mke2fs's output its error quotes.
+const MKE2FS_OUTPUT_QUOTED: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScratchDiskError {
@@ -173,7 +179,8 @@ fn format_image(path: &Path, bytes: u64) -> Result<(), ScratchDiskError> {
     let file = File::create(path).map_err(io_error(path))?;
     file.set_len(bytes).map_err(io_error(path))?;
     drop(file);
-    let output = Command::new("mke2fs")
+    let mut command = Command::new("mke2fs");
+    command
         .args([
             "-q",
             "-F",
@@ -190,21 +197,25 @@ fn format_image(path: &Path, bytes: u64) -> Result<(), ScratchDiskError> {
         ])
         .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
         .args(["-L", "cocoon-scratch"])
-        .arg(path)
-        .output()
-        .map_err(|e| ScratchDiskError::Format {
-            path: path.display().to_string(),
-            message: format!("running mke2fs (e2fsprogs): {e}"),
-        })?;
-    if !output.status.success() {
-        return Err(ScratchDiskError::Format {
-            path: path.display().to_string(),
-            message: format!(
-                "mke2fs {}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        });
+        .arg(path);
+    let failed = |message| ScratchDiskError::Format {
+        path: path.display().to_string(),
+        message,
+    };
+    // On one of the runtime's blocking threads (see `ScratchDisk::formatted`).
+    let finished = tokio::runtime::Handle::current()
+        .block_on(host_program::run(
+            command,
+            Vec::new(),
+            MKE2FS_TIMEOUT,
+            MKE2FS_OUTPUT_QUOTED,
+        ))
+        .map_err(|e| failed(format!("running mke2fs (e2fsprogs): {e}")))?;
+    if !finished.status.success() {
+        return Err(failed(format!(
+            "mke2fs {}: {}",
+            finished.status, finished.output_tail
+        )));
     }
     Ok(())
 }
