@@ -25,19 +25,18 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
+use cocoon_fuzz::chain_post::{Desc, PostedRing};
+use cocoon_fuzz::scratch_root::{scratch_root, write_canary, CANARY};
 use cocoon_vmm::virtio::block::request::{S_IOERR, S_OK, S_UNSUPP, T_GET_ID, T_IN, T_OUT};
 use cocoon_vmm::virtio::block::{Block, DiskFile};
 use cocoon_vmm::virtio::test_driver::{Driver, SplitRing, MEM_SIZE};
 use cocoon_vmm::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use libfuzzer_sys::fuzz_target;
-use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use vm_memory::{Bytes, GuestAddress};
 
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
-const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const RING_SIZE: u16 = 64;
 const RING: u64 = 0x1000;
 const HEADER: u64 = 0x1_0000;
@@ -47,12 +46,9 @@ const STATUS: u64 = 0xd_0000;
 const SECTORS: u64 = 64;
 const MAX_CHAINS: usize = 16;
 const MAX_SEGS: u8 = 32;
-const CHAIN_TIMEOUT: Duration = Duration::from_secs(5);
-const CANARY: &[u8] = b"the guest must never change this file";
 const UNTOUCHED: u8 = 0xee;
 
 struct Harness {
-    root: PathBuf,
     disk: PathBuf,
     canary: PathBuf,
 }
@@ -61,29 +57,12 @@ static HARNESS: OnceLock<Harness> = OnceLock::new();
 
 fn harness() -> &'static Harness {
     HARNESS.get_or_init(|| {
-        let root = tempfile::Builder::new()
-            .prefix("cocoon-fuzz-block-")
-            .tempdir()
-            .expect("temp dir")
-            .keep();
-        // SAFETY: remove_root is an extern "C" fn valid for the life of the process.
-        if unsafe { libc::atexit(remove_root) } != 0 {
-            eprintln!("block_queues: {} will be left behind", root.display());
-        }
-        let canary = root.join("canary");
-        std::fs::write(&canary, CANARY).expect("canary");
+        let root = scratch_root("block");
         Harness {
             disk: root.join("disk"),
-            root,
-            canary,
+            canary: write_canary(root),
         }
     })
-}
-
-extern "C" fn remove_root() {
-    if let Some(harness) = HARNESS.get() {
-        let _ = std::fs::remove_dir_all(&harness.root);
-    }
 }
 
 struct Chain {
@@ -133,13 +112,6 @@ fn chains(mut data: &[u8]) -> Vec<Chain> {
         });
     }
     out
-}
-
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    jump: Option<u16>,
 }
 
 // Lays out a chain's descriptors; returns them and their writable length,
@@ -199,8 +171,7 @@ fn lay_out(chain: &Chain) -> (Vec<Desc>, Option<u64>) {
 
 struct Guest {
     driver: Driver,
-    ring: SplitRing,
-    used: u16,
+    ring: PostedRing,
 }
 
 impl Guest {
@@ -222,8 +193,7 @@ impl Guest {
         assert!(driver.driver_ok(), "DRIVER_OK refused");
         Self {
             driver,
-            ring,
-            used: 0,
+            ring: PostedRing::new(ring),
         }
     }
 
@@ -237,42 +207,8 @@ impl Guest {
         mem.write_obj(UNTOUCHED, GuestAddress(STATUS))
             .expect("status");
         let (descs, writable) = lay_out(chain);
-        for (i, desc) in descs.iter().enumerate() {
-            let index = i as u16;
-            let last = i + 1 == descs.len();
-            let (flags, next) = match desc.jump {
-                Some(to) => (desc.flags | NEXT, to),
-                None if !last => (desc.flags | NEXT, index + 1),
-                None if chain.looped => (desc.flags | NEXT, 0),
-                None => (desc.flags, 0),
-            };
-            self.ring
-                .set_desc(&mem, index, desc.addr, desc.len, flags, next);
-        }
-        self.ring.push(&mem, 0);
-        self.used = self.used.wrapping_add(1);
-        self.driver.notify(0);
-
-        let deadline = Instant::now() + CHAIN_TIMEOUT;
-        while self.ring.used_idx(&mem) != self.used {
-            assert!(
-                self.driver.status() & VIRTIO_CONFIG_S_NEEDS_RESET == 0,
-                "the device needs a reset"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "the device never completed the chain"
-            );
-            std::thread::yield_now();
-        }
-        let (id, len) = self.ring.used_elem(&mem, self.used.wrapping_sub(1));
-        assert_eq!(id, 0, "used entry for a chain never posted");
-        if let Some(writable) = writable {
-            assert!(
-                u64::from(len) <= writable,
-                "used length {len} > {writable} writable bytes"
-            );
-        }
+        self.ring
+            .post(&mut self.driver, 0, &descs, chain.looped, writable);
         // A status byte that nothing else in the chain can write: exactly
         // one descriptor there, the last, in a plain chain.
         let lone_status = writable.is_some()

@@ -28,19 +28,19 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
+use cocoon_fuzz::chain_post::{Desc, PostedRing};
 use cocoon_fuzz::confine::confine;
+use cocoon_fuzz::scratch_root::{scratch_root, write_canary, CANARY};
 use cocoon_vmm::virtio::fs::{Caching, Fs};
 use cocoon_vmm::virtio::test_driver::{Driver, SplitRing, MEM_SIZE};
 use cocoon_vmm::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use libfuzzer_sys::fuzz_target;
 use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use vm_memory::{Bytes, GuestAddress};
 
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
-const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const RING_SIZE: u16 = 64;
 const HIPRIO_RING: u64 = 0x1000;
 const REQUEST_RING: u64 = 0x3000;
@@ -50,12 +50,10 @@ const OUT_BUF: u64 = 0x5_0000;
 const OUT_END: u64 = 0xf_0000;
 const MAX_CHAINS: usize = 16;
 const MAX_FILE_SIZE: u64 = 1 << 20;
-const CHAIN_TIMEOUT: Duration = Duration::from_secs(5);
-const CANARY: &[u8] = b"the guest must never change this file";
 
 struct Harness {
-    // Holds the canary and one share at a time; removed at exit.
-    root: PathBuf,
+    // Holds the canary and one share at a time.
+    root: &'static Path,
     share: PathBuf,
     canary: PathBuf,
     canary_meta: (u64, i64, i64, u32, u64, u64),
@@ -66,17 +64,8 @@ static HARNESS: OnceLock<Harness> = OnceLock::new();
 fn harness() -> &'static Harness {
     HARNESS.get_or_init(|| {
         confine(MAX_FILE_SIZE).expect("confine the fuzzing process");
-        let root = tempfile::Builder::new()
-            .prefix("cocoon-fuzz-fs-chains-")
-            .tempdir()
-            .expect("temp dir")
-            .keep();
-        // SAFETY: remove_root is an extern "C" fn valid for the life of the process.
-        if unsafe { libc::atexit(remove_root) } != 0 {
-            eprintln!("fs_chains: {} will be left behind", root.display());
-        }
-        let canary = root.join("canary");
-        std::fs::write(&canary, CANARY).expect("canary");
+        let root = scratch_root("fs-chains");
+        let canary = write_canary(root);
         let canary_meta = meta(&canary);
         Harness {
             share: root.join("share"),
@@ -85,12 +74,6 @@ fn harness() -> &'static Harness {
             canary_meta,
         }
     })
-}
-
-extern "C" fn remove_root() {
-    if let Some(harness) = HARNESS.get() {
-        let _ = std::fs::remove_dir_all(&harness.root);
-    }
 }
 
 // What a write through a symlink or hard link would change.
@@ -125,7 +108,7 @@ fn check_sandbox(harness: &Harness) {
         harness.canary_meta,
         "canary metadata"
     );
-    let mut names: Vec<_> = std::fs::read_dir(&harness.root)
+    let mut names: Vec<_> = std::fs::read_dir(harness.root)
         .expect("root")
         .map(|e| e.expect("entry").file_name())
         .collect();
@@ -138,13 +121,6 @@ fn check_sandbox(harness: &Harness) {
 }
 
 // One descriptor as the guest writes it.
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    jump: Option<u16>,
-}
-
 struct Chain<'a> {
     hiprio: bool,
     looped: bool,
@@ -249,8 +225,7 @@ fn lay_out(driver: &Driver, chain: &Chain<'_>) -> (Vec<Desc>, Option<u64>) {
 
 struct Guest {
     driver: Driver,
-    rings: [SplitRing; 2],
-    used: [u16; 2],
+    rings: [PostedRing; 2],
 }
 
 impl Guest {
@@ -267,54 +242,14 @@ impl Guest {
         assert!(driver.driver_ok(), "DRIVER_OK refused");
         Self {
             driver,
-            rings,
-            used: [0; 2],
+            rings: rings.map(PostedRing::new),
         }
     }
 
     fn post(&mut self, chain: &Chain<'_>) {
         let (descs, writable) = lay_out(&self.driver, chain);
         let q = usize::from(!chain.hiprio);
-        let mem = self.driver.mem.clone();
-        let mem = &mem;
-        let ring = &mut self.rings[q];
-        for (i, desc) in descs.iter().enumerate() {
-            let index = i as u16;
-            let last = i + 1 == descs.len();
-            let (flags, next) = match desc.jump {
-                Some(to) => (desc.flags | NEXT, to),
-                None if !last => (desc.flags | NEXT, index + 1),
-                None if chain.looped => (desc.flags | NEXT, 0),
-                None => (desc.flags, 0),
-            };
-            ring.set_desc(mem, index, desc.addr, desc.len, flags, next);
-        }
-        ring.push(mem, 0);
-        self.used[q] = self.used[q].wrapping_add(1);
-        self.driver.notify(q as u32);
-
-        let want = self.used[q];
-        let deadline = Instant::now() + CHAIN_TIMEOUT;
-        let ring = &self.rings[q];
-        while ring.used_idx(mem) != want {
-            assert!(
-                self.driver.status() & VIRTIO_CONFIG_S_NEEDS_RESET == 0,
-                "the device needs a reset (a panic in the file server?)"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "the device never completed the chain"
-            );
-            std::thread::yield_now();
-        }
-        let (id, len) = ring.used_elem(mem, want.wrapping_sub(1));
-        assert_eq!(id, 0, "used entry for a chain never posted");
-        if let Some(writable) = writable {
-            assert!(
-                u64::from(len) <= writable,
-                "used length {len} > {writable} writable bytes"
-            );
-        }
+        self.rings[q].post(&mut self.driver, q as u32, &descs, chain.looped, writable);
     }
 }
 

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use cocoon_fuzz::confine::confine;
+use cocoon_fuzz::scratch_root::scratch_root;
 use cocoon_vmm::virtio::fs::{handle_request_bytes, new_server, Caching};
 use libfuzzer_sys::fuzz_target;
 
@@ -38,8 +39,7 @@ const MAX_REQUESTS: usize = 32;
 const MAX_FILE_SIZE: u64 = 1 << 20;
 
 struct Harness {
-    // Holds one share at a time; removed at exit (not after a crash).
-    root: PathBuf,
+    // Holds one share at a time.
     share: PathBuf,
 }
 
@@ -48,26 +48,10 @@ static HARNESS: OnceLock<Harness> = OnceLock::new();
 fn harness() -> &'static Harness {
     HARNESS.get_or_init(|| {
         confine(MAX_FILE_SIZE).expect("confine the fuzzing process");
-        let root = tempfile::Builder::new()
-            .prefix("cocoon-fuzz-fs-")
-            .tempdir()
-            .expect("temp dir")
-            .keep();
-        // libFuzzer ends with exit(), which never drops statics.
-        // SAFETY: remove_root is an extern "C" fn that stays valid for the
-        // whole life of the process.
-        if unsafe { libc::atexit(remove_root) } != 0 {
-            eprintln!("fs_request: {} will be left behind", root.display());
+        Harness {
+            share: scratch_root("fs").join("share"),
         }
-        let share = root.join("share");
-        Harness { root, share }
     })
-}
-
-extern "C" fn remove_root() {
-    if let Some(harness) = HARNESS.get() {
-        let _ = std::fs::remove_dir_all(&harness.root);
-    }
 }
 
 fn populate(share: &Path) -> io::Result<()> {
