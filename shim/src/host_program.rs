@@ -6,7 +6,7 @@
 //! whichever of the two tells first.
 
 use std::fs::File;
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -51,8 +51,14 @@ pub async fn run(
     let mut output = tempfile().map_err(RunError::OutputFile)?;
     let stdout = output.try_clone().map_err(RunError::OutputFile)?;
     let stderr = output.try_clone().map_err(RunError::OutputFile)?;
+    // No input: no pipe, and no thread to feed it.
+    let input = if stdin.is_empty() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    };
     command
-        .stdin(Stdio::piped())
+        .stdin(input)
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));
     let mut exits = monitor_subscribe(Topic::Pid)
@@ -103,18 +109,17 @@ pub async fn run(
     })
 }
 
-/// The last `kept` bytes (at most) of `file`, cut at a character boundary.
+/// The last `kept` bytes (at most) of `file`, trimmed: only those are
+/// read, however much the program wrote.
 fn tail(file: &mut File, kept: usize) -> String {
-    let mut said = String::new();
-    let _ = file.rewind();
-    let _ = file.read_to_string(&mut said);
-    let said = said.trim();
-    let start = said
-        .char_indices()
-        .map(|(at, _)| at)
-        .find(|&at| said.len() - at <= kept)
-        .unwrap_or(said.len());
-    said[start..].to_string()
+    let len = file.metadata().map_or(0, |meta| meta.len());
+    let from = len.saturating_sub(kept as u64);
+    let mut said = Vec::with_capacity(kept.min(len as usize));
+    let _ = file
+        .seek(SeekFrom::Start(from))
+        .and_then(|_| file.take(kept as u64).read_to_end(&mut said));
+    // A character cut at `from` becomes one replacement character.
+    String::from_utf8_lossy(&said).trim().to_string()
 }
 
 #[cfg(test)]
@@ -125,7 +130,7 @@ mod tests {
     async fn a_program_runs_with_its_input_and_its_output_tail_is_kept() {
         let mut command = Command::new("sh");
         command.args(["-c", "cat; echo done >&2; exit 3"]);
-        let finished = run(command, b"0123456789".to_vec(), Duration::from_secs(30), 8)
+        let finished = run(command, b"0123456789".to_vec(), Duration::from_secs(30), 9)
             .await
             .unwrap();
         assert_eq!(finished.status.code(), Some(3));
