@@ -21,6 +21,7 @@
 //! - [`config_space`]: the virtio-fs config space and tag validation;
 //! - [`passthrough`]: how the shared directory is served (Vfs + PassthroughFs settings);
 //! - `request`: one FUSE request, from descriptor chain to reply, panic-proof;
+//! - `whole_batches`: directory reads that leave no host entry behind (tmpfs offsets);
 //! - `worker`: the worker threads that take requests off the queues;
 //! - [`fuzz`]: a self-contained entry point for fuzz targets.
 //!
@@ -33,6 +34,7 @@ mod error;
 pub mod fuzz;
 pub mod passthrough;
 mod request;
+mod whole_batches;
 mod worker;
 
 pub use config_space::{validate_tag, TagError, CONFIG_SPACE_SIZE, TAG_LEN};

@@ -1,5 +1,6 @@
 //! How a shared host directory is served: fuse-backend-rs's `PassthroughFs`
-//! mounted at the root of its `Vfs`, the settings we run them with, and the
+//! (reading directories in whole batches: `whole_batches`) mounted at the
+//! root of its `Vfs`, the settings we run them with, and the
 //! process-wide side effects PassthroughFs needs kept in check (umask, open
 //! file limit).
 //!
@@ -21,6 +22,7 @@ use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use tracing::{debug, error, warn};
 
 use super::error::FsError;
+use super::whole_batches::WholeBatches;
 
 /// The file system behind every share.
 pub type Passthrough = PassthroughFs<()>;
@@ -88,7 +90,7 @@ pub(super) fn open(root: &Path, caching: Caching) -> Result<Arc<Vfs>, FsError> {
     let fs = Passthrough::new(config(root_dir, caching)).map_err(failed)?;
     with_umask_preserved(|| fs.import()).map_err(failed)?;
     let vfs = Vfs::new(vfs_options(caching));
-    vfs.mount(Box::new(fs), "/")
+    vfs.mount(Box::new(WholeBatches::new(fs)), "/")
         .map_err(|e| failed(io::Error::other(e.to_string())))?;
     raise_nofile_limit();
     debug!(root = %canonical.display(), "virtio-fs: share ready");
