@@ -27,6 +27,9 @@ pub struct Config {
     /// Guest RAM (MiB) of a sandbox without `io.cocoon.memory-mib` or a
     /// memory limit.
     pub memory_mib: u32,
+    /// Guest RAM (MiB) added to a pod's memory limit: room for the guest's
+    /// kernel, agent and page cache beside the pod's containers.
+    pub pod_headroom_mib: u32,
     /// How long the guest may take to answer before Create fails (seconds).
     pub boot_timeout_seconds: u64,
     /// Where sandboxes keep their state (`<state_dir>/<namespace>/<id>`).
@@ -64,7 +67,10 @@ impl Default for Config {
             initramfs: "/usr/local/share/cocoon/initramfs.img".into(),
             vmm: "/usr/local/bin/cocoon-vmm".into(),
             vcpus: 1,
-            memory_mib: 256,
+            // Large enough for the guest to cache a file of 256 MiB; RAM the
+            // guest never touches costs the host nothing (docs/performance.md).
+            memory_mib: 512,
+            pod_headroom_mib: 256,
             boot_timeout_seconds: 10,
             state_dir: "/run/cocoon".into(),
             log_level: "info".into(),
@@ -128,9 +134,9 @@ impl Config {
             message,
         };
         let config: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        if config.vcpus == 0 || config.memory_mib < 64 {
+        if config.vcpus == 0 || config.memory_mib < 64 || config.pod_headroom_mib < 64 {
             return Err(invalid(
-                "vcpus must be at least 1 and memory_mib at least 64".into(),
+                "vcpus must be at least 1, memory_mib and pod_headroom_mib at least 64".into(),
             ));
         }
         if config.log_level.parse::<log::LevelFilter>().is_err() {
@@ -186,9 +192,10 @@ mod tests {
 
     #[test]
     fn keys_override_defaults() {
-        let config = load("kernel = \"/k\"\nmemory_mib = 512\nguest_debug = true\n").unwrap();
+        let config = load("kernel = \"/k\"\nmemory_mib = 1024\nguest_debug = true\n").unwrap();
         assert_eq!(config.kernel, PathBuf::from("/k"));
-        assert_eq!(config.memory_mib, 512);
+        assert_eq!(config.memory_mib, 1024);
+        assert_eq!(config.pod_headroom_mib, 256);
         assert!(config.guest_debug);
         assert_eq!(config.vcpus, 1);
     }
@@ -202,6 +209,8 @@ mod tests {
         );
         let error = load("vcpus = 0\n").unwrap_err().to_string();
         assert!(error.contains("vcpus must be at least 1"), "{error}");
+        let error = load("pod_headroom_mib = 16\n").unwrap_err().to_string();
+        assert!(error.contains("pod_headroom_mib at least 64"), "{error}");
         let error = load("log_level = \"loud\"\n").unwrap_err().to_string();
         assert!(error.contains("loud"), "{error}");
     }

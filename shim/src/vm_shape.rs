@@ -1,6 +1,6 @@
 //! How big a sandbox's VM is: Cocoon's annotations first, then the pod's
 //! limits (the annotations containerd's CRI puts on a pod's sandbox: the
-//! config's size plus the pod's), then the first container's CPU and memory
+//! config's headroom plus the pod's), then the first container's CPU and memory
 //! limits, then the config's defaults.
 
 use crate::config::Config;
@@ -130,7 +130,7 @@ impl VmShape {
             _ => None,
         };
         let pod_memory = number(POD_MEMORY_ANNOTATION)?
-            .map(|bytes| u64::from(config.memory_mib) + ((bytes as u64) >> 20));
+            .map(|bytes| u64::from(config.pod_headroom_mib) + ((bytes as u64) >> 20));
         let resources = spec.get("linux").and_then(|l| l.get("resources"));
         let cpu_limit = resources.and_then(|r| r.get("cpu")).and_then(|cpu| {
             let quota = cpu.get("quota")?.as_i64()?;
@@ -183,8 +183,8 @@ impl VmShape {
         ) {
             (Some(n), _) => (MEMORY_ANNOTATION, n),
             (None, Some(n)) if pod_memory.is_some() => (
-                "the pod's memory limit (io.kubernetes.cri.sandbox-memory, plus `memory_mib` \
-                 in the cocoon config)",
+                "the pod's memory limit (io.kubernetes.cri.sandbox-memory, plus \
+                 `pod_headroom_mib` in the cocoon config)",
                 n,
             ),
             (None, Some(n)) => (
@@ -259,7 +259,7 @@ mod tests {
         } });
         assert_eq!(
             shape(&config, &pod),
-            (config.vcpus + 3, config.memory_mib + 512)
+            (config.vcpus + 3, config.pod_headroom_mib + 512)
         );
         // A CPU limit above the host's CPUs gets them all.
         let big = json!({ "annotations": {

@@ -551,9 +551,9 @@ fn ctr_run_with_a_user_log_uris_and_a_runtime_config_on(version: Version) {
 
     // --runtime-config-path: containerd hands the shim another config,
     // here one with more guest memory.
-    let config = dir.join("cocoon-384.toml");
+    let config = dir.join("cocoon-768.toml");
     let base_config = std::fs::read_to_string(dir.join("cocoon.toml")).unwrap();
-    std::fs::write(&config, format!("{base_config}memory_mib = 384\n")).unwrap();
+    std::fs::write(&config, format!("{base_config}memory_mib = 768\n")).unwrap();
     let out = run(
         &containerd,
         "bigger",
@@ -570,7 +570,7 @@ fn ctr_run_with_a_user_log_uris_and_a_runtime_config_on(version: Version) {
     let bigger_kib = mem_total_kib(&said);
     assert!(
         bigger_kib > default_kib + 100 * 1024,
-        "memory_mib = 384 from the runtime options: MemTotal {bigger_kib} kB vs {default_kib} kB \
+        "memory_mib = 768 from the runtime options: MemTotal {bigger_kib} kB vs {default_kib} kB \
          by default; {}",
         text(&out.stderr)
     );

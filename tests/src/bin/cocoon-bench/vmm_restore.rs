@@ -1,7 +1,7 @@
 //! cocoon-vmm started from a template (`--restore-from`) against a fresh
 //! boot of the same VM: spawn → the agent answers a health call over vsock,
 //! median of N interleaved runs each (after one warm-up each). Both VMs are
-//! the shim's sandbox command line (`VmmCommand::sandbox`: 256 MiB, 1 vCPU,
+//! the shim's sandbox command line (`VmmCommand::sandbox`: 512 MiB, 1 vCPU,
 //! share, vsock, balloon, jail), the template made once from it with
 //! `--snapshot-to`; a restored VM also gets its identity (SetIdentity), as
 //! the shim gives it before anything else, timed separately.
@@ -18,7 +18,7 @@ use cocoon_vmm_command::{SandboxVm, VmmCommand};
 use crate::median_ms;
 use crate::summary::Summary;
 
-const MEMORY_MIB: u64 = 256;
+const MEMORY_MIB: u64 = 512;
 const VCPUS: u32 = 1;
 /// How long a guest may take to answer in the emulated host VM.
 const READY_DEADLINE: Duration = Duration::from_secs(120);
