@@ -30,24 +30,20 @@ fn script() -> String {
         r#"set -e
 t() {{ date-ns +%s%N; }}
 phase() {{ now=$(t); echo "phase $1 $((now - start))"; }}
-# Through the share, `rm -r` of a directory of more than a few dozen entries
-# can stop at ENOTEMPTY (entries missed while it unlinks): repeated, as a
-# user would, at most 20 times.
-remove() {{ n=0; until rm -r "$1" 2>/dev/null || [ $n -ge 20 ]; do n=$((n + 1)); done; [ ! -e "$1" ]; }}
 mkdir /bench /bench/small /bench/tree /bench/out
 cd /bench/small
 start=$(t); i=0; while [ $i -lt {SMALL_FILES} ]; do i=$((i + 1)); done; phase loop
 start=$(t); i=0; while [ $i -lt {SMALL_FILES} ]; do echo x > f$i; i=$((i + 1)); done; phase create
 start=$(t); i=0; while [ $i -lt {SMALL_FILES} ]; do [ -f f$i ]; i=$((i + 1)); done; phase stat
 cd /bench
-start=$(t); remove /bench/small; phase remove
+start=$(t); rm -r /bench/small; phase remove
 start=$(t); dd if=/dev/zero of=/bench/big bs=1M count={BIG_MIB} conv=fsync 2>/dev/null; phase write
 start=$(t); dd if=/bench/big of=/dev/null bs=1M 2>/dev/null; phase read
 rm /bench/big
 s=x; n=0; while [ $n -lt {kib_doublings} ]; do s="$s$s"; n=$((n + 1)); done
 i=0; while [ $i -lt {TREE_FILES} ]; do d=/bench/tree/d$((i % 32)); [ -d $d ] || mkdir $d; printf %s "$s" > $d/f$i; i=$((i + 1)); done
 tar -cf /bench/tree.tar -C /bench tree
-remove /bench/tree
+rm -r /bench/tree
 sync
 start=$(t); tar -xf /bench/tree.tar -C /bench/out; phase untar
 "#,
