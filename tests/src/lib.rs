@@ -5,6 +5,7 @@
 //! `--ignored` inside tests/kvm-host, where [`require_hardware_kvm`] holds. Run
 //! anywhere else, they fail loudly instead of passing vacuously.
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
@@ -131,7 +132,35 @@ pub fn wait_for_text(path: &Path, needle: &str, limit: Duration) -> Result<(), S
     }
 }
 
-/// The last `lines` lines of `text`, for failure messages.
+/// Waits until `fd` is readable (for a listener: a connection is waiting to
+/// be accepted), at most `limit`. False when the time ran out, so a peer that
+/// never connects fails a test instead of hanging it.
+pub fn readable_within(fd: impl AsFd, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pollfd = libc::pollfd {
+            fd: fd.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: poll(2) on one pollfd that lives across the call.
+        match unsafe { libc::poll(&mut pollfd, 1, ms) } {
+            0 => return false,
+            n if n > 0 => return true,
+            _ => {
+                let error = std::io::Error::last_os_error();
+                assert_eq!(
+                    error.kind(),
+                    std::io::ErrorKind::Interrupted,
+                    "poll: {error}"
+                );
+            }
+        }
+    }
+}
+
 /// Calls `probe` (every 500 ms, for at most `limit`) until what it returns
 /// contains `wanted`; returns the last answer. For state that becomes true a
 /// little later (a file cache timing out, a server coming up).
@@ -146,6 +175,7 @@ pub fn poll_until(limit: Duration, wanted: &str, mut probe: impl FnMut() -> Stri
     }
 }
 
+/// The last `lines` lines of `text`, for failure messages.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

@@ -71,17 +71,23 @@ pub fn send_to_guest(uds: &std::path::Path, port: u32, bytes: u64) -> String {
     use std::io::{BufRead, BufReader, Write};
     let mut stream =
         std::os::unix::net::UnixStream::connect(uds).expect("connect to the VMM's vsock socket");
+    // A stuck guest fails the caller instead of hanging it.
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(600)))
+        .expect("read timeout");
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut ok = String::new();
-    reader.read_line(&mut ok).unwrap();
+    reader
+        .read_line(&mut ok)
+        .expect("handshake answer from the VMM");
     assert!(ok.starts_with("OK "), "handshake answer: {ok:?}");
     std::io::copy(&mut PatternReader::new(bytes), &mut stream).expect("send to the guest");
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     let mut reply = String::new();
-    reader.read_line(&mut reply).unwrap();
+    reader.read_line(&mut reply).expect("reply from the guest");
     reply.trim().to_string()
 }
 

@@ -18,8 +18,8 @@ use cocoon_protocol::client::{Agent, AgentCalls};
 use cocoon_protocol::stream::{StreamHeader, StreamKind};
 use cocoon_tests::oci;
 use cocoon_tests::pattern::{checksum_stream, pattern_checksum, PatternReader};
-use cocoon_tests::require_hardware_kvm;
 use cocoon_tests::sandbox::Sandbox;
+use cocoon_tests::{readable_within, require_hardware_kvm};
 use cocoon_vmm_command::NetDevice;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
@@ -96,27 +96,18 @@ fn md5_of_pattern(len: u64) -> String {
 }
 
 fn accept(listener: &TcpListener) -> TcpStream {
-    let deadline = Instant::now() + TRANSFER_LIMIT;
-    listener.set_nonblocking(true).expect("nonblocking");
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(false).expect("blocking");
-                stream
-                    .set_read_timeout(Some(TRANSFER_LIMIT))
-                    .expect("timeout");
-                stream
-                    .set_write_timeout(Some(TRANSFER_LIMIT))
-                    .expect("timeout");
-                return stream;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "the guest never connected");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
+    assert!(
+        readable_within(listener, TRANSFER_LIMIT),
+        "the guest never connected"
+    );
+    let (stream, _) = listener.accept().expect("accept");
+    stream
+        .set_read_timeout(Some(TRANSFER_LIMIT))
+        .expect("timeout");
+    stream
+        .set_write_timeout(Some(TRANSFER_LIMIT))
+        .expect("timeout");
+    stream
 }
 
 /// What the host side measured: (bytes, checksum, seconds) of the upload,

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use cocoon_tests::pattern::{checksum_stream, expected_reply as expected, send_to_guest};
 use cocoon_tests::{
-    build_output, busybox_initramfs_with, guest_probe, require_hardware_kvm, tail, wait_for_text,
-    wait_or_kill,
+    build_output, busybox_initramfs_with, guest_probe, readable_within, require_hardware_kvm, tail,
+    wait_for_text, wait_or_kill,
 };
 use cocoon_vmm_command::{Console, VmmCommand};
 
@@ -20,22 +20,32 @@ const VMM: &str = env!("CARGO_BIN_EXE_cocoon-vmm");
 const BIG: u64 = 256 << 20;
 const SMALL: u64 = 1 << 20;
 const CONCURRENT: usize = 50;
+/// Boot, then both transfers, on a host VM that may be busy.
+const TRANSFER_LIMIT: Duration = Duration::from_secs(600);
 const GUEST_PORT: u32 = 5000;
 const HOST_PORT_BIG: u32 = 6000;
 const HOST_PORT_MANY: u32 = 6001;
 
 /// Host side of guest-initiated connections: answers each with
-/// "<bytes> <checksum>" like the guest probe does.
+/// "<bytes> <checksum>" like the guest probe does. Bounded in time, so a guest
+/// that opens fewer connections than expected fails the test, not hangs it.
 fn serve_checksums(listener: UnixListener, connections: usize) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let handlers: Vec<_> = (0..connections)
-            .map(|_| {
+            .map(|opened| {
+                assert!(
+                    readable_within(&listener, TRANSFER_LIMIT),
+                    "the guest opened {opened} of {connections} connections"
+                );
                 let (mut stream, _) = listener.accept().expect("accept a guest connection");
+                stream
+                    .set_read_timeout(Some(TRANSFER_LIMIT))
+                    .expect("read timeout");
                 std::thread::spawn(move || {
                     let (bytes, sum) = checksum_stream(&mut stream).expect("read guest data");
                     stream
                         .write_all(format!("{bytes} {sum:016x}\n").as_bytes())
-                        .expect("reply");
+                        .unwrap_or_else(|e| panic!("reply after {bytes} bytes: {e}"));
                 })
             })
             .collect();
@@ -112,8 +122,6 @@ fn vsock_moves_data_both_ways_with_many_connections() {
         "VMM: {status:?}; console:\n{}",
         tail(&text, 30)
     );
-    big_server.join().unwrap();
-    many_server.join().unwrap();
     let replies: Vec<&str> = text.lines().filter(|l| l.contains("SENT")).collect();
     assert_eq!(
         replies.len(),
@@ -132,5 +140,8 @@ fn vsock_moves_data_both_ways_with_many_connections() {
         .count();
     assert_eq!(small_ok, CONCURRENT, "1 MiB guest -> host: {replies:?}");
     assert!(text.contains("VSOCK-GUEST-DONE"));
+    // After the guest's own account, which says what went wrong if anything did.
+    big_server.join().expect("256 MiB server");
+    many_server.join().expect("1 MiB servers");
     eprintln!("vsock: 256 MiB host -> guest in {host_to_guest:?}");
 }

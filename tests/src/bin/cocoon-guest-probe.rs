@@ -114,10 +114,32 @@ fn listen(port: u32, connections: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `SO_VM_SOCKETS_CONNECT_TIMEOUT` (a `struct timeval` at level `AF_VSOCK`
+/// on 64-bit), which the libc crate does not define.
+const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
+/// Linux gives up on a vsock connect after 2 s and resets the connection the
+/// host has by then accepted; a guest vCPU starved on a busy emulated host VM
+/// can take longer than that to see the answer.
+const CONNECT_TIMEOUT_SECS: libc::time_t = 60;
+
 /// A vsock stream connected to `cid`:`port`.
 fn vsock_connect(cid: u32, port: u32) -> std::io::Result<UnixStream> {
     use std::os::fd::AsRawFd;
     let socket = vsock_socket()?;
+    let timeout = libc::timeval {
+        tv_sec: CONNECT_TIMEOUT_SECS,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt(2) reads one timeval that lives across the call.
+    check(unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_CONNECT_TIMEOUT,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
     let address = vsock_address(cid, port);
     let size = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
     // SAFETY: address is a valid sockaddr_vm of `size` bytes.
@@ -166,6 +188,8 @@ fn send(port: u32, bytes: u64, connections: usize) -> std::io::Result<()> {
                 let mut connection = vsock_connect(HOST_CID, port)?;
                 std::io::copy(&mut PatternReader::new(bytes), &mut connection)?;
                 connection.shutdown(std::net::Shutdown::Write)?;
+                // A host that never answers fails the probe instead of hanging it.
+                connection.set_read_timeout(Some(std::time::Duration::from_secs(600)))?;
                 let mut reply = String::new();
                 BufReader::new(&mut connection).read_line(&mut reply)?;
                 Ok(format!("SENT {index} {bytes} REPLY {}", reply.trim()))
