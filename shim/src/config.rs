@@ -28,7 +28,8 @@ pub struct Config {
     /// memory limit.
     pub memory_mib: u32,
     /// Guest RAM (MiB) added to a pod's memory limit: room for the guest's
-    /// kernel, agent and page cache beside the pod's containers.
+    /// kernel and agent beside the pod's containers, whose own page cache
+    /// counts against their limits. The RuntimeClass's overhead covers it.
     pub pod_headroom_mib: u32,
     /// How long the guest may take to answer before Create fails (seconds).
     pub boot_timeout_seconds: u64,
@@ -70,7 +71,7 @@ impl Default for Config {
             // Large enough for the guest to cache a file of 256 MiB; RAM the
             // guest never touches costs the host nothing (docs/performance.md).
             memory_mib: 512,
-            pod_headroom_mib: 256,
+            pod_headroom_mib: 128,
             boot_timeout_seconds: 10,
             state_dir: "/run/cocoon".into(),
             log_level: "info".into(),
@@ -195,7 +196,7 @@ mod tests {
         let config = load("kernel = \"/k\"\nmemory_mib = 1024\nguest_debug = true\n").unwrap();
         assert_eq!(config.kernel, PathBuf::from("/k"));
         assert_eq!(config.memory_mib, 1024);
-        assert_eq!(config.pod_headroom_mib, 256);
+        assert_eq!(config.pod_headroom_mib, 128);
         assert!(config.guest_debug);
         assert_eq!(config.vcpus, 1);
     }

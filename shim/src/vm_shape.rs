@@ -8,9 +8,10 @@ use crate::config::Config;
 /// Annotations that size the VM.
 const VCPUS_ANNOTATION: &str = "io.cocoon.vcpus";
 const MEMORY_ANNOTATION: &str = "io.cocoon.memory-mib";
-/// The pod's limits (the sum of its containers', and the pod overhead), as
-/// containerd's CRI annotates the sandbox container: CFS quota and period,
-/// memory in bytes. 0 or less means unlimited.
+/// The pod's limits (the sum of its containers'; kubelet leaves the
+/// RuntimeClass's overhead out), as containerd's CRI annotates the sandbox
+/// container: CFS quota and period, memory in bytes. 0 or less means
+/// unlimited.
 const POD_CPU_QUOTA_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-quota";
 const POD_CPU_PERIOD_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-period";
 const POD_MEMORY_ANNOTATION: &str = "io.kubernetes.cri.sandbox-memory";

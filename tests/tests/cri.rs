@@ -336,7 +336,7 @@ const FETCHER_MIB: u64 = 160;
 const HOG_MIB: u64 = 32;
 /// The shim's defaults (`memory_mib`, `pod_headroom_mib`; shim/src/config.rs).
 const DEFAULT_MEMORY_MIB: u64 = 512;
-const DEFAULT_POD_HEADROOM_MIB: u64 = 256;
+const DEFAULT_POD_HEADROOM_MIB: u64 = 128;
 
 /// CRI's `LinuxContainerResources` (a pod's or a container's) for `cpus`
 /// CPUs and `mib` MiB.
@@ -360,7 +360,7 @@ fn stat(value: &serde_json::Value) -> u64 {
 /// The client pod (limits: 1 CPU, FETCHER_MIB + HOG_MIB) against the web pod
 /// (none), seen from inside: the unlimited pod's VM has the configured size
 /// (1 vCPU, `memory_mib` 512), the limited one the configured headroom
-/// (`vcpus` 1, `pod_headroom_mib` 256) plus its limits (docs/kubernetes.md,
+/// (`vcpus` 1, `pod_headroom_mib` 128) plus its limits (docs/kubernetes.md,
 /// Sizing; vCPUs at most the host's); `crictl stats` gives its CPU and memory; `crictl update` sets the
 /// container's cgroup in the guest; the hog, over its limit, is `OOMKilled`.
 fn pod_limits_size_the_vm_and_apply_in_the_guest(

@@ -3,6 +3,7 @@
 //! with `runtimeClassName: cocoon` beside a runc pod, as a user would write
 //! them, and everything is checked through kubectl.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cocoon_tests::cri::BUSYBOX;
@@ -29,9 +30,21 @@ fn busybox(name: &str, script: &str) -> Value {
     })
 }
 
-/// The Cocoon pod: a writer and a reader sharing an emptyDir; the writer
-/// also reads a configMap and its own name, node and IP from the downward
-/// API, and is Ready once it wrote the shared file (an exec probe).
+/// The Cocoon pod's containers' memory limits (MiB).
+const WRITER_MIB: u64 = 64;
+const READER_MIB: u64 = 32;
+/// What a pod's VM may use beyond its containers' limits: the RuntimeClass's
+/// `overhead.podFixed.memory` (deploy/kubernetes/runtimeclass.yaml).
+const OVERHEAD: &str = "160Mi";
+const OVERHEAD_MIB: u64 = 160;
+/// What the VMM process and the host kernel's memory for the VM take beside
+/// the guest's RAM, which the overhead must leave room for.
+const VMM_ALLOWANCE_MIB: u64 = 32;
+
+/// The Cocoon pod: a writer and a reader sharing an emptyDir, both with
+/// memory limits; the writer also reads a configMap and its own name, node
+/// and IP from the downward API, and is Ready once it wrote the shared file
+/// (an exec probe).
 fn cocoon_pod() -> Value {
     let mut writer = busybox(
         "writer",
@@ -58,6 +71,8 @@ fn cocoon_pod() -> Value {
         "until [ -s /shared/note ]; do sleep 0.2; done; cat /shared/note; sleep 3600",
     );
     reader["volumeMounts"] = json!([{ "name": "shared", "mountPath": "/shared" }]);
+    writer["resources"] = json!({ "limits": { "memory": format!("{WRITER_MIB}Mi") } });
+    reader["resources"] = json!({ "limits": { "memory": format!("{READER_MIB}Mi") } });
     pod(
         "cocoon-pod",
         json!({
@@ -69,6 +84,106 @@ fn cocoon_pod() -> Value {
             ]
         }),
     )
+}
+
+/// The cgroup v2 directory of the pod that host process `pid` runs in: the
+/// `pod<uid>` one kubelet made (cgroupfs driver), above the VMM's own.
+fn pod_cgroup(pid: u32) -> PathBuf {
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let path = membership
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 path for {pid}: {membership}"));
+    Path::new("/sys/fs/cgroup")
+        .join(path.trim_start_matches('/'))
+        .ancestors()
+        .find(|dir| {
+            dir.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("pod"))
+        })
+        .unwrap_or_else(|| panic!("process {pid} is in no pod's cgroup: {path}"))
+        .to_path_buf()
+}
+
+/// A cgroup's `file`, trimmed.
+fn cgroup_file(cgroup: &Path, file: &str) -> String {
+    std::fs::read_to_string(cgroup.join(file))
+        .unwrap_or_else(|e| panic!("{}/{file}: {e}", cgroup.display()))
+        .trim()
+        .to_string()
+}
+
+/// The guest RAM (MiB) the shim gave the VMM (`--memory-mib`).
+fn vm_memory_mib(vmm: u32) -> u64 {
+    let cmdline = std::fs::read(format!("/proc/{vmm}/cmdline")).expect("VMM command line");
+    let args: Vec<String> = cmdline
+        .split(|byte| *byte == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
+    args.iter()
+        .position(|arg| arg == "--memory-mib")
+        .and_then(|at| args.get(at + 1))
+        .and_then(|mib| mib.parse().ok())
+        .unwrap_or_else(|| panic!("no --memory-mib in the VMM's arguments: {args:?}"))
+}
+
+/// The pod's cgroup holds the VMM and is limited to the containers' limits
+/// plus the RuntimeClass's overhead, which leaves the VMM room for its whole
+/// guest: a guest using all its RAM cannot get the VMM OOM-killed on the
+/// host. A container then fills most of its limit, and nothing in the pod's
+/// cgroup was OOM-killed.
+fn the_pods_cgroup_holds_its_vm(cluster: &Cluster, vmm: u32) {
+    let overhead = cluster.kubectl_ok(&[
+        "get",
+        "pod",
+        "cocoon-pod",
+        "-o",
+        "jsonpath={.spec.overhead.memory}",
+    ]);
+    assert_eq!(
+        overhead, OVERHEAD,
+        "the RuntimeClass's overhead, set on the pod at admission"
+    );
+    let pod = pod_cgroup(vmm);
+    let memory_max: u64 = cgroup_file(&pod, "memory.max")
+        .parse()
+        .unwrap_or_else(|_| panic!("{}/memory.max is not a number", pod.display()));
+    assert_eq!(
+        memory_max,
+        (WRITER_MIB + READER_MIB + OVERHEAD_MIB) << 20,
+        "kubelet limits the pod's cgroup ({}) to its containers' limits plus the overhead",
+        pod.display()
+    );
+    let vm_mib = vm_memory_mib(vmm);
+    assert!(
+        memory_max >= (vm_mib + VMM_ALLOWANCE_MIB) << 20,
+        "the pod's cgroup ({memory_max} bytes) holds the VM's {vm_mib} MiB and \
+         {VMM_ALLOWANCE_MIB} MiB for the VMM: raise the RuntimeClass's overhead"
+    );
+    let fill_mib = WRITER_MIB * 3 / 4;
+    cluster.kubectl_ok(&[
+        "exec",
+        "cocoon-pod",
+        "-c",
+        "writer",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        &format!("bs={fill_mib}M"),
+        "count=1",
+    ]);
+    let events = cgroup_file(&pod, "memory.events");
+    assert!(
+        events.lines().any(|line| line == "oom_kill 0"),
+        "nothing in the pod's cgroup was OOM-killed: {events}"
+    );
+    let peak_mib = cgroup_file(&pod, "memory.peak").parse::<u64>().unwrap_or(0) >> 20;
+    eprintln!(
+        "kubernetes: the pod's cgroup: limit {} MiB, VM {vm_mib} MiB, peak {peak_mib} MiB \
+         after a container touched {fill_mib} MiB",
+        memory_max >> 20
+    );
 }
 
 /// The host's boot id: a runc container shares the host's kernel and sees
@@ -188,6 +303,7 @@ fn kubernetes_runs_a_cocoon_pod_beside_a_runc_pod() {
             .crictl_ok(&["pods", "--name", "cocoon-pod", "--state", "ready", "-q"]);
     let vmm = cluster.cri.vmm_pid(&sandbox);
     eprintln!("kubernetes: cocoon-pod is sandbox {sandbox}, cocoon-vmm pid {vmm}");
+    the_pods_cgroup_holds_its_vm(&cluster, vmm);
     let logs = cluster.kubectl_ok(&["logs", "runc-pod"]);
     assert_eq!(logs, "runc-pod");
 
