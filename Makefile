@@ -92,9 +92,10 @@ conformance: guest
 	tests/kvm-host --timeout 14400 -- tests/run-tests --ignored --test-threads=1 --nocapture conformance_ -- $$bins
 
 ## bench: speed and memory as ratios against QEMU and runc (`ctr run` and CRI pods), measured
-## side by side; ends with a summary table (tests/src/bin/cocoon-bench/).
+## side by side; ends with a summary table (tests/src/bin/cocoon-bench/). The host VM has a disk,
+## as a node does, for the container root file systems' workload.
 bench: all
-	tests/kvm-host --timeout 1800 -- $(RELEASE)/cocoon-bench --vmm $(RELEASE)/cocoon-vmm
+	tests/kvm-host --timeout 1800 --disk 8 -- $(RELEASE)/cocoon-bench --vmm $(RELEASE)/cocoon-vmm
 
 ## demo: a private containerd runs `uname -a` in a Cocoon microVM (busybox image built offline).
 demo: deps all

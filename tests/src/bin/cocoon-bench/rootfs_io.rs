@@ -1,8 +1,9 @@
 //! File work inside a container's root file system, Cocoon (from a
 //! template) against runc and against Cocoon writing through the share (the
 //! state before the scratch disk), interleaved, on containerd's overlayfs
-//! snapshotter (its default, on a tmpfs: the host VM's root is an overlay
-//! itself): 1000 small-file creates, stats and removes, a 256 MiB
+//! snapshotter (its default) with containerd's root and Cocoon's scratch
+//! files on a disk, as on a node ([`DATA_DIR`]): 1000 small-file creates,
+//! stats and removes, a 256 MiB
 //! sequential write (fsync'd) and read, and `tar -x` of a 20 MiB tree of
 //! small files. The container times its own phases (GNU `date +%s%N`
 //! around each), so start-up is not in any figure. Reported as throughput,
@@ -21,6 +22,13 @@ const BIG_MIB: u32 = 256;
 /// The tar tree: TREE_FILES files of TREE_FILE_KIB, 20 MiB in all.
 const TREE_FILES: u32 = 1280;
 const TREE_FILE_KIB: u32 = 16;
+/// Where containerd keeps its root and Cocoon its scratch disks' files: a
+/// node keeps them on a disk, and so does the host VM (`tests/kvm-host
+/// --disk`, which `make bench` asks for). Without one the host VM's
+/// /var/tmp is in its root, an overlay on a tmpfs, which holds no overlayfs
+/// snapshots (nor O_TMPFILE files, in Linux 6.1): containerd's data and the
+/// scratch files then go on tmpfs, where runc's fsync costs nothing.
+const DATA_DIR: &str = "/var/tmp";
 
 /// The workload, for busybox's sh: every phase ends with a line
 /// `phase NAME NANOSECONDS`. Files go to /bench, a new directory of the
@@ -111,12 +119,24 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn containerd(runtime: &LocalRuntime, cocoon_config: String) -> Containerd {
+/// The type of the file system `path` is on, as `stat -f` names it.
+fn file_system_type(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(path)
+        .output()
+        .expect("stat runs");
+    ok(out, &format!("stat -f {}", path.display()))
+        .trim()
+        .to_string()
+}
+
+fn containerd(runtime: &LocalRuntime, on_tmpfs: bool, cocoon_config: String) -> Containerd {
     let containerd =
         Containerd::start_with(&runtime.bin, &runtime.kernel, &runtime.initramfs, |_| {
             Extra {
                 version: Version::V1_6,
-                tmpfs: true,
+                tmpfs: on_tmpfs,
                 cocoon_config,
                 ..Extra::default()
             }
@@ -128,7 +148,16 @@ fn containerd(runtime: &LocalRuntime, cocoon_config: String) -> Containerd {
 /// `with_share` adds Cocoon writing through the share (the state before the
 /// scratch disk): one run of it takes over 11 minutes under emulation.
 pub fn measure(runtime: &LocalRuntime, runs: usize, with_share: bool, summary: &mut Summary) {
-    let dir = tempfile::tempdir().expect("temporary directory");
+    // Without a disk, everything goes where it went before there was one.
+    let file_system = file_system_type(std::path::Path::new(DATA_DIR));
+    let on_tmpfs = file_system == "overlayfs";
+    let (dir, data) = if on_tmpfs {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        (dir, format!("tmpfs ({DATA_DIR} is on {file_system})"))
+    } else {
+        let dir = tempfile::tempdir_in(DATA_DIR).expect("temporary directory");
+        (dir, format!("{file_system} ({DATA_DIR})"))
+    };
     let config = |name: &str, more: &str| {
         format!(
             "template_dir = {:?}\nscratch_dir = {:?}\n{more}",
@@ -138,9 +167,18 @@ pub fn measure(runtime: &LocalRuntime, runs: usize, with_share: bool, summary: &
     };
     // Writable layers on the scratch disk (the default), and through the
     // share as before it (scratch_disk_gib = 0); runc through the first.
-    let layered = containerd(runtime, config("layered", "scratch_disk_gib = 10\n"));
-    let shared =
-        with_share.then(|| containerd(runtime, config("shared", "scratch_disk_gib = 0\n")));
+    let layered = containerd(
+        runtime,
+        on_tmpfs,
+        config("layered", "scratch_disk_gib = 10\n"),
+    );
+    let shared = with_share.then(|| {
+        containerd(
+            runtime,
+            on_tmpfs,
+            config("shared", "scratch_disk_gib = 0\n"),
+        )
+    });
     let script = script();
     let run = |containerd: &Containerd, runtime: &str, id: &str| {
         let out = containerd.run_image(
@@ -167,7 +205,8 @@ pub fn measure(runtime: &LocalRuntime, runs: usize, with_share: bool, summary: &
     }
 
     println!(
-        "file work in the container's root file system (overlayfs snapshotter), median of {runs} interleaved \
+        "file work in the container's root file system (overlayfs snapshotter; containerd's root and \
+         the scratch disks' files on {data}), median of {runs} interleaved \
          (cocoon: writable layer on the scratch disk{}):",
         if with_share { "; through the share: scratch_disk_gib = 0, as before" } else { "" }
     );
