@@ -155,6 +155,13 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let disk = args.disk_fd.map(DiskFile::from_inherited_fd).transpose()?;
+    if let Some(disk) = &disk {
+        tracing::info!(
+            direct = disk.is_direct(),
+            "scratch disk of {} MiB",
+            disk.sectors() >> 11
+        );
+    }
     // Before guest memory exists, so that all of it is charged there.
     if let Some(cgroup) = &args.cgroup {
         jail::cgroup::join(cgroup)?;

@@ -8,6 +8,7 @@ use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::disk::DIRECT_ALIGN;
 use super::request::{HEADER_LEN, S_IOERR, S_OK, S_UNSUPP, T_GET_ID, T_IN, T_OUT};
 use super::*;
 use crate::virtio::test_driver::{Driver, SplitRing, MEM_SIZE};
@@ -125,6 +126,42 @@ fn writes_reach_the_file() {
     assert_eq!(
         file_bytes(&mut file, (SECTORS - 1) * 512, 512),
         vec![0xab; 512]
+    );
+}
+
+/// Page-aligned requests go around the host's page cache where the file
+/// system allows (`O_DIRECT`), others through it: both see each other's
+/// writes, and so does a reader of the file.
+#[test]
+fn aligned_and_unaligned_requests_see_each_others_writes() {
+    let (mut d, mut ring, mut file) = active_disk();
+    let page = DIRECT_ALIGN as u32;
+    let page_sectors = u64::from(page) / 512;
+    // Aligned: one page at the disk's second page.
+    d.mem
+        .write_slice(&vec![0x5a; page as usize], GuestAddress(DATA))
+        .expect("data");
+    header(&d, T_OUT, page_sectors);
+    assert_eq!(submit(&mut d, &mut ring, 0, page), (1, S_OK));
+    // Unaligned: one sector in its middle, through the page cache.
+    d.mem
+        .write_slice(&[0xc3; 512], GuestAddress(DATA))
+        .expect("data");
+    header(&d, T_OUT, page_sectors + 1);
+    assert_eq!(submit(&mut d, &mut ring, 0, 512), (1, S_OK));
+    // The aligned read sees both.
+    header(&d, T_IN, page_sectors);
+    assert_eq!(submit(&mut d, &mut ring, WRITE, page), (page + 1, S_OK));
+    let mut expected = vec![0x5a; page as usize];
+    expected[512..1024].fill(0xc3);
+    let mut data = vec![0; page as usize];
+    d.mem
+        .read_slice(&mut data, GuestAddress(DATA))
+        .expect("data");
+    assert!(data == expected, "the guest reads back what it wrote");
+    assert!(
+        file_bytes(&mut file, u64::from(page), page as usize) == expected,
+        "the file holds what the guest wrote"
     );
 }
 
