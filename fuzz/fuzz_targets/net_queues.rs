@@ -229,7 +229,7 @@ impl Guest {
     // A header from the input: raw, or near-valid fields.
     fn header(input: &mut Input<'_>, frame_len: usize) -> NetHeader {
         let mode = input.u8();
-        if mode % 4 == 0 {
+        if mode.is_multiple_of(4) {
             return NetHeader::parse(&input.bytes());
         }
         let flags = if mode & 4 != 0 { 1 } else { 0 };
@@ -271,7 +271,7 @@ impl Guest {
             2 => MAX_FRAME_SIZE - 8 + usize::from(input.u8() % 16),
             _ => 1514,
         };
-        let short = input.u8() % 16 == 0;
+        let short = input.u8().is_multiple_of(16);
         let header = Self::header(input, frame_len);
         let seed = input.u8();
         let mut frame: Vec<u8> = (0..frame_len)
