@@ -98,13 +98,14 @@ impl DiskFile {
         }
         // A new open file description of the same file (the inherited one
         // may be shared); `/proc/self/fd` reaches it even unlinked. EINVAL
-        // is a file system without O_DIRECT: the page cache it is.
+        // is a file system without O_DIRECT: the page cache it is (the VMM
+        // logs which at start, `is_direct`).
         let direct = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(format!("/proc/self/fd/{fd}"))
-            .inspect_err(|error| tracing::info!(%error, "the disk goes through the page cache"))
+            .inspect_err(|error| tracing::debug!(%error, "no O_DIRECT open of the disk"))
             .ok();
         Ok(DiskFile {
             file,
