@@ -1,5 +1,6 @@
 //! A Kubernetes node's container side, private to one test: containerd with
-//! its CRI plugin (runtimes `runc`, the default, and `cocoon`), CNI from
+//! its CRI plugin (runtimes `runc`, the default, `cocoon`, and `cocoon`
+//! without a scratch disk), CNI from
 //! Debian's containernetworking-plugins on a bridge of the test's own, and a
 //! real registry (Debian's docker-registry) on loopback holding images built
 //! offline by the project, which containerd reaches for the names the tests
@@ -19,6 +20,13 @@ use crate::{build_output, output_within, release_dir, repo_root, tail, wait_or_k
 
 /// The CRI runtime handler of Cocoon, as a RuntimeClass names it.
 pub const COCOON_HANDLER: &str = "cocoon";
+/// A second Cocoon handler whose shims read the node's cocoon config plus
+/// `scratch_disk_gib = 0` (containerd's runtime options name that file):
+/// pods with every writable layer on the host, for the bench to measure
+/// what the scratch disk costs side by side.
+pub const COCOON_WITHOUT_SCRATCH_DISK_HANDLER: &str = "cocoon-no-scratch-disk";
+/// That handler's config file, in containerd's directory.
+const WITHOUT_SCRATCH_DISK_CONFIG: &str = "cocoon-no-scratch-disk.toml";
 /// The image every crictl scenario runs: critest's default test image name,
 /// served by the project's busybox.
 pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
@@ -551,6 +559,15 @@ impl Cri {
             // Templates of this node's own, nothing shared with other runs.
             cocoon_config: format!("template_dir = {:?}\n", containerd_dir.join("templates")),
         });
+        // Read by the handler's shims, not by containerd: written once the
+        // node's own config is.
+        let node_config = std::fs::read_to_string(containerd.dir().join("cocoon.toml"))
+            .expect("the node's cocoon config");
+        std::fs::write(
+            containerd.dir().join(WITHOUT_SCRATCH_DISK_CONFIG),
+            format!("{node_config}scratch_disk_gib = 0\n"),
+        )
+        .expect("the cocoon config without a scratch disk");
         let cri = Cri {
             containerd,
             registry,
@@ -866,10 +883,11 @@ fn cri_config(version: Version, dir: &Path, registry: &str, bridge: &str, subnet
         )
         .expect("hosts.toml");
     }
+    let without_scratch_disk = dir.join(WITHOUT_SCRATCH_DISK_CONFIG);
     // The same settings in both formats: the pause image, the overlayfs
     // snapshotter (a kubelet's default; containerd is on a tmpfs of its
     // own, where overlayfs works), runtimes `runc`
-    // (default) and `cocoon`, CNI, the registry hosts, a loopback stream
+    // (default), `cocoon` and `cocoon` without a scratch disk, CNI, the registry hosts, a loopback stream
     // server, no SELinux or AppArmor.
     match version {
         // containerd 1.x, config version 2: one plugin, `io.containerd.grpc.v1.cri`.
@@ -893,6 +911,10 @@ fn cri_config(version: Version, dir: &Path, registry: &str, bridge: &str, subnet
                  \x20 runtime_type = \"io.containerd.runc.v2\"\n\
                  {cri}.containerd.runtimes.cocoon]\n\
                  \x20 runtime_type = \"io.containerd.cocoon.v1\"\n\
+                 {cri}.containerd.runtimes.{COCOON_WITHOUT_SCRATCH_DISK_HANDLER}]\n\
+                 \x20 runtime_type = \"io.containerd.cocoon.v1\"\n\
+                 {cri}.containerd.runtimes.{COCOON_WITHOUT_SCRATCH_DISK_HANDLER}.options]\n\
+                 \x20 ConfigPath = {without_scratch_disk:?}\n\
                  {cri}.cni]\n\
                  \x20 bin_dir = \"/usr/lib/cni\"\n\
                  \x20 conf_dir = {cni:?}\n\
@@ -929,6 +951,10 @@ fn cri_config(version: Version, dir: &Path, registry: &str, bridge: &str, subnet
                  \x20 runtime_type = \"io.containerd.runc.v2\"\n\
                  {runtime}.containerd.runtimes.cocoon]\n\
                  \x20 runtime_type = \"io.containerd.cocoon.v1\"\n\
+                 {runtime}.containerd.runtimes.{COCOON_WITHOUT_SCRATCH_DISK_HANDLER}]\n\
+                 \x20 runtime_type = \"io.containerd.cocoon.v1\"\n\
+                 {runtime}.containerd.runtimes.{COCOON_WITHOUT_SCRATCH_DISK_HANDLER}.options]\n\
+                 \x20 ConfigPath = {without_scratch_disk:?}\n\
                  {runtime}.cni]\n\
                  \x20 bin_dirs = [\"/usr/lib/cni\"]\n\
                  \x20 conf_dir = {cni:?}\n\
