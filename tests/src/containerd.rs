@@ -70,6 +70,9 @@ impl Version {
     }
 }
 
+/// The cocoon config file in a containerd's directory.
+const COCOON_CONFIG: &str = "cocoon.toml";
+
 /// What [`Containerd::start_with`] adds to the plain test containerd.
 #[derive(Debug, Default)]
 pub struct Extra {
@@ -156,7 +159,7 @@ impl Containerd {
         let extra = extra(dir.path());
         let socket = dir.path().join("containerd.sock");
         let cocoon_state = dir.path().join("cocoon");
-        let cocoon_config = dir.path().join("cocoon.toml");
+        let cocoon_config = dir.path().join(COCOON_CONFIG);
         std::fs::write(
             &cocoon_config,
             format!(
@@ -446,6 +449,17 @@ impl Containerd {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Writes `NAME.toml` beside this containerd's cocoon config: the same
+    /// config plus the lines `more`, for a shim that containerd's runtime
+    /// options point at it. Returns its path.
+    pub fn write_cocoon_config(&self, name: &str, more: &str) -> PathBuf {
+        let base = std::fs::read_to_string(self.dir().join(COCOON_CONFIG))
+            .expect("this containerd's cocoon config");
+        let path = self.dir().join(format!("{name}.toml"));
+        std::fs::write(&path, format!("{base}{more}")).expect("writing a cocoon config");
+        path
     }
 
     /// Waits until `ctr task ls` shows task `id` as `status`.

@@ -25,8 +25,8 @@ pub const COCOON_HANDLER: &str = "cocoon";
 /// pods with every writable layer on the host, for the bench to measure
 /// what the scratch disk costs side by side.
 pub const COCOON_WITHOUT_SCRATCH_DISK_HANDLER: &str = "cocoon-no-scratch-disk";
-/// That handler's config file, in containerd's directory.
-const WITHOUT_SCRATCH_DISK_CONFIG: &str = "cocoon-no-scratch-disk.toml";
+/// That handler's config file (`.toml`), in containerd's directory.
+const WITHOUT_SCRATCH_DISK_CONFIG: &str = "cocoon-no-scratch-disk";
 /// The image every crictl scenario runs: critest's default test image name,
 /// served by the project's busybox.
 pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
@@ -561,13 +561,7 @@ impl Cri {
         });
         // Read by the handler's shims, not by containerd: written once the
         // node's own config is.
-        let node_config = std::fs::read_to_string(containerd.dir().join("cocoon.toml"))
-            .expect("the node's cocoon config");
-        std::fs::write(
-            containerd.dir().join(WITHOUT_SCRATCH_DISK_CONFIG),
-            format!("{node_config}scratch_disk_gib = 0\n"),
-        )
-        .expect("the cocoon config without a scratch disk");
+        containerd.write_cocoon_config(WITHOUT_SCRATCH_DISK_CONFIG, "scratch_disk_gib = 0\n");
         let cri = Cri {
             containerd,
             registry,
@@ -883,12 +877,12 @@ fn cri_config(version: Version, dir: &Path, registry: &str, bridge: &str, subnet
         )
         .expect("hosts.toml");
     }
-    let without_scratch_disk = dir.join(WITHOUT_SCRATCH_DISK_CONFIG);
+    let without_scratch_disk = dir.join(format!("{WITHOUT_SCRATCH_DISK_CONFIG}.toml"));
     // The same settings in both formats: the pause image, the overlayfs
     // snapshotter (a kubelet's default; containerd is on a tmpfs of its
-    // own, where overlayfs works), runtimes `runc`
-    // (default), `cocoon` and `cocoon` without a scratch disk, CNI, the registry hosts, a loopback stream
-    // server, no SELinux or AppArmor.
+    // own, where overlayfs works), runtimes `runc` (default), `cocoon` and
+    // `cocoon` without a scratch disk, CNI, the registry hosts, a loopback
+    // stream server, no SELinux or AppArmor.
     match version {
         // containerd 1.x, config version 2: one plugin, `io.containerd.grpc.v1.cri`.
         // 1.7 takes 1.6's settings as they are: its CRI pulls through the

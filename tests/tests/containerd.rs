@@ -551,9 +551,7 @@ fn ctr_run_with_a_user_log_uris_and_a_runtime_config_on(version: Version) {
 
     // --runtime-config-path: containerd hands the shim another config,
     // here one with more guest memory.
-    let config = dir.join("cocoon-768.toml");
-    let base_config = std::fs::read_to_string(dir.join("cocoon.toml")).unwrap();
-    std::fs::write(&config, format!("{base_config}memory_mib = 768\n")).unwrap();
+    let config = containerd.write_cocoon_config("cocoon-768", "memory_mib = 768\n");
     let out = run(
         &containerd,
         "bigger",
