@@ -16,7 +16,7 @@ GUEST := build/guest
 # Every Debian package the build, the tests and the demo use.
 DEBIAN_PACKAGES := \
 	build-essential patch pkg-config bc bison flex libelf-dev libssl-dev xz-utils kmod cpio file \
-	linux-source-6.1 busybox-static e2fsprogs iproute2 procps gzip libseccomp-dev \
+	linux-source-6.1 busybox-static e2fsprogs xfsprogs iproute2 procps gzip libseccomp-dev \
 	qemu-system-x86 containerd runc \
 	docker-registry skopeo containernetworking-plugins iptables openssl
 

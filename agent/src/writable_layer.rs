@@ -4,7 +4,7 @@
 //! creating, writing and removing files never leaves the guest.
 //!
 //! The disk is the VM's virtio-blk device with the serial
-//! [`cocoon_protocol::SCRATCH_DISK_SERIAL`], an ext4 file system the shim
+//! [`cocoon_protocol::SCRATCH_DISK_SERIAL`], an XFS file system the shim
 //! made. It is mounted at [`SCRATCH`] on first use. The guest may have read
 //! the disk before the shim's file system was there (a VM restored from a
 //! template probed the template's empty disk at boot), so its buffer cache
@@ -114,11 +114,9 @@ fn mount_scratch_disk() -> Result<()> {
     mount(
         Some(device.as_path()),
         SCRATCH,
-        Some("ext4"),
+        Some("xfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
-        // The blank image's inode tables were never zeroed (lazy_itable_init):
-        // zeroing them now would write a GiB-scale stream to a sparse file.
-        Some("noinit_itable"),
+        None::<&str>,
     )
     .map_err(|e| {
         AgentError::FailedPrecondition(format!(

@@ -1,4 +1,4 @@
-//! Running a short host program (an OCI hook, mke2fs) to its end.
+//! Running a short host program (an OCI hook, mkfs.xfs) to its end.
 //!
 //! containerd-shim's reaper collects every child (waitpid(-1)), so our own
 //! wait may find the child gone (ECHILD): its exit then only arrives
