@@ -156,7 +156,8 @@ fn blank_image(dir: &Path, bytes: u64) -> Result<File, ScratchDiskError> {
 
 /// Removes the blank images an older `format_image` made: no shim of this
 /// version copies them again (a running older shim that still wants one
-/// makes it anew). Disks copied from them are unaffected.
+/// makes it anew). Disks copied from them are unaffected. A `.blank-`
+/// work file is only ever a crashed maker's: every maker holds the lock.
 fn remove_older_formats(dir: &Path) {
     let current = format!("-v{FORMAT}{BLANK_SUFFIX}");
     let Ok(entries) = std::fs::read_dir(dir) else {
